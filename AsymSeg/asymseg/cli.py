@@ -1,0 +1,158 @@
+"""The ``asymseg`` command line.
+
+Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
+
+    def register(subparsers) -> argparse.ArgumentParser   # adds its parser, sets func=run
+    def run(args, ctx: CommandContext) -> int              # calls one API function
+
+``main`` owns the process: it parses, configures logging (stderr) and threads, installs
+SIGINT/SIGTERM handlers that cancel the job's token, and maps exceptions to one line on stderr
+and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from asymseg import __version__
+from asymseg import constants as C
+from asymseg.errors import AsymSegError
+from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
+
+#: Subcommand modules under asymseg.commands, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "info",
+    "phantom",
+    "evaluate",
+)
+
+log = logging.getLogger("asymseg")
+
+
+@dataclass
+class CommandContext:
+    """What a command gets from ``main``: streams, the cancel token and the event renderer."""
+
+    stdout: TextIO
+    stderr: TextIO
+    cancel: CancelToken = field(default_factory=CancelToken)
+    progress: str = "tqdm"
+    debug: bool = False
+
+    def renderer(self):
+        """The event callback for ``--progress`` (call ``.close()`` when done)."""
+        return make_renderer(self.progress, stdout=self.stdout, stderr=self.stderr)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser, default: str = "tqdm") -> None:
+    parser.add_argument(
+        "--progress", choices=PROGRESS_MODES, default=default,
+        help="progress display: tqdm bars on stderr, one JSON object per line on stdout, or none",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asymseg",
+        description="Brain-tumour segmentation for small data with asymmetric losses "
+        "(Li, Kamnitsas & Glocker, MICCAI 2019).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"asymseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"asymseg.commands.{name.replace('-', '_')}")
+        module.register(subparsers)
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("asymseg")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def _configure_threads(threads: int | None) -> None:
+    if threads is None and "ASYMSEG_THREADS" in os.environ:
+        threads = int(os.environ["ASYMSEG_THREADS"])
+    if threads is not None:
+        if threads < 1:
+            raise AsymSegError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _install_signal_handlers(token: CancelToken) -> None:
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if token.cancelled:  # a second signal: stop now
+            raise KeyboardInterrupt
+        token.cancel(f"cancelled by {name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (``constants.EXIT_*``)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug)
+    ctx = CommandContext(stdout=stdout, stderr=stderr, progress=getattr(args, "progress", "tqdm"),
+                         debug=args.debug)
+    try:
+        _configure_threads(args.threads)
+        _install_signal_handlers(ctx.cancel)
+        return int(args.func(args, ctx) or 0)
+    except AsymSegError as err:
+        if args.debug:
+            log.exception("error")
+        stderr.write(f"asymseg {args.command}: error: {one_line(str(err))}\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        stderr.write(f"asymseg {args.command}: cancelled\n")
+        return C.EXIT_CANCELLED
+    except MemoryError:
+        stderr.write(f"asymseg {args.command}: error: out of memory\n")
+        return C.EXIT_RESOURCES
+    except OSError as err:
+        if args.debug:
+            log.exception("error")
+        import errno
+
+        code = C.EXIT_RESOURCES if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else C.EXIT_USAGE
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        stderr.write(f"asymseg {args.command}: error: {where}{one_line(err.strerror or str(err))}\n")
+        return code
+    except Exception as err:  # a bug: say so in one line; --debug shows the traceback
+        if args.debug:
+            log.exception("internal error")
+        stderr.write(f"asymseg {args.command}: internal error: {type(err).__name__}: {one_line(str(err))} "
+                     "(run with --debug for the traceback)\n")
+        return C.EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
