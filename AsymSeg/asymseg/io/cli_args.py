@@ -1,0 +1,165 @@
+"""Command-line options shared by the commands that read cases or need a target.
+
+``add_case_arguments`` adds ``--case DIR`` (repeatable), ``--cases-from FILE``, ``--channel
+NAME=PATH`` (repeatable), ``--label PATH`` and ``--mask PATH``; ``case_files_from_args`` turns them
+into :class:`~asymseg.io.CaseFiles`. ``add_target_arguments``/``target_from_args`` do the same for
+``--label-convention`` and ``--foreground-labels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from asymseg import constants as C
+from asymseg.errors import InputError
+from asymseg.io.discovery import CaseFiles, canonical_channel, discover_case
+from asymseg.target import TargetSpec, resolve_target
+
+log = logging.getLogger(__name__)
+
+
+def _channel_argument(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. flair=case1/FLAIR.nii.gz), got {text!r}")
+    try:
+        return canonical_channel(name), path.strip()
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def parse_label_list(text: str) -> tuple[int, ...]:
+    """``"1,3,4"`` -> ``(1, 3, 4)`` (argparse type for ``--foreground-labels``)."""
+    try:
+        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,3,4, got {text!r}") from err
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive label values such as 1,3,4, got {text!r}")
+    return values
+
+
+def add_case_arguments(parser: argparse.ArgumentParser, *, multiple: bool = True, positional: bool = False) -> None:
+    """Add the case options to ``parser``.
+
+    Args:
+        parser: the command's parser.
+        multiple: accept several cases (``--case`` repeatable and ``--cases-from``).
+        positional: take the case folder as an optional positional ``CASE`` instead of ``--case``
+            (single case only; used by ``asymseg info CASE``).
+    """
+    group = parser.add_argument_group("case files")
+    if positional:
+        group.add_argument("case", nargs="?", metavar="CASE",
+                           help="case folder; files are found by name (flair, t1c/t1ce, t1, t2, seg, brainmask, "
+                                "BraTS names)")
+    elif multiple:
+        group.add_argument("--case", action="append", metavar="DIR", default=None,
+                           help="case folder (repeat for several cases); files are found by name")
+        group.add_argument("--cases-from", metavar="FILE", default=None,
+                           help="text file with one case folder per line (# starts a comment; relative paths "
+                                "are relative to the file's folder)")
+    else:
+        group.add_argument("--case", metavar="DIR", default=None,
+                           help="case folder; files are found by name")
+    group.add_argument("--channel", action="append", type=_channel_argument, metavar="NAME=PATH", default=None,
+                       help="explicit channel file, e.g. flair=FLAIR.nii.gz (repeatable); overrides the file found "
+                            "in the single case folder, or forms a case on its own")
+    group.add_argument("--label", metavar="PATH", default=None, help="explicit label file (single case)")
+    group.add_argument("--mask", metavar="PATH", default=None,
+                       help="explicit brain mask file (single case; nonzero = brain). Default: the case's "
+                            "brainmask file, else derived from the background")
+
+
+def read_case_list(path: str | Path) -> list[Path]:
+    """Case folders listed in a text file, one per line; blank lines and ``#`` comments are skipped.
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such case list file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the case list: {err}") from err
+    folders = []
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            folder = Path(entry).expanduser()
+            folders.append(folder if folder.is_absolute() else path.parent / folder)
+    return folders
+
+
+def case_files_from_args(args: argparse.Namespace) -> list[CaseFiles]:
+    """The cases named by the options of :func:`add_case_arguments`.
+
+    Raises:
+        InputError: no case given, per-case options with several cases, a missing folder or file,
+            or a discovery problem.
+    """
+    case = getattr(args, "case", None)
+    folders: list[Path] = [Path(c) for c in ([case] if isinstance(case, str) else (case or []))]
+    if getattr(args, "cases_from", None):
+        listed = read_case_list(args.cases_from)
+        if not listed:
+            raise InputError(f"{args.cases_from}: the case list names no case folder")
+        folders.extend(listed)
+    unique: list[Path] = []
+    for folder in folders:
+        if folder in unique:
+            log.warning("case %s is listed twice; using it once", folder)
+        else:
+            unique.append(folder)
+    channel_items = list(getattr(args, "channel", None) or [])
+    channels: dict[str, str] = {}
+    for name, path in channel_items:
+        if name in channels:
+            raise InputError(f"--channel {name} is given twice ({channels[name]}, {path})")
+        channels[name] = path
+    label, mask = getattr(args, "label", None), getattr(args, "mask", None)
+    per_case = [opt for opt, value in (("--channel", channels), ("--label", label), ("--mask", mask)) if value]
+    if per_case and len(unique) > 1:
+        raise InputError(f"{', '.join(per_case)} apply to a single case, but {len(unique)} cases were given")
+    if not unique:
+        if not channels:
+            if label or mask:
+                raise InputError("--label/--mask need a case: pass a case folder or the channel files with "
+                                 "--channel NAME=PATH")
+            raise InputError("no case given: pass a case folder (--case DIR), --cases-from FILE, or "
+                             "--channel NAME=PATH")
+        return [discover_case(None, channels=channels, label=label, mask=mask)]
+    return [discover_case(folder, channels=channels or None, label=label, mask=mask) if index == 0
+            else discover_case(folder) for index, folder in enumerate(unique)]
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--label-convention`` and ``--foreground-labels`` (mutually exclusive)."""
+    group = parser.add_argument_group("target (what counts as tumour)").add_mutually_exclusive_group()
+    group.add_argument("--label-convention", choices=sorted(C.TUMOUR_CORE_LABELS), default=None,
+                       help="BraTS label convention giving the tumour core: brats2015 {1,3,4}, brats2017 {1,4}, "
+                            "brats2023 {1,3}. Default: guessed from the label values where unambiguous")
+    group.add_argument("--foreground-labels", type=parse_label_list, metavar="L1,L2,...", default=None,
+                       help="explicit label values that form the foreground, e.g. 1,3,4")
+
+
+def target_from_args(args: argparse.Namespace, label_values: Iterable[int] | None = None,
+                     source: str = "label") -> TargetSpec:
+    """The target from ``--label-convention``/``--foreground-labels``, else guessed from ``label_values``.
+
+    Raises:
+        InputError: nothing given and the values fit no convention or several that disagree.
+    """
+    return resolve_target(convention=getattr(args, "label_convention", None),
+                          foreground_labels=getattr(args, "foreground_labels", None),
+                          label_values=None if label_values is None else list(label_values), source=str(source))
+
+
+def target_was_guessed(args: argparse.Namespace) -> bool:
+    """True when neither ``--label-convention`` nor ``--foreground-labels`` was given."""
+    return not getattr(args, "label_convention", None) and not getattr(args, "foreground_labels", None)

@@ -1,0 +1,346 @@
+"""Reading and writing single 3-D images with SimpleITK: checked on the way in, atomic on the way out.
+
+Every problem with a file becomes one :class:`~asymseg.errors.InputError` line that names the file:
+missing, unreadable, truncated (ITK's NIfTI reader silently zero-fills a truncated file, so NIfTI
+files are checked for completeness first), not 3-D, several components per voxel, NaN/Inf voxels,
+zero spacing. Writing goes to a temporary file in the destination folder that is renamed into place
+only once it is complete, so a failure (disk full, file size limit, cancellation) never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from asymseg.errors import InputError, ResourceError
+from asymseg.io.geometry import Geometry
+
+try:  # POSIX only; used to recognise a file size limit after a failed write
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: File extensions read as images (case-insensitive); ``.nhdr``/``.mhd`` are headers with a data file.
+READ_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File extensions :func:`write_image` writes (single-file formats only, so the rename is atomic).
+WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+_COMPRESSED_WRITE = {".nii.gz": True, ".nii": False, ".nrrd": True, ".mha": True}
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_SUPPORTED_TEXT = ", ".join(READ_EXTENSIONS)
+
+
+def image_extension(path: str | os.PathLike[str]) -> str | None:
+    """The image extension of ``path`` in lower case (``".nii.gz"``, ``".nrrd"`` ...), or None."""
+    name = Path(path).name.lower()
+    for ext in READ_EXTENSIONS:  # ".nii.gz" is checked before ".nii"
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    return None
+
+
+def strip_image_extension(path: str | os.PathLike[str]) -> str:
+    """The file name without its image extension: ``"BraTS-GLI-00000-000-t1c"``."""
+    name = Path(path).name
+    ext = image_extension(path)
+    return name[: -len(ext)] if ext else name
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _itk_reason(err: Exception, path: Path) -> str:
+    """The informative part of a SimpleITK exception text, on one line and without the path."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    picked: list[str] = []
+    for line in lines:
+        if "ERROR:" in line:
+            text = line.split("ERROR:", 1)[1]
+            text = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
+            picked.append(text)
+    if lines and lines[-1] not in picked and not lines[-1].startswith("Reason:"):
+        picked.append(re.sub(r"^\[\w+\]\s*", "", lines[-1]))
+    text = " ".join(picked) or (lines[-1] if lines else type(err).__name__)
+    text = text.replace(f'"{path}"', "").replace(str(path), "").replace("  ", " ").strip(" :")
+    return text[:240]
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1/2 needs (vox_offset + voxel data), from its header; None if unknown."""
+    for endian in "<>":
+        if len(header) < 348:
+            return None
+        (sizeof_hdr,) = struct.unpack(endian + "i", header[:4])
+        if sizeof_hdr == 348:
+            if header[344:347] != b"n+1":
+                return None  # a .hdr/.img pair or plain Analyze: not checked
+            dims = struct.unpack(endian + "8h", header[40:56])
+            (bitpix,) = struct.unpack(endian + "h", header[72:74])
+            (vox_offset,) = struct.unpack(endian + "f", header[108:112])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:
+            if header[4:7] != b"n+2":
+                return None
+            (bitpix,) = struct.unpack(endian + "h", header[14:16])
+            dims = struct.unpack(endian + "8q", header[16:80])
+            (vox_offset,) = struct.unpack(endian + "q", header[168:176])
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1:ndim + 1]) or not math.isfinite(vox_offset):
+        return None
+    return int(vox_offset) + math.prod(dims[1:ndim + 1]) * bitpix // 8
+
+
+def nifti_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a NIfTI file is incomplete (truncated or corrupt gzip stream), or None when it is whole.
+
+    ITK's NIfTI reader zero-fills missing data and its writer does not report short writes, so
+    this check runs on every NIfTI file read and written. It decompresses ``.nii.gz`` files once.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as raw:
+            is_gzip = raw.read(2) == b"\x1f\x8b"
+        if not is_gzip:
+            with path.open("rb") as f:
+                header = f.read(540)
+            total = path.stat().st_size
+        else:
+            with gzip.open(path, "rb") as f:
+                header = f.read(540)
+                total = len(header)
+                while chunk := f.read(1 << 22):
+                    total += len(chunk)
+    except EOFError:
+        return "the file is truncated (the compressed data ends early)"
+    except (gzip.BadGzipFile, zlib.error) as err:
+        return f"the compressed data is corrupt ({err})"
+    expected = _nifti_expected_bytes(header)
+    if expected is not None and total < expected:
+        return f"the file is truncated ({total} of {expected} bytes)"
+    return None
+
+
+def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
+    """Read one scalar 3-D image (a singleton 4th axis is dropped) and check it. See :func:`read_image`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such {role} file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {role} image file")
+    if image_extension(path) in (".nii", ".nii.gz"):
+        try:
+            problem = nifti_problem(path)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read {role} image: {err.strerror or err}") from err
+        if problem:
+            raise InputError(f"{path}: cannot read {role} image: {problem}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        reason = _itk_reason(err, path)
+        if "Unable to determine ImageIO reader" in str(err):
+            raise InputError(f"{path}: not a readable image (supported: {_SUPPORTED_TEXT})") from err
+        raise InputError(f"{path}: cannot read {role} image: {reason}") from err
+    dim, size, components = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
+    if components != 1:
+        raise InputError(f"{path}: {role} image has {components} components per voxel; expected a scalar image")
+    if dim == 4 and size[3] != 1:
+        raise InputError(f"{path}: {role} image is 4-D with {size[3]} volumes; expected one 3-D volume")
+    if dim not in (3, 4):
+        raise InputError(f"{path}: {role} image is {dim}-D {tuple(size)}; expected a 3-D volume")
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"{path}: cannot read {role} image: {_itk_reason(err, path)}") from err
+    if dim == 4:
+        image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
+    if image.GetNumberOfComponentsPerPixel() != 1:  # e.g. a one-component vector image
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    spacing = image.GetSpacing()
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"{path}: {role} image spacing {tuple(spacing)} has a zero, negative or invalid axis")
+    try:
+        geometry = Geometry.from_image(image)
+    except ValueError as err:
+        raise InputError(f"{path}: {role} image has an invalid geometry: {err}") from err
+    return image, geometry
+
+
+def _check_finite(array: np.ndarray, path: Path, role: str) -> None:
+    if array.dtype.kind in "fc":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise InputError(f"{path}: {role} image has {bad} NaN or infinite voxels")
+
+
+def read_image(path: str | os.PathLike[str], *, role: str = "channel") -> tuple[np.ndarray, Geometry]:
+    """Read a 3-D scalar image as float32.
+
+    Args:
+        path: a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file (anything SimpleITK reads).
+        role: what the image is ("channel", "mask", "prediction" ...), used in error messages.
+
+    Returns:
+        ``(array, geometry)``; array is float32 of shape (D, H, W).
+
+    Raises:
+        InputError: one line naming the file: missing, unreadable, corrupt or truncated, not 3-D
+            (a 4-D image with a single volume is accepted), several components per voxel, NaN or
+            infinite voxels, or a zero spacing.
+    """
+    path = Path(path)
+    image, geometry = _read_sitk(path, role)
+    array = sitk.GetArrayFromImage(image)
+    _check_finite(array, path, role)
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+        _check_finite(array, path, role)  # float64 values beyond the float32 range
+    return array, geometry
+
+
+def read_label(path: str | os.PathLike[str], *, role: str = "label") -> tuple[np.ndarray, Geometry]:
+    """Read an integer label map (float files are accepted when every value is a whole number).
+
+    Returns:
+        ``(array, geometry)``; array is int16 when the values fit, else int32; shape (D, H, W).
+
+    Raises:
+        InputError: as :func:`read_image`, plus non-integer values or values beyond the int32 range.
+    """
+    path = Path(path)
+    image, geometry = _read_sitk(path, role)
+    array = sitk.GetArrayFromImage(image)
+    _check_finite(array, path, role)
+    if array.dtype.kind == "f":
+        fractional = array != np.round(array)
+        if fractional.any():
+            example = float(array[fractional].flat[0])
+            raise InputError(f"{path}: {role} has non-integer values (e.g. {example:g}); expected a label map")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{path}: {role} has voxel type {array.dtype}; expected integer labels")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return array.astype(dtype, copy=False), geometry
+    raise InputError(f"{path}: {role} values {low:g}..{high:g} are beyond the int32 range")
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _out_of_space(tmp: Path) -> bool:
+    """Whether writing next to ``tmp`` fails for lack of disk space or a file size limit.
+
+    ITK does not report errno, so after a failed write we append to the temporary file ourselves
+    (it is deleted anyway) and look at the error we get.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+    try:
+        if soft is not None and soft != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= soft:
+            return True
+        if shutil.disk_usage(tmp.parent).free == 0:
+            return True
+        if tmp.exists():
+            with tmp.open("ab") as f:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as err:
+        return err.errno in _RESOURCE_ERRNOS
+    return False
+
+
+def _to_writable(array: np.ndarray, dtype: np.dtype | type | str | None) -> np.ndarray:
+    if dtype is not None:
+        return np.ascontiguousarray(array, dtype=np.dtype(dtype) if np.dtype(dtype) != np.bool_ else np.uint8)
+    if array.dtype == np.bool_:
+        return np.ascontiguousarray(array, dtype=np.uint8)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8 and array.size:
+        low, high = int(array.min()), int(array.max())
+        if np.iinfo(np.int32).min <= low and high <= np.iinfo(np.int32).max:
+            return np.ascontiguousarray(array, dtype=np.int32)
+    return np.ascontiguousarray(array)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str], *,
+                dtype: np.dtype | type | str | None = None) -> Path:
+    """Write a (D, H, W) array with exactly ``geometry``, atomically.
+
+    The format follows the extension (.nii.gz, .nii, .nrrd, .mha; .nii.gz, .nrrd and .mha are
+    compressed). The data goes to a hidden temporary file in the destination folder, which is
+    renamed over ``path`` only when complete; on any failure it is removed and ``path`` is untouched.
+
+    Args:
+        array: shape (D, H, W) == ``geometry.shape_zyx``.
+        geometry: size, spacing, origin and direction to write.
+        path: destination; its folder must exist.
+        dtype: voxel type to store; default keeps the array's type, except bool -> uint8 and
+            64-bit integers -> int32 when the values fit.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: the array's shape does not match the geometry.
+        InputError: unsupported extension, missing destination folder, or the file cannot be written.
+        ResourceError: the disk is full or the file would exceed the process's file size limit.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim != 3 or tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {tuple(array.shape)} does not match the geometry's (D, H, W) "
+                         f"{geometry.shape_zyx}")
+    ext = image_extension(path)
+    if ext not in WRITE_EXTENSIONS:
+        raise InputError(f"{path}: cannot write this file type; use one of {', '.join(WRITE_EXTENSIONS)}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder")
+    image = geometry.apply_to(sitk.GetImageFromArray(_to_writable(array, dtype)))
+    tmp = parent / f".{strip_image_extension(path)}.{secrets.token_hex(6)}.tmp{ext}"
+    try:
+        try:
+            sitk.WriteImage(image, str(tmp), _COMPRESSED_WRITE[ext])
+            problem = nifti_problem(tmp) if ext in (".nii", ".nii.gz") else None
+        except RuntimeError as err:
+            problem = _itk_reason(err, tmp)
+        if problem is not None:
+            if _out_of_space(tmp):
+                raise ResourceError(f"{path}: cannot write: out of disk space or over the file size limit")
+            if not os.access(parent, os.W_OK):
+                raise InputError(f"{path}: cannot write: permission denied in {parent}")
+            raise InputError(f"{path}: cannot write image: {problem}")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in _RESOURCE_ERRNOS:
+            raise ResourceError(f"{path}: cannot write: {err.strerror}") from err
+        raise InputError(f"{path}: cannot write: {err.strerror or err}") from err
+    finally:
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                log.warning("could not remove the temporary file %s", tmp)
+    log.debug("wrote %s", path)
+    return path
