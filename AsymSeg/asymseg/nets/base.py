@@ -1,0 +1,167 @@
+"""The interface every segmentation network implements, and shared initialisation helpers.
+
+A network takes ONE full-resolution input tensor ``(B, C_in, D, H, W)`` and returns logits
+``(B, K, d, h, w)``. Networks built from valid convolutions (DeepMedic) shrink the output by
+``2 * context`` per axis; networks with same-padding (the U-Net) keep the size (``context == 0``).
+Low-resolution pathways are computed inside the network from that same tensor, so a
+perturbation of the input (adversarial training) reaches every pathway consistently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SegmentationNet(nn.Module):
+    """Base class of the segmentation networks (see the module docstring for the contract).
+
+    Attributes:
+        architecture: the registry name, e.g. "deepmedic"; with ``hparams`` it rebuilds the net
+            through ``build_network(architecture, in_channels, num_classes, **hparams)``.
+        in_channels: number of input channels C_in.
+        num_classes: number of output classes K (logits per voxel).
+        hparams: every hyper-parameter needed to rebuild the network (JSON-serialisable).
+        context: input voxels needed on each side of an output tile, on every axis, when the
+            output tile size is a multiple of ``output_multiple``.
+        output_multiple: tile sizes (and, for exact tiling, tile origins) must be multiples of it.
+        exact_tiling: True when dense inference over aligned tiles equals one big forward pass
+            (eval mode): tile outputs with origins and sizes that are multiples of
+            ``output_multiple`` can be stitched without any blending.
+        receptive_field: input voxels (per axis) that can influence one output voxel.
+        training_output_size: default output size (per axis) of a training segment.
+    """
+
+    architecture: str = ""
+    context: int = 0
+    output_multiple: int = 1
+    exact_tiling: bool = False
+    receptive_field: int = 1
+    training_output_size: int = 1
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        if int(in_channels) != in_channels or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        if int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.hparams: dict[str, Any] = {}
+
+    # -- geometry ---------------------------------------------------------------------------------
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial output shape for a spatial input shape (one entry per axis).
+
+        Raises:
+            ValueError: the input size is impossible for this network (too small, or not
+                giving a supported output size); the message names the axis and the rule.
+        """
+        raise NotImplementedError
+
+    def input_shape(self, output_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial input shape that produces the given spatial output shape.
+
+        Raises:
+            ValueError: the output size is impossible for this network.
+        """
+        raise NotImplementedError
+
+    @property
+    def training_input_size(self) -> int:
+        """Input size (per axis) that yields ``training_output_size``."""
+        return self.input_shape((self.training_output_size,))[0]
+
+    # -- cost ---------------------------------------------------------------------------------------
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """Floating-point operations of one forward pass for batch 1 (2 per multiply-add).
+
+        Counts convolutions and transposed convolutions only (as
+        ``torch.utils.flop_counter.FlopCounterMode`` does), from the architecture.
+        """
+        raise NotImplementedError
+
+    def flops_per_output_voxel(self, output_size: int) -> float:
+        """FLOPs per output voxel for a cubic output tile of ``output_size`` voxels per axis.
+
+        Includes the halo cost of the tile (valid convolutions recompute the context).
+        """
+        out = (int(output_size),) * 3
+        return self.flops(self.input_shape(out)) / float(math.prod(out))
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is a ``(B, in_channels, D, H, W)`` floating tensor."""
+        if x.dim() != 5:
+            raise ValueError(f"{self.architecture}: expected input (B, C, D, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{self.architecture}: expected {self.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.architecture}: expected a floating-point input, got {x.dtype}")
+
+    def extra_repr(self) -> str:
+        return (f"architecture={self.architecture!r}, in_channels={self.in_channels}, "
+                f"num_classes={self.num_classes}, context={self.context}, "
+                f"output_multiple={self.output_multiple}, receptive_field={self.receptive_field}")
+
+
+def conv_out_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def kaiming_normal_(weight: torch.Tensor, negative_slope: float,
+                    generator: torch.Generator | None = None) -> None:
+    """He initialisation (fan-in) for a (leaky/parametric) ReLU with the given negative slope.
+
+    ``std = sqrt(2 / ((1 + a^2) * fan_in))``; draws from ``generator`` when given, so a seed
+    reproduces the weights without touching the global random state.
+    """
+    fan_in = weight.shape[1] * math.prod(weight.shape[2:])
+    std = math.sqrt(2.0 / ((1.0 + negative_slope ** 2) * fan_in))
+    with torch.no_grad():
+        weight.normal_(0.0, std, generator=generator)
+
+
+def init_weights(module: nn.Module, negative_slope: float,
+                 generator: torch.Generator | None = None) -> None:
+    """Kaiming-normal conv weights, zero conv biases, unit/zero norm affine parameters.
+
+    Transposed convolutions use the fan-in of their output side (``weight.shape[0]``).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose3d):
+            fan_in = m.weight.shape[0] * math.prod(m.weight.shape[2:])
+            std = math.sqrt(2.0 / ((1.0 + negative_slope ** 2) * fan_in))
+            with torch.no_grad():
+                m.weight.normal_(0.0, std, generator=generator)
+        elif isinstance(m, nn.Conv3d):
+            kaiming_normal_(m.weight, negative_slope, generator)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_int_list(name: str, value: Any, *, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
+    """Validate a list of integers hyper-parameter; returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of integers, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"{name} must be a list of integers >= {minimum}, got {list(value)!r}")
+        out.append(int(v))
+    if not out and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(out)
