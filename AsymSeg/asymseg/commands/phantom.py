@@ -49,7 +49,9 @@ def parse_channels(text: str) -> tuple[str, ...]:
         if count not in (2, 4):
             raise InputError(f"--channels {text}: expected 2, 4 or a list of names from {C.CHANNEL_NAMES}")
         return C.CHANNEL_NAMES[:count]
-    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    from asymseg.io import canonical_channel
+
+    names = tuple(canonical_channel(p) for p in text.split(",") if p.strip())
     if not names:
         raise InputError("--channels: no channel names given")
     return names
