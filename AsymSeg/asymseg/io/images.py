@@ -1,8 +1,8 @@
 """Reading and writing single 3-D images with SimpleITK: checked on the way in, atomic on the way out.
 
 Every problem with a file becomes one :class:`~asymseg.errors.InputError` line that names the file:
-missing, unreadable, truncated (ITK's NIfTI reader silently zero-fills a truncated file, so NIfTI
-files are checked for completeness first), not 3-D, several components per voxel, NaN/Inf voxels,
+missing, unreadable, truncated (ITK's NIfTI reader silently zero-fills a truncated file and NaN
+voxels, so NIfTI files are scanned first, see :mod:`asymseg.io.nifti_check`), not 3-D, several components per voxel, NaN/Inf voxels,
 zero spacing. Writing goes to a temporary file in the destination folder that is renamed into place
 only once it is complete, so a failure (disk full, file size limit, cancellation) never leaves a
 half-written file behind.
@@ -11,15 +11,11 @@ half-written file behind.
 from __future__ import annotations
 
 import errno
-import gzip
 import logging
 import math
 import os
 import re
 import secrets
-import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +23,7 @@ import SimpleITK as sitk
 
 from asymseg.errors import InputError, ResourceError
 from asymseg.io.geometry import Geometry
+from asymseg.io.nifti_check import nifti_problem, scan_nifti
 
 try:  # POSIX only; used to recognise a file size limit after a failed write
     import resource
@@ -69,70 +66,20 @@ def _itk_reason(err: Exception, path: Path) -> str:
         if "ERROR:" in line:
             text = line.split("ERROR:", 1)[1]
             text = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
-            picked.append(text)
-    if lines and lines[-1] not in picked and not lines[-1].startswith("Reason:"):
+            text = re.sub(r"^\s*ERROR:\s*", "", text)
+            if text not in picked:
+                picked.append(text)
+    if lines and "ERROR:" not in lines[-1] and not lines[-1].startswith("Reason:"):
         picked.append(re.sub(r"^\[\w+\]\s*", "", lines[-1]))
     text = " ".join(picked) or (lines[-1] if lines else type(err).__name__)
-    text = text.replace(f'"{path}"', "").replace(str(path), "").replace("  ", " ").strip(" :")
+    text = text.replace(f'"{path}"', "").replace(str(path), "").replace(" for reading", "").replace("  ", " ")
+    text = text.strip(" :.")
     return text[:240]
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Bytes a single-file NIfTI-1/2 needs (vox_offset + voxel data), from its header; None if unknown."""
-    for endian in "<>":
-        if len(header) < 348:
-            return None
-        (sizeof_hdr,) = struct.unpack(endian + "i", header[:4])
-        if sizeof_hdr == 348:
-            if header[344:347] != b"n+1":
-                return None  # a .hdr/.img pair or plain Analyze: not checked
-            dims = struct.unpack(endian + "8h", header[40:56])
-            (bitpix,) = struct.unpack(endian + "h", header[72:74])
-            (vox_offset,) = struct.unpack(endian + "f", header[108:112])
-            break
-        if sizeof_hdr == 540 and len(header) >= 540:
-            if header[4:7] != b"n+2":
-                return None
-            (bitpix,) = struct.unpack(endian + "h", header[14:16])
-            dims = struct.unpack(endian + "8q", header[16:80])
-            (vox_offset,) = struct.unpack(endian + "q", header[168:176])
-            break
-    else:
-        return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1:ndim + 1]) or not math.isfinite(vox_offset):
-        return None
-    return int(vox_offset) + math.prod(dims[1:ndim + 1]) * bitpix // 8
-
-
-def nifti_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why a NIfTI file is incomplete (truncated or corrupt gzip stream), or None when it is whole.
-
-    ITK's NIfTI reader zero-fills missing data and its writer does not report short writes, so
-    this check runs on every NIfTI file read and written. It decompresses ``.nii.gz`` files once.
-    """
-    path = Path(path)
-    try:
-        with path.open("rb") as raw:
-            is_gzip = raw.read(2) == b"\x1f\x8b"
-        if not is_gzip:
-            with path.open("rb") as f:
-                header = f.read(540)
-            total = path.stat().st_size
-        else:
-            with gzip.open(path, "rb") as f:
-                header = f.read(540)
-                total = len(header)
-                while chunk := f.read(1 << 22):
-                    total += len(chunk)
-    except EOFError:
-        return "the file is truncated (the compressed data ends early)"
-    except (gzip.BadGzipFile, zlib.error) as err:
-        return f"the compressed data is corrupt ({err})"
-    expected = _nifti_expected_bytes(header)
-    if expected is not None and total < expected:
-        return f"the file is truncated ({total} of {expected} bytes)"
-    return None
+def _is_zero_spacing(reason: str) -> bool:
+    lower = reason.lower()
+    return "spacing" in lower and ("zero" in lower or "(0)" in lower)
 
 
 def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
@@ -144,17 +91,21 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
         raise InputError(f"{path}: is a folder, expected a {role} image file")
     if image_extension(path) in (".nii", ".nii.gz"):
         try:
-            problem = nifti_problem(path)
+            scan = scan_nifti(path)
         except OSError as err:
             raise InputError(f"{path}: cannot read {role} image: {err.strerror or err}") from err
-        if problem:
-            raise InputError(f"{path}: cannot read {role} image: {problem}")
+        if scan.problem:
+            raise InputError(f"{path}: cannot read {role} image: {scan.problem}")
+        if scan.nonfinite:  # ITK would read these as 0
+            raise InputError(f"{path}: {role} image has {scan.nonfinite} NaN or infinite voxels")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
         reason = _itk_reason(err, path)
+        if _is_zero_spacing(reason):
+            raise InputError(f"{path}: {role} image spacing has a zero axis") from err
         if "Unable to determine ImageIO reader" in str(err):
             raise InputError(f"{path}: not a readable image (supported: {_SUPPORTED_TEXT})") from err
         raise InputError(f"{path}: cannot read {role} image: {reason}") from err
@@ -168,6 +119,8 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
     try:
         image = reader.Execute()
     except RuntimeError as err:
+        if _is_zero_spacing(_itk_reason(err, path)):
+            raise InputError(f"{path}: {role} image spacing has a zero axis") from err
         raise InputError(f"{path}: cannot read {role} image: {_itk_reason(err, path)}") from err
     if dim == 4:
         image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
@@ -255,13 +208,10 @@ def _out_of_space(tmp: Path) -> bool:
     try:
         if soft is not None and soft != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= soft:
             return True
-        if shutil.disk_usage(tmp.parent).free == 0:
-            return True
-        if tmp.exists():
-            with tmp.open("ab") as f:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-                os.fsync(f.fileno())
+        with tmp.open("ab") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as err:
         return err.errno in _RESOURCE_ERRNOS
     return False
@@ -318,6 +268,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
     image = geometry.apply_to(sitk.GetImageFromArray(_to_writable(array, dtype)))
     tmp = parent / f".{strip_image_extension(path)}.{secrets.token_hex(6)}.tmp{ext}"
     try:
+        with tmp.open("xb"):  # fails here, with a real errno, when the folder is not writable
+            pass
         try:
             sitk.WriteImage(image, str(tmp), _COMPRESSED_WRITE[ext])
             problem = nifti_problem(tmp) if ext in (".nii", ".nii.gz") else None
