@@ -94,9 +94,13 @@ def check_phantom_options(size: Sequence[int], channels: Sequence[str], spacing:
         raise InputError(f"phantom channels {list(channels)} contain a duplicate")
 
 
-def _paint_channel(rng: np.random.Generator, name: str, anatomy, tumour, shared_texture: np.ndarray,
-                   spacing_zyx: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """One channel's image and its drawn contrasts (relative to white matter)."""
+def _paint_channel(rng: np.random.Generator, tumour_rng: np.random.Generator, name: str, anatomy, tumour,
+                   shared_texture: np.ndarray, spacing_zyx: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """One channel's image and its drawn contrasts (relative to white matter).
+
+    ``rng`` draws the healthy appearance, bias and noise; ``tumour_rng`` the tumour's appearance,
+    so that the same case without a tumour has the same brain.
+    """
     shape = anatomy.mask.shape
     lut = np.zeros(max(TISSUE_CONTRAST[name]) + 1, dtype=np.float32)
     for code, value in TISSUE_CONTRAST[name].items():
@@ -110,15 +114,15 @@ def _paint_channel(rng: np.random.Generator, name: str, anatomy, tumour, shared_
     params: dict[str, Any] = {}
     if tumour is not None:
         ranges = TUMOUR_CONTRAST[name]
-        nec, enh, oed = (float(rng.uniform(*ranges[k])) for k in ("necrosis", "enhancing", "oedema"))
-        texture_amp = float(rng.uniform(0.03, 0.25))
-        texture_mm = float(rng.uniform(0.6, 2.5)) * float(spacing_zyx.mean())
+        nec, enh, oed = (float(tumour_rng.uniform(*ranges[k])) for k in ("necrosis", "enhancing", "oedema"))
+        texture_amp = float(tumour_rng.uniform(0.03, 0.25))
+        texture_mm = float(tumour_rng.uniform(0.6, 2.5)) * float(spacing_zyx.mean())
         box = tumour.box
         box_shape = tumour.core_weight.shape
-        texture = 1.0 + texture_amp * smooth_noise(rng, box_shape, tuple(max(texture_mm / s, 0.3) for s in spacing_zyx))
-        direction = rng.standard_normal(3)
+        texture = 1.0 + texture_amp * smooth_noise(tumour_rng, box_shape, tuple(max(texture_mm / s, 0.3) for s in spacing_zyx))
+        direction = tumour_rng.standard_normal(3)
         direction /= np.linalg.norm(direction)
-        gradient_amp = float(rng.uniform(0.0, 0.2))
+        gradient_amp = float(tumour_rng.uniform(0.0, 0.2))
         pz, py, px = tumour.position_mm
         ramp = (direction[0] * pz + direction[1] * py + direction[2] * px) / (2.0 * tumour.radius_mm)
         texture *= 1.0 + gradient_amp * np.clip(ramp, -1.0, 1.0)
@@ -190,8 +194,10 @@ def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Seq
     images: dict[str, np.ndarray] = {}
     contrasts: dict[str, Any] = {}
     for name in channels:
-        rng = np.random.default_rng(streams[3 + C.CHANNEL_NAMES.index(name)])
-        images[name], contrasts[name] = _paint_channel(rng, name, anatomy, tumour_obj, grain, spacing_zyx)
+        healthy_stream, tumour_stream = streams[3 + C.CHANNEL_NAMES.index(name)].spawn(2)
+        images[name], contrasts[name] = _paint_channel(
+            np.random.default_rng(healthy_stream), np.random.default_rng(tumour_stream), name, anatomy, tumour_obj,
+            grain, spacing_zyx)
 
     label = tumour_obj.label if tumour_obj is not None else np.zeros(shape_zyx, dtype=np.uint8)
     brain_voxels = int(anatomy.mask.sum())

@@ -183,6 +183,7 @@ def make_tumour(rng: np.random.Generator, anatomy: Anatomy, spacing_zyx: Sequenc
     counts = {v: int((box_label == v).sum()) for v in (LABEL_NECROSIS, LABEL_OEDEMA, LABEL_ENHANCING)}
     params = {
         "centre_voxel_zyx": [int(c) for c in centre],
+        "box_voxel_zyx": [[int(b.start), int(b.stop)] for b in box],
         "core_radius_mm": round(radius, 3),
         "blobs": n_blobs,
         "warp": round(warp, 4),
