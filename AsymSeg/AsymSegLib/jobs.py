@@ -1,0 +1,251 @@
+"""One segmentation run: scene -> files -> ``asymseg segment`` -> scene.
+
+:class:`SegmentationJob` writes the channel volumes (and a reference, if any) to a temporary
+folder with exact geometry, starts the engine, and, once it has finished, imports the label map
+as a named, coloured segment, the optional probability map, the metrics table and the logit
+distribution plot. MRML is touched only in :meth:`SegmentationJob.start` and
+:meth:`SegmentationJob.finish`; call them (and :meth:`SegmentationJob.poll`) from the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from slicer import util as sutil
+
+from AsymSegLib import plots, scene as S, tables
+from AsymSegLib.process import EngineProcess, EngineResult, Launcher
+from AsymSegLib.progress import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class SegmentationRequest:
+    """What to segment and where the results go.
+
+    Attributes:
+        volumes: channel name (as the model names it) -> scalar volume node, in model order.
+            The first volume is the reference geometry of the output.
+        model: the ``--model`` argument (a registry name or a model folder).
+        outputSegmentation: the vtkMRMLSegmentationNode to fill.
+        segments: label values of the engine's output and the segments they become.
+        probabilityVolume: a scalar volume node for the foreground probability, or None.
+        reference: a segmentation or labelmap to compare with, or None.
+        referenceLabelValues: foreground label values of the reference (None: see
+            :func:`AsymSegLib.scene.referenceToArray`).
+        metricsTable: the table node for the metrics (created when None and a reference is given).
+        logitPlot: compute the logit distribution plot (needs a reference).
+        device: "auto", "cpu" or "cuda".
+        extraArguments: further engine arguments.
+    """
+
+    volumes: Mapping[str, object]
+    model: str
+    outputSegmentation: object
+    segments: Sequence[S.SegmentSpec] = (S.TUMOUR_CORE_SEGMENT,)
+    probabilityVolume: object | None = None
+    reference: object | None = None
+    referenceLabelValues: Sequence[int] | None = None
+    metricsTable: object | None = None
+    logitPlot: bool = True
+    device: str = "auto"
+    extraArguments: Sequence[str] = ()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first problem (a missing input, a bad device)."""
+        if not self.volumes:
+            raise ValueError("no input volume: select a volume for each of the model's channels")
+        for channel, node in self.volumes.items():
+            if node is None:
+                raise ValueError(f"no volume selected for the {channel} channel")
+            if node.GetImageData() is None:
+                raise ValueError(f"{node.GetName()} ({channel}): the volume has no voxels")
+        if not self.model:
+            raise ValueError("no model selected")
+        if self.outputSegmentation is None:
+            raise ValueError("no output segmentation selected")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if not self.segments:
+            raise ValueError("no output segment defined")
+
+
+@dataclass
+class SegmentationResult:
+    """What a finished run produced."""
+
+    engine: EngineResult
+    segmentIds: list[str] = field(default_factory=list)
+    metrics: dict[str, object] = field(default_factory=dict)
+    metricsTable: object | None = None
+    histogram: plots.LogitHistogram | None = None
+    plotNodes: plots.PlotNodes | None = None
+    device: str | None = None
+
+
+class SegmentationJob:
+    """A segmentation run in an engine subprocess.
+
+    Args:
+        request: the :class:`SegmentationRequest`.
+        scene: the vtkMRMLScene.
+        segmentationsLogic: the Segmentations module logic.
+        processFactory: creates the :class:`~AsymSegLib.process.EngineProcess` (tests and the
+            module pass one configured with the right interpreter).
+        workDirectory: parent of the temporary folder (default: the system's).
+        keepFiles: keep the temporary folder (for debugging).
+
+    Example (blocking, e.g. from the Python console)::
+
+        job = SegmentationJob(request, slicer.mrmlScene, slicer.modules.segmentations.logic())
+        result = job.run()
+    """
+
+    def __init__(self, request: SegmentationRequest, scene, segmentationsLogic,
+                 processFactory: Callable[[], EngineProcess] = EngineProcess,
+                 workDirectory: str | Path | None = None, keepFiles: bool = False) -> None:
+        request.check()
+        self.request = request
+        self.scene = scene
+        self.segmentationsLogic = segmentationsLogic
+        self.process = processFactory()
+        self.workDirectory = workDirectory
+        self.keepFiles = keepFiles
+        self.folder: Path | None = None
+        self.paths: dict[str, Path] = {}
+        self._referenceArray: np.ndarray | None = None
+        self.lastProgress: ProgressEvent | None = None
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def referenceVolume(self):
+        return next(iter(self.request.volumes.values()))
+
+    def prepare(self) -> list[str]:
+        """Write the inputs to a temporary folder; returns the engine arguments (GUI thread)."""
+        request = self.request
+        self.folder = Path(tempfile.mkdtemp(prefix="asymseg-segment-", dir=self.workDirectory))
+        args = ["segment", "--model", request.model]
+        for channel, node in request.volumes.items():
+            path = S.writeVolume(node, self.folder / f"input_{channel}{S.EXCHANGE_EXTENSION}")
+            self.paths[f"input_{channel}"] = path
+            args += ["--channel", f"{channel}={path}"]
+        self.paths["output"] = self.folder / f"labels{S.EXCHANGE_EXTENSION}"
+        args += ["--output", str(self.paths["output"])]
+        if request.probabilityVolume is not None:
+            self.paths["probabilities"] = self.folder / f"probabilities{S.EXCHANGE_EXTENSION}"
+            args += ["--probabilities", str(self.paths["probabilities"])]
+        if request.reference is not None:
+            self._referenceArray = S.referenceToArray(
+                request.reference, self.referenceVolume, self.segmentationsLogic, self.scene,
+                labelValues=request.referenceLabelValues)
+            self.paths["reference"] = S.writeArrayOnGrid(
+                self._referenceArray, self.referenceVolume, self.folder / f"reference{S.EXCHANGE_EXTENSION}",
+                self.scene)
+            args += ["--reference", str(self.paths["reference"])]
+            if request.logitPlot:
+                self.paths["logits"] = self.folder / f"logits{S.EXCHANGE_EXTENSION}"
+                args += ["--logits", str(self.paths["logits"])]
+        args += ["--device", request.device, "--progress", "jsonl", *request.extraArguments]
+        return args
+
+    def start(self, launcher: Launcher | None = None) -> None:
+        """Write the inputs and start the engine (GUI thread); returns at once."""
+        args = self.prepare()
+        try:
+            self.process.start(args, forceCpu=self.request.device == "cpu", launcher=launcher)
+        except Exception:
+            self.cleanup()
+            raise
+
+    def poll(self) -> list[ProgressEvent]:
+        """New events since the last call (no blocking)."""
+        events = self.process.poll()
+        for event in events:
+            if event.fraction is not None:
+                self.lastProgress = event
+        return events
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    def cancel(self) -> None:
+        """Ask the engine to stop (it is killed after the grace period)."""
+        self.process.cancel()
+
+    def finish(self) -> SegmentationResult:
+        """Import the results into the scene once the engine has finished (GUI thread).
+
+        Raises:
+            EngineError: the engine failed or was cancelled (nothing is imported).
+            OSError: an output file is missing or unreadable.
+        """
+        try:
+            engineResult = self.process.result()
+            engineResult.raiseIfFailed()
+            return self._importResults(engineResult)
+        finally:
+            self.cleanup()
+
+    def run(self, timeout: float | None = None,
+            onEvent: Callable[[ProgressEvent], None] | None = None) -> SegmentationResult:
+        """Start, wait and finish in one call (scripts, batch use, tests)."""
+        self.start()
+        try:
+            self.process.wait(timeout=timeout, onEvent=onEvent)
+        except BaseException:
+            self.process.kill()
+            self.process.close()
+            self.cleanup()
+            raise
+        return self.finish()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (unless ``keepFiles``)."""
+        if self.folder is not None and not self.keepFiles:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ results
+    def _importResults(self, engineResult: EngineResult) -> SegmentationResult:
+        request = self.request
+        done = engineResult.doneEvent
+        result = SegmentationResult(engine=engineResult, device=(done.data.get("device") if done else None))
+        result.segmentIds = S.importLabelmapFile(
+            self.paths["output"], request.outputSegmentation, request.segments, self.segmentationsLogic,
+            self.scene, referenceVolume=self.referenceVolume)
+        S.placeBeside(request.outputSegmentation, self.referenceVolume, self.scene)
+        if request.probabilityVolume is not None:
+            S.readVolumeInto(self.paths["probabilities"], request.probabilityVolume)
+            S.placeBeside(request.probabilityVolume, self.referenceVolume, self.scene)
+        metrics = done.data.get("metrics") if done is not None else None
+        if request.reference is not None and isinstance(metrics, Mapping):
+            result.metrics = dict(metrics)
+            table = request.metricsTable
+            if table is None:
+                table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{request.outputSegmentation.GetName()} metrics")
+            tables.updateMetricsTable(table, result.metrics)
+            result.metricsTable = table
+        if request.reference is not None and "logits" in self.paths and self._referenceArray is not None:
+            result.histogram = self._logitHistogram()
+            result.plotNodes = plots.updateLogitDistributionPlot(
+                self.scene, result.histogram, title=f"{request.outputSegmentation.GetName()} logit distribution")
+        return result
+
+    def _logitHistogram(self) -> plots.LogitHistogram:
+        dzNode = S.readVolume(self.paths["logits"], self.scene, name="__asymseg_temp_dz__")
+        try:
+            dz = sutil.arrayFromVolume(dzNode).astype(np.float32, copy=True)
+        finally:
+            S.removeNodes(self.scene, [dzNode])
+        mask = plots.backgroundMask(sutil.arrayFromVolume(self.referenceVolume))
+        return plots.logitHistograms(dz, self._referenceArray, mask=mask)

@@ -1,0 +1,220 @@
+"""The model registry, seen from Slicer: ``asymseg models list --json`` and model cards.
+
+The Slicer process never imports torch, so it asks the engine (a short subprocess) for the list
+of bundled and user models. A model folder's card is plain JSON and may be read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from AsymSegLib import process as engineProcess
+from AsymSegLib.progress import errorMessageFromLine
+
+log = logging.getLogger(__name__)
+
+#: File name of the model card inside a model folder.
+MODEL_CARD_NAMES = ("model.json", "card.json")
+#: Environment variable naming the engine's home folder (models under ``$ASYMSEG_HOME/models``).
+HOME_VARIABLE = "ASYMSEG_HOME"
+#: Seconds allowed for ``asymseg models list``.
+LIST_TIMEOUT = 120.0
+
+
+class ModelRegistryError(RuntimeError):
+    """The model list could not be read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model the engine can run.
+
+    Attributes:
+        name: the registry name (``--model NAME``).
+        path: the model folder, when known.
+        channels: input channel names, in model order.
+        source: where it lives ("bundled", "user", or a folder given by hand).
+        description: a short text for tooltips.
+        target: the target definition (classes, rare classes, label convention).
+        provenance: training data, technique, iterations, validation metrics.
+        card: the full JSON entry.
+    """
+
+    name: str
+    path: Path | None = None
+    channels: tuple[str, ...] = ()
+    source: str = ""
+    description: str = ""
+    target: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    card: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """A label for the model selector."""
+        return f"{self.name} ({self.source})" if self.source else self.name
+
+    def modelArgument(self) -> str:
+        """What to pass as ``--model``: the folder when known (unambiguous), else the name."""
+        return str(self.path) if self.path is not None else self.name
+
+    def tooltip(self) -> str:
+        lines = [self.description] if self.description else []
+        if self.channels:
+            lines.append("Channels: " + ", ".join(self.channels))
+        technique = self.provenance.get("technique") if isinstance(self.provenance, Mapping) else None
+        if technique:
+            lines.append(f"Technique: {technique}")
+        if self.path is not None:
+            lines.append(str(self.path))
+        return "\n".join(lines)
+
+
+def _channelNames(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    names = []
+    for item in value or ():
+        if isinstance(item, Mapping):
+            item = item.get("name")
+        if isinstance(item, str) and item:
+            names.append(item)
+    return tuple(names)
+
+
+def modelInfoFromDict(entry: Mapping[str, Any], path: Path | None = None, source: str = "") -> ModelInfo:
+    """Build a :class:`ModelInfo` from a registry entry or a model card.
+
+    Raises:
+        ValueError: the entry has no name.
+    """
+    name = entry.get("name") or (path.name if path is not None else None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model entry without a name: {dict(entry)!r}"[:200])
+    rawPath = entry.get("path") or entry.get("directory")
+    folder = Path(rawPath) if isinstance(rawPath, str) and rawPath else path
+    target = entry.get("target") if isinstance(entry.get("target"), Mapping) else {}
+    provenance = entry.get("provenance") if isinstance(entry.get("provenance"), Mapping) else {}
+    return ModelInfo(
+        name=name, path=folder, channels=_channelNames(entry.get("channels")),
+        source=str(entry.get("source") or entry.get("origin") or source or ""),
+        description=str(entry.get("description") or ""), target=target, provenance=provenance, card=dict(entry),
+    )
+
+
+def parseModelList(text: str) -> list[ModelInfo]:
+    """Parse the output of ``asymseg models list --json`` (a list, or ``{"models": [...]}``).
+
+    Raises:
+        ModelRegistryError: the text is not such JSON.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ModelRegistryError(f"asymseg models list: output is not JSON ({err})") from err
+    if isinstance(data, Mapping):
+        data = data.get("models", [])
+    if not isinstance(data, list):
+        raise ModelRegistryError("asymseg models list: expected a JSON list of models")
+    models = []
+    for entry in data:
+        if isinstance(entry, Mapping):
+            try:
+                models.append(modelInfoFromDict(entry))
+            except ValueError as err:
+                log.warning("Skipping a model entry: %s", err)
+    return models
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def runEngineCommand(args: Sequence[object], pythonExecutable: str | None = None, timeout: float = LIST_TIMEOUT,
+                     runner: Runner = subprocess.run, env: Mapping[str, str] | None = None) -> str:
+    """Run a short engine command and return its stdout.
+
+    Raises:
+        ModelRegistryError: the command failed or timed out; the message is the engine's error line.
+    """
+    command = engineProcess.engineCommand(args, pythonExecutable)
+    try:
+        completed = runner(command, capture_output=True, text=True, timeout=timeout,
+                           env=engineProcess.engineEnvironment(extra=env), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        raise ModelRegistryError(f"asymseg {args[0]}: no answer within {timeout:.0f} s") from err
+    except OSError as err:
+        raise ModelRegistryError(f"{command[0]}: cannot start Python ({err.strerror or err})") from err
+    if completed.returncode != 0:
+        lines = [line for line in (completed.stderr or "").splitlines() if line.strip()]
+        message = next((errorMessageFromLine(line) for line in reversed(lines) if errorMessageFromLine(line)), None)
+        raise ModelRegistryError(message or (lines[-1] if lines else f"asymseg {args[0]} exited with {completed.returncode}"))
+    return completed.stdout
+
+
+def listModels(pythonExecutable: str | None = None, runner: Runner = subprocess.run,
+               timeout: float = LIST_TIMEOUT) -> list[ModelInfo]:
+    """The bundled and user models, as the engine lists them.
+
+    Raises:
+        ModelRegistryError: the engine could not list them.
+    """
+    return parseModelList(runEngineCommand(["models", "list", "--json"], pythonExecutable, timeout, runner))
+
+
+def importModel(source: str | os.PathLike, pythonExecutable: str | None = None, runner: Runner = subprocess.run,
+                timeout: float = 600.0) -> str:
+    """Import a model archive or folder into the user models folder (the engine checks it).
+
+    Returns:
+        The engine's output (a summary of the imported model).
+
+    Raises:
+        ModelRegistryError: the engine refused it (bad archive, checksum mismatch, ...).
+    """
+    return runEngineCommand(["models", "import", str(source)], pythonExecutable, timeout, runner)
+
+
+def asymsegHome(environ: Mapping[str, str] | None = None) -> Path:
+    """The engine's home folder: ``$ASYMSEG_HOME`` or ``~/.asymseg``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(HOME_VARIABLE)
+    return Path(value).expanduser() if value else Path.home() / ".asymseg"
+
+
+def userModelsDirectory(environ: Mapping[str, str] | None = None) -> Path:
+    """Where user and fine-tuned models live: ``<home>/models``."""
+    return asymsegHome(environ) / "models"
+
+
+def findModelCard(folder: str | os.PathLike) -> Path | None:
+    """The card file of a model folder, or None."""
+    for name in MODEL_CARD_NAMES:
+        candidate = Path(folder) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def readModelCard(folder: str | os.PathLike, source: str = "folder") -> ModelInfo:
+    """Read a model folder's card with plain JSON (no engine, no torch).
+
+    Raises:
+        ModelRegistryError: no card, or not valid JSON.
+    """
+    card = findModelCard(folder)
+    if card is None:
+        raise ModelRegistryError(f"{folder}: not a model folder (no {' or '.join(MODEL_CARD_NAMES)})")
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelRegistryError(f"{card}: cannot read the model card ({err})") from err
+    if not isinstance(data, Mapping):
+        raise ModelRegistryError(f"{card}: the model card is not a JSON object")
+    return modelInfoFromDict(data, path=Path(folder), source=source)
