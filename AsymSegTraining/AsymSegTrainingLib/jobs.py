@@ -1,0 +1,191 @@
+"""One fine-tuning run: scene cases -> case folders -> ``asymseg finetune`` -> a new model.
+
+:class:`TrainingJob` exports the scene's training and validation cases to a temporary folder,
+starts the engine with the command line of :class:`~AsymSegTrainingLib.params.TrainingParameters`,
+turns its progress events into live loss and validation curves (plot nodes, updated on the GUI
+thread) and reports where the new model was written. Call :meth:`start`, :meth:`poll`,
+:meth:`updatePlots` and :meth:`finish` from the GUI thread; :meth:`run` does all in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from AsymSegLib import models, plots
+from AsymSegLib.process import EngineProcess, EngineResult, Launcher
+from AsymSegLib.progress import ProgressEvent
+
+from AsymSegTrainingLib.export import FOREGROUND_LABEL, SceneCase, exportTrainingCase
+from AsymSegTrainingLib.params import TrainingParameters
+from AsymSegTrainingLib.series import TrainingProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    """How a fine-tuning run ended.
+
+    Attributes:
+        engine: the engine process result.
+        modelPath: the trained model's folder (None when it is unknown or was not written).
+        progress: the collected curves.
+    """
+
+    engine: EngineResult
+    modelPath: Path | None
+    progress: TrainingProgress
+
+    @property
+    def succeeded(self) -> bool:
+        return self.engine.succeeded
+
+
+class TrainingJob:
+    """A fine-tuning run in an engine subprocess.
+
+    Args:
+        parameters: the run's :class:`TrainingParameters` (case folders from disk go in
+            ``trainCases``/``valCases``; scene cases are added by this job).
+        scene: the vtkMRMLScene.
+        segmentationsLogic: the Segmentations module logic.
+        sceneTrainCases: training cases from the scene.
+        sceneValCases: validation cases from the scene.
+        processFactory: creates the :class:`~AsymSegLib.process.EngineProcess`.
+        workDirectory: parent of the temporary folder for exported cases.
+    """
+
+    def __init__(self, parameters: TrainingParameters, scene, segmentationsLogic,
+                 sceneTrainCases: Sequence[SceneCase] = (), sceneValCases: Sequence[SceneCase] = (),
+                 processFactory: Callable[[], EngineProcess] = EngineProcess,
+                 workDirectory: str | Path | None = None) -> None:
+        self.parameters = parameters
+        self.scene = scene
+        self.segmentationsLogic = segmentationsLogic
+        self.sceneTrainCases = list(sceneTrainCases)
+        self.sceneValCases = list(sceneValCases)
+        ids = [c.caseId for c in self.sceneTrainCases + self.sceneValCases]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"case ids must be unique: {', '.join(duplicates)} used twice")
+        for case in self.sceneTrainCases + self.sceneValCases:
+            case.check()
+        self.process = processFactory()
+        self.workDirectory = workDirectory
+        self.folder: Path | None = None
+        self.progress = TrainingProgress()
+        self.lossPlot: plots.PlotNodes | None = None
+        self.validationPlot: plots.PlotNodes | None = None
+        self.effectiveParameters: TrainingParameters | None = None
+
+    def prepare(self) -> list[str]:
+        """Export the scene cases and build the engine arguments (GUI thread)."""
+        self.folder = Path(tempfile.mkdtemp(prefix="asymseg-finetune-", dir=self.workDirectory))
+        trainFolders = [str(exportTrainingCase(c, self.folder / "train", self.segmentationsLogic, self.scene))
+                        for c in self.sceneTrainCases]
+        valFolders = [str(exportTrainingCase(c, self.folder / "val", self.segmentationsLogic, self.scene))
+                      for c in self.sceneValCases]
+        p = self.parameters
+        foreground = p.foregroundLabels
+        onlySceneCases = not p.trainCases and not p.valCases
+        if not p.labelConvention and not foreground and onlySceneCases:
+            foreground = (FOREGROUND_LABEL,)  # exported label maps hold 1 for the foreground
+        self.effectiveParameters = dataclasses.replace(
+            p, trainCases=list(p.trainCases) + trainFolders, valCases=list(p.valCases) + valFolders,
+            foregroundLabels=foreground)
+        return self.effectiveParameters.asArgList()
+
+    def start(self, launcher: Launcher | None = None) -> None:
+        """Export the cases and start the engine (GUI thread); returns at once."""
+        try:
+            args = self.prepare()
+            self.process.start(args, forceCpu=self.parameters.device == "cpu", launcher=launcher)
+        except Exception:
+            self.cleanup()
+            raise
+
+    def poll(self) -> tuple[list[ProgressEvent], set[str]]:
+        """New events and what they changed ({"progress", "losses", "validation"})."""
+        events = self.process.poll()
+        changed: set[str] = set()
+        for event in events:
+            changed |= self.progress.update(event)
+        return events, changed
+
+    def updatePlots(self, changed: set[str] | None = None) -> None:
+        """Refresh the loss and validation plot nodes (GUI thread)."""
+        if changed is None or "losses" in changed:
+            x, curves = self.progress.lossCurves()
+            if curves:
+                self.lossPlot = plots.updateLinePlot(
+                    self.scene, f"{self._title()} training loss", "iteration", x, curves, nodes=self.lossPlot,
+                    yAxisTitle="loss")
+        if changed is None or "validation" in changed:
+            x, curves = self.progress.validationCurves()
+            if x:
+                self.validationPlot = plots.updateLinePlot(
+                    self.scene, f"{self._title()} validation", "iteration", x, curves, nodes=self.validationPlot,
+                    yAxisTitle="mean over validation cases", plotType="Line")
+
+    def _title(self) -> str:
+        return Path(str(self.parameters.outputModel)).name
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    def cancel(self) -> None:
+        """Ask the engine to stop: it finishes its step, keeps its checkpoint and best model."""
+        self.process.cancel()
+
+    def finish(self) -> TrainingResult:
+        """The outcome once the engine has finished; removes the exported cases."""
+        try:
+            self.updatePlots()
+            engineResult = self.process.result()
+            return TrainingResult(engine=engineResult, modelPath=self._modelPath(engineResult),
+                                  progress=self.progress)
+        finally:
+            self.cleanup()
+
+    def run(self, timeout: float | None = None,
+            onEvent: Callable[[ProgressEvent], None] | None = None) -> TrainingResult:
+        """Start, wait and finish in one call (scripts, tests)."""
+        self.start()
+
+        def handle(event: ProgressEvent) -> None:
+            self.progress.update(event)
+            if onEvent is not None:
+                onEvent(event)
+
+        try:
+            self.process.wait(timeout=timeout, onEvent=handle)
+        except BaseException:
+            self.process.kill()
+            self.process.close()
+            self.cleanup()
+            raise
+        return self.finish()
+
+    def cleanup(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _modelPath(self, engineResult: EngineResult) -> Path | None:
+        done = engineResult.doneEvent
+        if done is not None:
+            data = done.data
+            outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+            for value in (data.get("model"), data.get("model_path"), data.get("output_model"),
+                          outputs.get("model"), outputs.get("model_dir")):
+                if isinstance(value, str) and value:
+                    return Path(value)
+        output = str(self.parameters.outputModel)
+        candidate = Path(output) if ("/" in output or "\\" in output) else models.userModelsDirectory() / output
+        return candidate if candidate.is_dir() else None

@@ -1,0 +1,149 @@
+"""Fine-tuning parameters and their ``asymseg finetune`` command line (:meth:`asArgList`)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+#: Technique presets offered by the panel, in menu order, with a one-line description. The
+#: combination comes first (the default); then the asymmetric techniques alone; then baselines
+#: and the original (symmetric) techniques. Names are the engine's (asymseg.techniques).
+TECHNIQUE_PRESETS: dict[str, str] = {
+    "combo": "Combination: asymmetric large margin + focal loss, adversarial and mixup steps (recommended)",
+    "a-focal": "Asymmetric focal loss",
+    "a-lm": "Asymmetric large margin",
+    "a-at": "Asymmetric adversarial training",
+    "a-mixup": "Asymmetric mixup",
+    "a-aug": "Asymmetric augmentation",
+    "ce": "Cross-entropy (baseline)",
+    "dice": "Soft Dice (baseline)",
+    "fg-sampling": "Cross-entropy with 80% foreground patches (baseline)",
+    "lm": "Large margin (symmetric)",
+    "focal": "Focal loss (symmetric)",
+    "at": "Adversarial training (symmetric)",
+    "mixup": "Mixup (symmetric)",
+}
+DEFAULT_TECHNIQUE = "combo"
+#: The symmetric twin of each asymmetric preset (the panel's "symmetric" switch).
+SYMMETRIC_TWIN: dict[str, str] = {"a-lm": "lm", "a-focal": "focal", "a-at": "at", "a-mixup": "mixup"}
+LABEL_CONVENTIONS = ("brats2015", "brats2017", "brats2023")
+DEVICES = ("auto", "cpu", "cuda")
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class TrainingParameters:
+    """Everything the panel sends to ``asymseg finetune``.
+
+    Attributes:
+        trainCases: training case folders.
+        outputModel: the new model: a bare name (saved in the user models folder) or a folder path.
+        valCases: validation case folders (none: the best model is chosen by the training loss).
+        baseModel: the model to start from (name or folder); None trains from scratch.
+        technique: a preset of :data:`TECHNIQUE_PRESETS` (default: the combination).
+        symmetric: use the symmetric (original) form: the twin preset for single techniques,
+            the ``--symmetric`` switch for the combination.
+        iterations: training iterations (> 0).
+        learningRate: initial learning rate (> 0).
+        fgFraction: share of foreground-centred patches in [0, 1]; None: the technique's.
+        batchSize: patches per step; None: the engine's default.
+        validateEvery: validate every N iterations; None: the engine's default.
+        labelConvention: BraTS convention of the label maps; None: decided by :attr:`foregroundLabels`.
+        foregroundLabels: label values forming the foreground (scene exports write 1).
+        seed: random seed; None: the engine's default.
+        device: "auto", "cpu" or "cuda".
+        extraArguments: further engine arguments, appended as given.
+    """
+
+    trainCases: list[str]
+    outputModel: str
+    valCases: list[str] = field(default_factory=list)
+    baseModel: str | None = None
+    technique: str = DEFAULT_TECHNIQUE
+    symmetric: bool = False
+    iterations: int = 1000
+    learningRate: float = 1e-3
+    fgFraction: float | None = None
+    batchSize: int | None = None
+    validateEvery: int | None = None
+    labelConvention: str | None = None
+    foregroundLabels: Sequence[int] = ()
+    seed: int | None = 0
+    device: str = "auto"
+    extraArguments: Sequence[str] = ()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first invalid setting and the value received."""
+        if not self.trainCases:
+            raise ValueError("no training case: add at least one case from the scene or a case folder")
+        if not self.outputModel or not self.outputModel.strip():
+            raise ValueError("no output model name")
+        if ("/" not in self.outputModel and "\\" not in self.outputModel
+                and not _MODEL_NAME.match(self.outputModel)):
+            raise ValueError(f"output model name {self.outputModel!r}: use letters, digits, '.', '_' or '-'")
+        if self.technique not in TECHNIQUE_PRESETS:
+            raise ValueError(f"technique {self.technique!r}: expected one of {', '.join(TECHNIQUE_PRESETS)}")
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+        if not (isinstance(self.learningRate, (int, float)) and math.isfinite(self.learningRate)
+                and self.learningRate > 0):
+            raise ValueError(f"learning rate must be > 0, got {self.learningRate!r}")
+        if self.fgFraction is not None and not 0.0 <= self.fgFraction <= 1.0:
+            raise ValueError(f"foreground fraction must be in [0, 1], got {self.fgFraction!r}")
+        if self.batchSize is not None and self.batchSize < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batchSize!r}")
+        if self.validateEvery is not None and self.validateEvery < 1:
+            raise ValueError(f"validation interval must be >= 1, got {self.validateEvery!r}")
+        if self.labelConvention is not None and self.labelConvention not in LABEL_CONVENTIONS:
+            raise ValueError(f"label convention {self.labelConvention!r}: expected one of {', '.join(LABEL_CONVENTIONS)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+
+    def resolvedTechnique(self) -> tuple[str, bool]:
+        """(preset name, whether to pass ``--symmetric``) after applying :attr:`symmetric`."""
+        if not self.symmetric:
+            return self.technique, False
+        if self.technique in SYMMETRIC_TWIN:
+            return SYMMETRIC_TWIN[self.technique], False
+        if self.technique == "combo":
+            return "combo", True
+        return self.technique, False  # baselines and symmetric presets are symmetric already
+
+    def asArgList(self) -> list[str]:
+        """The engine arguments: ``finetune --train-case ... --progress jsonl``.
+
+        Raises:
+            ValueError: see :meth:`check`.
+        """
+        self.check()
+        technique, symmetricSwitch = self.resolvedTechnique()
+        args = ["finetune"]
+        for case in self.trainCases:
+            args += ["--train-case", str(case)]
+        for case in self.valCases:
+            args += ["--val-case", str(case)]
+        if self.baseModel:
+            args += ["--base-model", str(self.baseModel)]
+        args += ["--technique", technique]
+        if symmetricSwitch:
+            args.append("--symmetric")
+        args += ["--iterations", str(self.iterations), "--lr", repr(float(self.learningRate))]
+        if self.fgFraction is not None:
+            args += ["--fg-fraction", repr(float(self.fgFraction))]
+        if self.batchSize is not None:
+            args += ["--batch-size", str(self.batchSize)]
+        if self.validateEvery is not None:
+            args += ["--val-every", str(self.validateEvery)]
+        if self.labelConvention:
+            args += ["--label-convention", self.labelConvention]
+        elif self.foregroundLabels:
+            args += ["--foreground-labels", ",".join(str(int(v)) for v in self.foregroundLabels)]
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
+        args += ["--device", self.device, "--output-model", str(self.outputModel)]
+        args += [str(a) for a in self.extraArguments]
+        args += ["--progress", "jsonl"]
+        return args
