@@ -32,6 +32,8 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "phantom",
     "evaluate",
+    "analyze",
+    "experiment",
 )
 
 log = logging.getLogger("asymseg")

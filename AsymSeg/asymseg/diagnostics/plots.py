@@ -33,8 +33,16 @@ def _fmt(value: float | None, spec: str = "+.2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def draw_class_column(axes: tuple[Any, Any], name: str, numbers: Mapping[str, Any]) -> None:
-    """Draw one rare class into two axes (rare on top, non-rare below)."""
+def draw_class_column(axes: tuple[Any, Any], name: str, numbers: Mapping[str, Any],
+                      header: str | None = None) -> None:
+    """Draw one rare class into two axes (rare on top, non-rare below).
+
+    Args:
+        axes: the (top, bottom) axes.
+        name: the rare class's name.
+        numbers: that class's numbers (``AnalysisResult.classes[name]``).
+        header: what the column shows (default: the class name), e.g. a technique.
+    """
     hist = numbers["histogram"]
     edges = hist["edges"]
     groups = [g for g in hist if g != "edges"]
@@ -49,7 +57,7 @@ def draw_class_column(axes: tuple[Any, Any], name: str, numbers: Mapping[str, An
             ax.stairs(hist[group][side]["density"], edges, label=label, linewidth=1.6, **_style(group, index))
         ax.axvline(0.0, color="black", linestyle=":", linewidth=1.0, label="boundary dz = 0")
         shift = numbers["shift"].get(side)
-        ax.set_title(f"{name}: {SIDE_TITLES[side].format(name=name)}", fontsize=10)
+        ax.set_title(f"{header or name}: {SIDE_TITLES[side].format(name=name)}", fontsize=10)
         ax.annotate(f"shift test - train: {_fmt(shift)}", xy=(0.02, 0.95), xycoords="axes fraction",
                     va="top", ha="left", fontsize=9,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0.5})
@@ -58,22 +66,31 @@ def draw_class_column(axes: tuple[Any, Any], name: str, numbers: Mapping[str, An
     axes[1].set_xlabel(f"dz = z_{name} - max other logit")
 
 
-def logit_figure(classes: Mapping[str, Mapping[str, Any]], *, title: str | None = None) -> Figure:
+def logit_figure(columns: Mapping[str, Mapping[str, Any]], *, title: str | None = None,
+                 class_names: Mapping[str, str] | None = None, max_columns: int = 4) -> Figure:
     """A figure with one column per rare class (rows: rare voxels, non-rare voxels).
 
     Args:
-        classes: class name -> that class's numbers (``AnalysisResult.classes``).
+        columns: column key -> numbers of one rare class; the key is the class name
+            (``AnalysisResult.classes``) or, with ``class_names``, any header (e.g. a technique).
         title: optional suptitle.
+        class_names: column key -> class name, when the keys are not class names.
+        max_columns: columns per row of panels; more classes wrap onto further row pairs.
 
     Returns:
-        A matplotlib Figure attached to an Agg canvas; ``len(fig.axes) == 2 * len(classes)``.
+        A matplotlib Figure attached to an Agg canvas; ``len(fig.axes) == 2 * len(columns)``.
     """
-    columns = max(1, len(classes))
-    fig = Figure(figsize=(5.2 * columns, 6.4), layout="constrained")
+    count = max(1, len(columns))
+    ncols = min(count, max(1, max_columns))
+    nrows = -(-count // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 6.4 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.subplots(2, columns, squeeze=False)
-    for column, (name, numbers) in enumerate(classes.items()):
-        draw_class_column((grid[0][column], grid[1][column]), name, numbers)
+    for position, (key, numbers) in enumerate(columns.items()):
+        row, col = divmod(position, ncols)
+        top = fig.add_subplot(2 * nrows, ncols, 2 * row * ncols + col + 1)
+        bottom = fig.add_subplot(2 * nrows, ncols, (2 * row + 1) * ncols + col + 1, sharex=top)
+        name = (class_names or {}).get(key, key)
+        draw_class_column((top, bottom), name, numbers, header=None if class_names is None else key)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
