@@ -33,7 +33,6 @@ context are refused with a ValueError (for ``deepmedic``: n must be a multiple o
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymseg.nets.base import SegmentationNet, check_int_list, conv_out_size, init_weights
+from asymseg.nets.base import (
+    SegmentationNet,
+    check_int_list,
+    conv3d,
+    conv_out_size,
+    init_weights,
+    pointwise_conv3d,
+)
 
 #: Default hyper-parameters per configuration (METHOD.md; ml-anchors.md section 4.1).
 DEEPMEDIC_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,17 +104,34 @@ def _lowres_axis(n: int, f: int, layers: int, e: int, context: int) -> _LowResAx
     return _LowResAxis(start=start, length=length, crop=-e - first, keep=n + 2 * e)
 
 
-class _Block(nn.Sequential):
-    """Convolution (no bias) -> batch norm -> activation, optionally preceded by dropout."""
+class _Block(nn.Module):
+    """Dropout (optional) -> convolution (no bias) -> batch norm -> activation.
+
+    In eval mode the batch norm is folded into the convolution (one pass over memory less);
+    1^3 convolutions run as matrix products. Both are exact rewrites up to float rounding.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, activation: str, dropout: float = 0.0) -> None:
-        layers: dict[str, nn.Module] = {}
-        if dropout > 0:
-            layers["drop"] = nn.Dropout(dropout)
-        layers["conv"] = nn.Conv3d(cin, cout, kernel, bias=False)
-        layers["norm"] = nn.BatchNorm3d(cout)
-        layers["act"] = nn.PReLU(cout, init=PRELU_INIT) if activation == "prelu" else nn.ReLU(inplace=True)
-        super().__init__(OrderedDict(layers))
+        super().__init__()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv = nn.Conv3d(cin, cout, kernel, bias=False)
+        self.norm = nn.BatchNorm3d(cout)
+        self.act = nn.PReLU(cout, init=PRELU_INIT) if activation == "prelu" else nn.ReLU()
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        weight = self.conv.weight * scale.view(-1, 1, 1, 1, 1)
+        return weight, norm.bias - norm.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x)
+        conv = pointwise_conv3d if self.conv.kernel_size == (1, 1, 1) else conv3d
+        if self.norm.training or self.norm.running_mean is None:
+            y = self.norm(conv(x, self.conv.weight))
+        else:
+            y = conv(x, *self._folded())
+        return self.act(y)
 
 
 def _pathway(cin: int, features: Sequence[int], activation: str) -> nn.Sequential:
@@ -268,7 +291,8 @@ class DeepMedic(SegmentationNet):
             features.append(up[(slice(None), slice(None), *(slice(a.crop, a.crop + a.keep) for a in axes))])
         h = torch.cat(features, dim=1) if len(features) > 1 else features[0]
         h = self.fc(h)
-        return self.classifier(self.classifier_dropout(h))
+        h = self.classifier_dropout(h)
+        return pointwise_conv3d(h, self.classifier.weight, self.classifier.bias)
 
     # -- cost ---------------------------------------------------------------------------------------
     def flops(self, input_shape: Sequence[int]) -> int:
