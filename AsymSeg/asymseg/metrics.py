@@ -247,7 +247,8 @@ def evaluate_files(prediction: str | os.PathLike[str], reference: str | os.PathL
 
     Returns:
         ``{"prediction", "reference", "spacing", "binary": {"prediction", "reference"}, "target",
-        "target_guessed", "metrics"}``; ``target`` is None when both maps were binary.
+        "target_guessed", "metrics"}``; ``metrics`` holds :func:`case_metrics` plus ``hausdorff``
+        (the maximum surface distance, mm); ``target`` is None when both maps were binary.
 
     Raises:
         InputError: a file cannot be read, the two are on different grids (names both files and the
@@ -270,6 +271,8 @@ def evaluate_files(prediction: str | os.PathLike[str], reference: str | os.PathL
         target = resolve_target(convention=convention, foreground_labels=foreground_labels, label_values=values,
                                 source=" and ".join(str(maps[name][1]) for name in labelled))
     masks = {name: (m != 0) if binary[name] else target.rare_mask(m) for name, (m, _) in maps.items()}
+    metrics = case_metrics(masks["prediction"], masks["reference"], ref_geo.spacing)
+    metrics["hausdorff"] = hausdorff(masks["prediction"], masks["reference"], ref_geo.spacing)
     return {
         "prediction": str(prediction),
         "reference": str(reference),
@@ -277,5 +280,5 @@ def evaluate_files(prediction: str | os.PathLike[str], reference: str | os.PathL
         "binary": binary,
         "target": target.to_dict() if target is not None else None,
         "target_guessed": target is not None and not convention and not foreground_labels,
-        "metrics": case_metrics(masks["prediction"], masks["reference"], ref_geo.spacing),
+        "metrics": metrics,
     }

@@ -15,6 +15,7 @@ _ROWS = (
     ("precision", "precision", "{:.4f}"),
     ("specificity", "specificity", "{:.6f}"),
     ("hd95", "HD95 (mm)", "{:.2f}"),
+    ("hausdorff", "Hausdorff (mm)", "{:.2f}"),
     ("volume_prediction_ml", "volume prediction (ml)", "{:.2f}"),
     ("volume_reference_ml", "volume reference (ml)", "{:.2f}"),
     ("tp", "true positives", "{:,}"),
