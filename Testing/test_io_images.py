@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from asymseg.errors import InputError, ResourceError
+from asymseg.errors import InputError
 from asymseg.io import Geometry, read_image, read_label, write_image
 from asymseg.io.images import image_extension, strip_image_extension
 from asymseg.io.nifti_check import nifti_problem

@@ -222,6 +222,8 @@ def _to_writable(array: np.ndarray, dtype: np.dtype | type | str | None) -> np.n
         return np.ascontiguousarray(array, dtype=np.dtype(dtype) if np.dtype(dtype) != np.bool_ else np.uint8)
     if array.dtype == np.bool_:
         return np.ascontiguousarray(array, dtype=np.uint8)
+    if array.dtype == np.float16:  # no ITK pixel type
+        return np.ascontiguousarray(array, dtype=np.float32)
     if array.dtype.kind in "iu" and array.dtype.itemsize == 8 and array.size:
         low, high = int(array.min()), int(array.max())
         if np.iinfo(np.int32).min <= low and high <= np.iinfo(np.int32).max:
@@ -241,8 +243,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
         array: shape (D, H, W) == ``geometry.shape_zyx``.
         geometry: size, spacing, origin and direction to write.
         path: destination; its folder must exist.
-        dtype: voxel type to store; default keeps the array's type, except bool -> uint8 and
-            64-bit integers -> int32 when the values fit.
+        dtype: voxel type to store; default keeps the array's type, except bool -> uint8,
+            float16 -> float32 and 64-bit integers -> int32 when the values fit.
 
     Returns:
         ``path`` as a Path.
