@@ -297,6 +297,7 @@ def test_write_where_nobody_may_create_files_is_an_input_error():
     # sysfs refuses new files even for root, so this runs whoever runs the tests.
     with pytest.raises(InputError, match=r"/sys/kernel/asymseg-test\.nii\.gz: cannot write: "):
         write_image(np.zeros((2, 2, 2)), Geometry.default((2, 2, 2)), "/sys/kernel/asymseg-test.nii.gz")
+    assert not [name for name in os.listdir("/sys/kernel") if "asymseg-test" in name]
 
 
 _FSIZE_SCRIPT = textwrap.dedent("""

@@ -70,8 +70,8 @@ def add_case_arguments(parser: argparse.ArgumentParser, *, multiple: bool = True
                             "in the single case folder, or forms a case on its own")
     group.add_argument("--label", metavar="PATH", default=None, help="explicit label file (single case)")
     group.add_argument("--mask", metavar="PATH", default=None,
-                       help="explicit brain mask file (single case; nonzero = brain). Default: the case's "
-                            "brainmask file, else derived from the background")
+                       help="explicit brain mask file (single case; nonzero = brain); without it the case's "
+                            "brainmask file is used, else the mask is derived from the background")
 
 
 def read_case_list(path: str | Path) -> list[Path]:
@@ -143,7 +143,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("target (what counts as tumour)").add_mutually_exclusive_group()
     group.add_argument("--label-convention", choices=sorted(C.TUMOUR_CORE_LABELS), default=None,
                        help="BraTS label convention giving the tumour core: brats2015 {1,3,4}, brats2017 {1,4}, "
-                            "brats2023 {1,3}. Default: guessed from the label values where unambiguous")
+                            "brats2023 {1,3}; without it (and without --foreground-labels) the convention is guessed from "
+                            "the label values where that is unambiguous")
     group.add_argument("--foreground-labels", type=parse_label_list, metavar="L1,L2,...", default=None,
                        help="explicit label values that form the foreground, e.g. 1,3,4")
 
