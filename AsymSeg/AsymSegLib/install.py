@@ -155,3 +155,50 @@ def ensureDependencies(confirm: Callable[[str], bool], installTorch: Callable[[s
     except Exception as err:
         raise DependencyError(f"installing {', '.join(items)} failed: {err}") from err
     return report
+
+
+# ----------------------------------------------------------------------------- inside Slicer
+def installTorchWithPyTorchExtension(requirement: str) -> None:
+    """Install torch through the PyTorch extension (``PyTorchUtils``); for :func:`ensureDependencies`.
+
+    Only works inside Slicer; imports nothing until called.
+
+    Raises:
+        DependencyError: the PyTorch extension is missing or installed nothing.
+    """
+    try:
+        import PyTorchUtils
+    except ImportError as err:
+        raise DependencyError("AsymSeg needs the PyTorch extension: install it with the Extensions Manager "
+                              "and restart Slicer") from err
+    versionSpec = requirement[len(requirementName(requirement)):].strip()
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                          torchVersionRequirement=versionSpec or None)
+    if torch is None:
+        raise DependencyError("PyTorch was not installed")
+
+
+def pipInstallWithSlicer(requirements: list[str], constraints: list[str]) -> None:
+    """Install requirements with Slicer's pip, keeping ``constraints``; for :func:`ensureDependencies`.
+
+    Only works inside Slicer; imports nothing until called.
+    """
+    import tempfile
+
+    import slicer.util
+
+    args = list(requirements)
+    constraintsFile = None
+    if constraints:
+        handle = tempfile.NamedTemporaryFile("w", suffix="-asymseg-constraints.txt", delete=False, encoding="utf-8")
+        with handle:
+            handle.write("\n".join(constraints) + "\n")
+        constraintsFile = handle.name
+        args += ["-c", constraintsFile]
+    try:
+        slicer.util.pip_install(args)
+    finally:
+        if constraintsFile:
+            import os
+
+            os.remove(constraintsFile)

@@ -218,9 +218,23 @@ class EngineProcess:
             RuntimeError: if this object already started a process.
             OSError: if the interpreter cannot be started.
         """
-        self._checkNotStarted()
-        self.command = engineCommand(args, self.pythonExecutable)
+        command = engineCommand(args, self.pythonExecutable)
         environment = engineEnvironment(forceCpu=forceCpu, extra=env, engineDir=self.engineDir)
+        self.startCommand(command, environment, cwd=cwd, launcher=launcher)
+
+    def startCommand(self, command: Sequence[str], environment: Mapping[str, str] | None = None,
+                     cwd: str | os.PathLike | None = None, launcher: Launcher | None = None) -> None:
+        """Start any command the same way as :meth:`start` (own session, reader threads).
+
+        Args:
+            command: the full command line.
+            environment: the child's whole environment (default: a copy of ``os.environ``).
+            cwd: the child's working folder.
+            launcher: see :meth:`start`.
+        """
+        self._checkNotStarted()
+        self.command = [str(c) for c in command]
+        environment = dict(os.environ if environment is None else environment)
         if launcher is not None:
             log.info("Starting: %s", subprocess.list2cmdline(self.command))
             popen = launcher(list(self.command), environment, self.feedLine, self.feedExit)

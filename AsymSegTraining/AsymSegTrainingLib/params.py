@@ -28,10 +28,18 @@ TECHNIQUE_PRESETS: dict[str, str] = {
 DEFAULT_TECHNIQUE = "combo"
 #: The symmetric twin of each asymmetric preset (the panel's "symmetric" switch).
 SYMMETRIC_TWIN: dict[str, str] = {"a-lm": "lm", "a-focal": "focal", "a-at": "at", "a-mixup": "mixup"}
+#: Foreground-patch fraction of each preset (the engine's defaults: 0.5, and 0.8 for fg-sampling).
+FG_FRACTION_DEFAULT = 0.5
+FG_FRACTION_BY_TECHNIQUE: dict[str, float] = {"fg-sampling": 0.8}
 LABEL_CONVENTIONS = ("brats2015", "brats2017", "brats2023")
 DEVICES = ("auto", "cpu", "cuda")
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def defaultFgFraction(technique: str) -> float:
+    """The foreground-patch fraction a preset uses by default."""
+    return FG_FRACTION_BY_TECHNIQUE.get(technique, FG_FRACTION_DEFAULT)
 
 
 @dataclass

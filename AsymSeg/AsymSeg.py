@@ -1,0 +1,577 @@
+"""AsymSeg: brain-tumour-core segmentation with models trained for small data.
+
+The module file holds the Slicer classes only (Module, ParameterNode, Widget, Logic, Test). All
+computation runs in the ``asymseg`` engine in a subprocess; everything testable without the
+Slicer application lives in the Qt-free AsymSegLib package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from AsymSegLib import channels, install, jobs, models, process, sampledata
+
+#: The channels the panel offers, in display order (a model uses some of them).
+PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
+#: BRATS 2015 tumour-core labels: the default foreground of a labelmap reference.
+DEFAULT_REFERENCE_LABELS = "1,3,4"
+
+
+def pythonSlicerExecutable() -> str:
+    """The interpreter for engine subprocesses: PythonSlicer inside Slicer, else this Python."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def parseLabelValues(text: str) -> list[int] | None:
+    """``"1,3,4"`` -> [1, 3, 4]; empty -> None (every non-zero label).
+
+    Raises:
+        ValueError: a value that is not an integer.
+    """
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    try:
+        return [int(p) for p in parts]
+    except ValueError as err:
+        raise ValueError(f"reference labels {text!r}: expected integers separated by commas") from err
+
+
+#
+# AsymSeg
+#
+
+
+class AsymSeg(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("AsymSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.helpText = _("""
+Segments the brain-tumour core from MR volumes (FLAIR, post-contrast T1, ...) with a model
+trained for small data. Given a reference segmentation it also shows DSC, sensitivity,
+precision, specificity, HD95 and volumes, and the distribution of the model's logits for
+reference-foreground and reference-background voxels. Fine-tune models on your own cases with
+the AsymSegTraining module.
+""")
+        self.parent.acknowledgementText = _("""
+AsymSeg implements the asymmetric techniques of Z. Li, K. Kamnitsas and B. Glocker,
+"Overfitting of neural nets under class imbalance: analysis and improvements for segmentation",
+MICCAI 2019. Sample data: BRATS 2015 (Menze et al., IEEE TMI 2015) as redistributed with DeepMedic,
+licence CC BY-NC-SA 3.0.
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the BraTS sample cases to the SampleData module."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    sampledata.registerSampleData(SampleData.SampleDataLogic.registerCustomSampleDataSource,
+                                  thumbnailFileName=os.path.join(iconsPath, "AsymSeg.png"))
+
+
+#
+# AsymSegParameterNode
+#
+
+
+@parameterNodeWrapper
+class AsymSegParameterNode:
+    """The panel's settings, saved with the scene.
+
+    flairVolume, t1cVolume, t1Volume, t2Volume: input volume per channel (the model uses some).
+    modelName: the selected model's name.
+    forceCpu: run on the CPU even when a GPU exists.
+    outputSegmentation: receives the "Tumour core" segment.
+    writeProbabilities / probabilityVolume: also output the foreground probability.
+    referenceNode: a segmentation or labelmap to compare with (metrics, logit plot).
+    referenceLabels: foreground label values of a labelmap reference (comma-separated).
+    metricsTable: receives the metrics.
+    """
+
+    flairVolume: vtkMRMLScalarVolumeNode
+    t1cVolume: vtkMRMLScalarVolumeNode
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    forceCpu: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+    writeProbabilities: bool = False
+    probabilityVolume: vtkMRMLScalarVolumeNode
+    referenceNode: vtkMRMLNode
+    referenceLabels: str = DEFAULT_REFERENCE_LABELS
+    metricsTable: vtkMRMLTableNode
+
+
+#
+# AsymSegWidget
+#
+
+
+class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires the .ui to the parameter node and runs jobs through the Logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._models: list[models.ModelInfo] = []
+        self._modelsFolderStamp = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AsymSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = AsymSegLogic()
+
+        self._channelWidgets = {
+            "flair": (self.ui.flairLabel, self.ui.flairVolumeSelector),
+            "t1c": (self.ui.t1cLabel, self.ui.t1cVolumeSelector),
+            "t1": (self.ui.t1Label, self.ui.t1VolumeSelector),
+            "t2": (self.ui.t2Label, self.ui.t2VolumeSelector),
+        }
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._onTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda checked: self.refreshModels())
+        self.ui.importModelArchiveButton.connect("clicked(bool)", self.onImportModelArchive)
+        self.ui.importModelFolderButton.connect("clicked(bool)", self.onImportModelFolder)
+        self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
+        self.ui.autoAssignButton.connect("clicked(bool)", lambda checked: self.autoAssignChannels(overwrite=True))
+        self.ui.progressBar.setVisible(False)
+        self.ui.logCollapsibleButton.collapsed = True
+
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.process.kill()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        if self._modelsFolderChanged():
+            self.refreshModels()  # e.g. a model fine-tuned in AsymSegTraining
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.process.kill()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self.autoAssignChannels(overwrite=False)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _selectedModel(self) -> models.ModelInfo | None:
+        index = self.ui.modelSelector.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            self.ui.applyButton.enabled = True
+            return
+        reason = self._missingInput()
+        self.ui.applyButton.enabled = reason is None
+        self.ui.applyButton.toolTip = reason or _("Segment the tumour core")
+
+    def _missingInput(self) -> str | None:
+        model = self._selectedModel()
+        if model is None:
+            return _("Select a model")
+        unsupported = [c for c in model.channels if channels.canonicalChannel(c) not in PANEL_CHANNELS]
+        if unsupported:
+            return _("The model needs channels this panel does not offer: {names}").format(names=", ".join(unsupported))
+        for channel in model.channels:
+            if self._volumeFor(channel) is None:
+                return _("Select the {channel} volume").format(channel=channels.channelTitle(channel))
+        return None
+
+    def _volumeFor(self, channel: str):
+        if self._parameterNode is None:
+            return None
+        return getattr(self._parameterNode, f"{channels.canonicalChannel(channel)}Volume")
+
+    # ------------------------------------------------------------------ models
+    def _modelsFolderChanged(self) -> bool:
+        folder = models.userModelsDirectory()
+        stamp = folder.stat().st_mtime if folder.is_dir() else None
+        changed = stamp != self._modelsFolderStamp
+        self._modelsFolderStamp = stamp
+        return changed
+
+    def refreshModels(self) -> None:
+        """Ask the engine for the model list and refill the selector."""
+        wanted = self._parameterNode.modelName if self._parameterNode else ""
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
+            self._models = self.logic.listModels()
+        self._modelsFolderChanged()
+        selector = self.ui.modelSelector
+        wasBlocked = selector.blockSignals(True)
+        selector.clear()
+        for model in self._models:
+            selector.addItem(model.title)
+            selector.setItemData(selector.count - 1, model.tooltip(), qt.Qt.ToolTipRole)
+        names = [m.name for m in self._models]
+        selector.setCurrentIndex(names.index(wanted) if wanted in names else (0 if names else -1))
+        selector.blockSignals(wasBlocked)
+        self.onModelSelected(selector.currentIndex)
+
+    def onModelSelected(self, index: int) -> None:
+        model = self._selectedModel()
+        needed = {channels.canonicalChannel(c) for c in model.channels} if model else set()
+        for channel, (label, selector) in self._channelWidgets.items():
+            visible = channel in needed
+            label.setVisible(visible)
+            selector.setVisible(visible)
+        if model is not None and self._parameterNode is not None:
+            self._parameterNode.modelName = model.name
+            self.ui.modelSelector.toolTip = model.tooltip()
+        self.autoAssignChannels(overwrite=False)
+        self._checkCanApply()
+
+    def autoAssignChannels(self, overwrite: bool) -> None:
+        """Fill the channel selectors from volume names (only empty ones unless ``overwrite``)."""
+        model = self._selectedModel()
+        if model is None or self._parameterNode is None:
+            return
+        volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        assignment = self.logic.assignVolumes(model.channels, volumes)
+        for channel, node in assignment.items():
+            attribute = f"{channels.canonicalChannel(channel)}Volume"
+            if node is not None and (overwrite or getattr(self._parameterNode, attribute) is None):
+                setattr(self._parameterNode, attribute, node)
+
+    def onImportModelArchive(self, checked=False) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import a model archive"), "",
+                                              _("Model archives (*.zip *.tar *.tar.gz *.tgz)"))
+        if path:
+            self._importModel(path)
+
+    def onImportModelFolder(self, checked=False) -> None:
+        path = qt.QFileDialog.getExistingDirectory(self.parent, _("Import a model folder"))
+        if path:
+            self._importModel(path)
+
+    def _importModel(self, path: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
+            summary = self.logic.importModel(path)
+            self._appendLog(summary.strip())
+        self.refreshModels()
+
+    def onOpenModelsFolder(self, checked=False) -> None:
+        folder = models.userModelsDirectory()
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    # ------------------------------------------------------------------ running
+    def onApplyButton(self, checked=False) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.applyButton.text = _("Cancelling...")
+            self.ui.applyButton.enabled = False
+            self._appendLog(_("Cancelling..."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            request = self._buildRequest()
+            self.ui.logTextEdit.clear()
+            self._job = self.logic.startSegmentation(request, launcher=self.logic.consoleLauncher())
+            self._setRunning(True)
+            self._timer.start()
+
+    def _buildRequest(self) -> jobs.SegmentationRequest:
+        p = self._parameterNode
+        model = self._selectedModel()
+        if model is None:
+            raise ValueError(_("Select a model"))
+        volumes = {channel: self._volumeFor(channel) for channel in model.channels}
+        firstVolume = next(iter(volumes.values()))
+        if p.outputSegmentation is None:
+            p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{firstVolume.GetName() if firstVolume else 'AsymSeg'} tumour core")
+        if p.writeProbabilities and p.probabilityVolume is None:
+            p.probabilityVolume = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", f"{p.outputSegmentation.GetName()} probability")
+        if p.referenceNode is not None and p.metricsTable is None:
+            p.metricsTable = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", f"{p.outputSegmentation.GetName()} metrics")
+        return jobs.SegmentationRequest(
+            volumes=volumes, model=model.modelArgument(), outputSegmentation=p.outputSegmentation,
+            probabilityVolume=p.probabilityVolume if p.writeProbabilities else None,
+            reference=p.referenceNode, referenceLabelValues=parseLabelValues(p.referenceLabels),
+            metricsTable=p.metricsTable, device="cpu" if p.forceCpu else "auto",
+        )
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.enabled = True
+        self.ui.progressBar.setVisible(running)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setFormat(_("Starting..."))
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton,
+                       self.ui.outputsCollapsibleButton, self.ui.evaluationCollapsibleButton):
+            widget.enabled = not running
+        if not running:
+            self._checkCanApply()
+
+    def _appendLog(self, text: str) -> None:
+        if text:
+            self.ui.logTextEdit.appendPlainText(text)
+
+    def _onTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        for event in job.poll():
+            if event.kind == "log" or event.message or event.isTerminal:
+                self._appendLog(event.text())
+            if event.fraction is not None:
+                self.ui.progressBar.value = int(1000 * event.fraction)
+                self.ui.progressBar.setFormat(f"{event.stage or ''} %p%".strip())
+        if not job.finished:
+            return
+        self._timer.stop()
+        self._job = None
+        try:
+            if job.process.result().cancelled:
+                job.cleanup()
+                self._appendLog(_("Cancelled."))
+                return
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+                result = job.finish()
+                self._appendLog(_("Finished in {seconds:.1f} s on {device}.").format(
+                    seconds=result.engine.seconds, device=result.device or "?"))
+                self.logic.showResults(job.request, result)
+        finally:
+            self._setRunning(False)
+
+
+#
+# AsymSegLogic
+#
+
+
+class AsymSegLogic(ScriptedLoadableModuleLogic):
+    """Segmentation without the GUI: usable from the Python console and scripts.
+
+    Example::
+
+        logic = slicer.modules.asymseg.widgetRepresentation().self().logic  # or AsymSegLogic()
+        result = logic.segment({"flair": flairNode, "t1c": t1cNode}, model="starter")
+    """
+
+    def __init__(self, pythonExecutable: str | None = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.pythonExecutable = pythonExecutable or pythonSlicerExecutable()
+
+    def getParameterNode(self):
+        return AsymSegParameterNode(super().getParameterNode())
+
+    def newEngineProcess(self) -> process.EngineProcess:
+        return process.EngineProcess(pythonExecutable=self.pythonExecutable)
+
+    @staticmethod
+    def consoleLauncher():
+        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None."""
+        import inspect
+
+        launch = getattr(slicer.util, "launchConsoleProcess", None)
+        if launch is None or "blocking" not in inspect.signature(launch).parameters:
+            return None
+
+        def launcher(command, environment, onLine, onExit):
+            changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}
+            return launch(command, updateEnvironment=changed, blocking=False,
+                          logCallback=onLine, completedCallback=onExit)
+
+        return launcher
+
+    # ------------------------------------------------------------------ models and inputs
+    def listModels(self) -> list[models.ModelInfo]:
+        return models.listModels(self.pythonExecutable)
+
+    def importModel(self, path: str) -> str:
+        return models.importModel(path, self.pythonExecutable)
+
+    @staticmethod
+    def assignVolumes(channelNames, volumeNodes) -> dict:
+        """Map each channel to the volume node whose name denotes it (None if there is none)."""
+        byName = {}
+        for node in volumeNodes:
+            byName.setdefault(node.GetName(), node)
+        assignment = channels.assignChannels(list(channelNames), list(byName))
+        return {channel: (byName[name] if name is not None else None) for channel, name in assignment.items()}
+
+    @staticmethod
+    def ensureDependencies(confirm) -> install.DependencyReport:
+        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``."""
+        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension,
+                                          install.pipInstallWithSlicer)
+
+    # ------------------------------------------------------------------ segmentation
+    def createSegmentationJob(self, request: jobs.SegmentationRequest) -> jobs.SegmentationJob:
+        return jobs.SegmentationJob(request, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                    processFactory=self.newEngineProcess)
+
+    def startSegmentation(self, request: jobs.SegmentationRequest, launcher=None) -> jobs.SegmentationJob:
+        """Start a run and return at once; poll the job from a QTimer, then call ``job.finish()``."""
+        job = self.createSegmentationJob(request)
+        job.start(launcher=launcher)
+        return job
+
+    def segment(self, volumes: dict, model: str, outputSegmentation=None, reference=None,
+                probabilityVolume=None, referenceLabelValues=None, metricsTable=None, device: str = "auto",
+                timeout: float | None = None, onEvent=None) -> jobs.SegmentationResult:
+        """Segment and wait (scripts, batch processing, tests).
+
+        Args:
+            volumes: channel name -> volume node, in the model's channel order.
+            model: a registry name or a model folder.
+            outputSegmentation: the segmentation node to fill (created when None).
+            reference: a segmentation or labelmap node for metrics and the logit plot.
+            probabilityVolume: a scalar volume node for the foreground probability.
+            referenceLabelValues: foreground labels of a labelmap reference.
+            metricsTable: the metrics table node (created when None and a reference is given).
+            device: "auto", "cpu" or "cuda".
+            timeout: seconds to wait at most.
+            onEvent: called with each progress event.
+
+        Raises:
+            ValueError: a missing input.
+            AsymSegLib.process.EngineError: the engine failed.
+        """
+        if outputSegmentation is None:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "AsymSeg tumour core")
+        request = jobs.SegmentationRequest(
+            volumes=volumes, model=model, outputSegmentation=outputSegmentation, reference=reference,
+            probabilityVolume=probabilityVolume, referenceLabelValues=referenceLabelValues,
+            metricsTable=metricsTable, device=device)
+        return self.createSegmentationJob(request).run(timeout=timeout, onEvent=onEvent)
+
+    def runEngine(self, args, timeout: float | None = None) -> process.EngineResult:
+        """Run any ``asymseg`` command and wait; raises EngineError on failure."""
+        proc = self.newEngineProcess()
+        proc.start(args)
+        try:
+            result = proc.wait(timeout=timeout)
+        finally:
+            proc.close()
+        result.raiseIfFailed()
+        return result
+
+    @staticmethod
+    def showResults(request: jobs.SegmentationRequest, result: jobs.SegmentationResult) -> None:
+        """Show the input with the segmentation, and the metrics table and logit plot (GUI)."""
+        firstVolume = next(iter(request.volumes.values()))
+        slicer.util.setSliceViewerLayers(background=firstVolume, fit=True)
+        if result.metricsTable is None and result.plotNodes is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpQuantitativeView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        if result.metricsTable is not None:
+            selection.SetActiveTableID(result.metricsTable.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+        if result.plotNodes is not None:
+            selection.SetActivePlotChartID(result.plotNodes.chart.GetID())
+            slicer.app.applicationLogic().PropagatePlotChartSelection()
+
+
+#
+# AsymSegTest
+#
+
+
+class AsymSegTest(ScriptedLoadableModuleTest):
+    """Runs a tiny phantom through the Logic and the engine (needs torch in Slicer's Python)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentPhantomWithUntrainedModel()
+
+    def test_SegmentPhantomWithUntrainedModel(self):
+        if install.missingRequirements([install.TORCH_REQUIREMENT]):
+            self.delayDisplay("PyTorch is not installed: skipping the engine test")
+            return
+        logic = AsymSegLogic()
+        folder = Path(slicer.util.tempDirectory("AsymSegTest"))
+        self.delayDisplay("Writing a phantom case and an untrained model")
+        logic.runEngine(["phantom", "--out", folder / "cases", "--cases", "1", "--size", "32", "--seed", "3"])
+        logic.runEngine(["models", "create", "--architecture", "deepmedic", "--channels", "flair,t1c",
+                         "--out", folder / "model"])
+        caseFolder = next(p for p in (folder / "cases").iterdir() if p.is_dir())
+        caseId = caseFolder.name
+        flair = slicer.util.loadVolume(str(caseFolder / f"{caseId}_flair.nii.gz"))
+        t1c = slicer.util.loadVolume(str(caseFolder / f"{caseId}_t1ce.nii.gz"))
+        labels = slicer.util.loadLabelVolume(str(caseFolder / f"{caseId}_seg.nii.gz"))
+
+        self.delayDisplay("Segmenting")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "phantom tumour core")
+        result = logic.segment({"flair": flair, "t1c": t1c}, model=str(folder / "model"),
+                               outputSegmentation=segmentation, reference=labels, referenceLabelValues=[1, 4],
+                               device="cpu", timeout=600)
+        self.assertEqual(result.segmentIds, ["TumourCore"])
+        self.assertEqual(segmentation.GetSegmentation().GetSegment("TumourCore").GetName(), "Tumour core")
+        self.assertIn("dsc", result.metrics)
+        self.assertGreater(result.metricsTable.GetNumberOfRows(), 0)
+        self.assertEqual(result.plotNodes.chart.GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("Test passed")

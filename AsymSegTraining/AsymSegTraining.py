@@ -1,0 +1,543 @@
+"""AsymSegTraining: fine-tune a tumour-core model on your own cases with the asymmetric techniques.
+
+The module file holds the Slicer classes only. Training runs in the ``asymseg`` engine in a
+subprocess (``asymseg finetune``); the Qt-free pieces live in AsymSegTrainingLib and AsymSegLib.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from AsymSegLib import channels, install, models, process
+from AsymSegTrainingLib import export, jobs, params
+
+#: Channels the panel offers for scene cases.
+PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
+#: A layout with the red slice view above two plot views (losses, validation).
+TRAINING_LAYOUT_ID = 58101
+TRAINING_LAYOUT = """
+<layout type="vertical" split="true">
+ <item splitSize="400">
+  <view class="vtkMRMLSliceNode" singletontag="Red">
+   <property name="orientation" action="default">Axial</property>
+   <property name="viewlabel" action="default">R</property>
+   <property name="viewcolor" action="default">#F34A33</property>
+  </view>
+ </item>
+ <item splitSize="600">
+  <layout type="horizontal">
+   <item><view class="vtkMRMLPlotViewNode" singletontag="AsymSegLoss"><property name="viewlabel" action="default">L</property></view></item>
+   <item><view class="vtkMRMLPlotViewNode" singletontag="AsymSegValidation"><property name="viewlabel" action="default">V</property></view></item>
+  </layout>
+ </item>
+</layout>
+"""
+#: Seconds between plot refreshes while training.
+PLOT_REFRESH_SECONDS = 1.0
+
+
+def pythonSlicerExecutable() -> str:
+    """The interpreter for engine subprocesses: PythonSlicer inside Slicer, else this Python."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def caseIdFromName(name: str, taken) -> str:
+    """A folder-safe, unique case id from a node name (``"pat 5 FLAIR"`` -> ``"pat_5_FLAIR"``)."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "case"
+    caseId, index = base, 2
+    while caseId in taken:
+        caseId, index = f"{base}_{index}", index + 1
+    return caseId
+
+
+#
+# AsymSegTraining
+#
+
+
+class AsymSegTraining(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("AsymSeg Training")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.helpText = _("""
+Fine-tunes a brain-tumour-core model on a few labelled cases from the scene or from case folders,
+with the asymmetric large margin, focal loss, adversarial training and mixup techniques that keep
+small-data models from under-segmenting. Training losses and validation DSC, sensitivity and
+precision are plotted live; the new model then appears in the AsymSeg module.
+""")
+        self.parent.acknowledgementText = _("""
+Techniques from Z. Li, K. Kamnitsas and B. Glocker, "Overfitting of neural nets under class
+imbalance: analysis and improvements for segmentation", MICCAI 2019.
+""")
+
+
+#
+# AsymSegTrainingParameterNode
+#
+
+
+@parameterNodeWrapper
+class AsymSegTrainingParameterNode:
+    """The panel's settings, saved with the scene.
+
+    caseFlairVolume ... caseLabels: the scene case being added.
+    baseModelName, technique, symmetric, iterations, learningRate, fgFraction, outputModelName,
+    labelConvention, seed, forceCpu: the fine-tuning settings.
+    """
+
+    caseFlairVolume: vtkMRMLScalarVolumeNode
+    caseT1cVolume: vtkMRMLScalarVolumeNode
+    caseT1Volume: vtkMRMLScalarVolumeNode
+    caseT2Volume: vtkMRMLScalarVolumeNode
+    caseLabels: vtkMRMLNode
+    baseModelName: str = ""
+    technique: str = params.DEFAULT_TECHNIQUE
+    symmetric: bool = False
+    iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-3
+    fgFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    outputModelName: str = "my-finetuned-model"
+    labelConvention: str = "auto"
+    seed: int = 0
+    forceCpu: bool = False
+
+
+#
+# AsymSegTrainingWidget
+#
+
+
+class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: cases, settings, Start/Cancel, progress and live plots."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._models: list[models.ModelInfo] = []
+        self._trainingCases: list = []  # SceneCase or folder path (str)
+        self._validationCases: list = []
+        self._pendingChanges: set[str] = set()
+        self._lastPlotRefresh = 0.0
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AsymSegTraining.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = AsymSegTrainingLogic()
+        self._caseWidgets = {
+            "flair": (self.ui.caseFlairLabel, self.ui.caseFlairSelector),
+            "t1c": (self.ui.caseT1cLabel, self.ui.caseT1cSelector),
+            "t1": (self.ui.caseT1Label, self.ui.caseT1Selector),
+            "t2": (self.ui.caseT2Label, self.ui.caseT2Selector),
+        }
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._onTimer)
+
+        for name, description in params.TECHNIQUE_PRESETS.items():
+            self.ui.techniqueSelector.addItem(name)
+            self.ui.techniqueSelector.setItemData(self.ui.techniqueSelector.count - 1, description, qt.Qt.ToolTipRole)
+        for convention in ("auto",) + params.LABEL_CONVENTIONS:
+            self.ui.labelConventionSelector.addItem(convention)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+        self.ui.baseModelSelector.connect("currentIndexChanged(int)", self.onBaseModelSelected)
+        self.ui.techniqueSelector.connect("currentIndexChanged(int)", self.onTechniqueSelected)
+        self.ui.labelConventionSelector.connect("currentIndexChanged(int)", self.onLabelConventionSelected)
+        self.ui.addTrainingCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=False))
+        self.ui.addValidationCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=True))
+        self.ui.addTrainingFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=False))
+        self.ui.addValidationFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=True))
+        self.ui.removeTrainingCaseButton.connect("clicked(bool)", lambda checked: self.removeSelectedCase(validation=False))
+        self.ui.removeValidationCaseButton.connect("clicked(bool)", lambda checked: self.removeSelectedCase(validation=True))
+        self.ui.trainingProgressBar.setVisible(False)
+
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.process.kill()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self._trainingCases = [c for c in self._trainingCases if isinstance(c, str)]
+        self._validationCases = [c for c in self._validationCases if isinstance(c, str)]
+        self._refreshCaseLists()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
+            self._selectText(self.ui.techniqueSelector, self._parameterNode.technique)
+            self._selectText(self.ui.labelConventionSelector, self._parameterNode.labelConvention)
+            self._checkCanStart()
+
+    @staticmethod
+    def _selectText(comboBox, text: str) -> None:
+        index = comboBox.findText(text)
+        if index >= 0:
+            comboBox.setCurrentIndex(index)
+
+    def _checkCanStart(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            self.ui.startButton.enabled = True
+            return
+        reason = None
+        if self._selectedModel() is None:
+            reason = _("Select a base model")
+        elif not self._trainingCases:
+            reason = _("Add at least one training case")
+        elif self._parameterNode is None or not self._parameterNode.outputModelName.strip():
+            reason = _("Enter a name for the new model")
+        self.ui.startButton.enabled = reason is None
+        self.ui.startButton.toolTip = reason or _("Start fine-tuning")
+
+    # ------------------------------------------------------------------ models and settings
+    def _selectedModel(self) -> models.ModelInfo | None:
+        index = self.ui.baseModelSelector.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def refreshModels(self) -> None:
+        wanted = self._parameterNode.baseModelName if self._parameterNode else ""
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
+            self._models = self.logic.listModels()
+        selector = self.ui.baseModelSelector
+        wasBlocked = selector.blockSignals(True)
+        selector.clear()
+        for model in self._models:
+            selector.addItem(model.title)
+            selector.setItemData(selector.count - 1, model.tooltip(), qt.Qt.ToolTipRole)
+        names = [m.name for m in self._models]
+        selector.setCurrentIndex(names.index(wanted) if wanted in names else (0 if names else -1))
+        selector.blockSignals(wasBlocked)
+        self.onBaseModelSelected(selector.currentIndex)
+
+    def onBaseModelSelected(self, index: int) -> None:
+        model = self._selectedModel()
+        needed = {channels.canonicalChannel(c) for c in model.channels} if model else set(PANEL_CHANNELS)
+        for channel, (label, selector) in self._caseWidgets.items():
+            label.setVisible(channel in needed)
+            selector.setVisible(channel in needed)
+        if model is not None and self._parameterNode is not None:
+            self._parameterNode.baseModelName = model.name
+        self._checkCanStart()
+
+    def onTechniqueSelected(self, index: int) -> None:
+        technique = self.ui.techniqueSelector.currentText
+        if self._parameterNode is None or not technique:
+            return
+        self._parameterNode.technique = technique
+        self._parameterNode.fgFraction = params.defaultFgFraction(technique)
+        self.ui.techniqueSelector.toolTip = params.TECHNIQUE_PRESETS.get(technique, "")
+
+    def onLabelConventionSelected(self, index: int) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.labelConvention = self.ui.labelConventionSelector.currentText
+
+    # ------------------------------------------------------------------ cases
+    def addSceneCase(self, validation: bool) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot add the case."), waitCursor=False):
+            model = self._selectedModel()
+            needed = [channels.canonicalChannel(c) for c in model.channels] if model else list(PANEL_CHANNELS)
+            p = self._parameterNode
+            selected = {"flair": p.caseFlairVolume, "t1c": p.caseT1cVolume, "t1": p.caseT1Volume, "t2": p.caseT2Volume}
+            volumes = {channel: selected[channel] for channel in needed if selected[channel] is not None}
+            missing = [channels.channelTitle(c) for c in needed if selected[c] is None]
+            if missing:
+                raise ValueError(_("Select the {names} volume(s) of the case").format(names=", ".join(missing)))
+            taken = {c.caseId for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)}
+            firstVolume = next(iter(volumes.values()))
+            case = export.SceneCase(caseId=caseIdFromName(firstVolume.GetName(), taken), volumes=volumes,
+                                    labels=p.caseLabels)
+            case.check()
+            (self._validationCases if validation else self._trainingCases).append(case)
+            self._refreshCaseLists()
+
+    def addFolderCase(self, validation: bool) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Select a case folder"))
+        if folder:
+            (self._validationCases if validation else self._trainingCases).append(folder)
+            self._refreshCaseLists()
+
+    def removeSelectedCase(self, validation: bool) -> None:
+        listWidget = self.ui.validationCasesList if validation else self.ui.trainingCasesList
+        cases = self._validationCases if validation else self._trainingCases
+        row = listWidget.currentRow
+        if 0 <= row < len(cases):
+            del cases[row]
+            self._refreshCaseLists()
+
+    def _refreshCaseLists(self) -> None:
+        for listWidget, cases in ((self.ui.trainingCasesList, self._trainingCases),
+                                  (self.ui.validationCasesList, self._validationCases)):
+            listWidget.clear()
+            for case in cases:
+                if isinstance(case, str):
+                    listWidget.addItem(_("folder: {path}").format(path=case))
+                else:
+                    names = ", ".join(f"{c}={n.GetName()}" for c, n in case.volumes.items())
+                    listWidget.addItem(_("scene: {id} ({names}; {labels})").format(
+                        id=case.caseId, names=names, labels=case.labels.GetName()))
+        self._checkCanStart()
+
+    # ------------------------------------------------------------------ running
+    def onStartButton(self, checked=False) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.startButton.text = _("Cancelling...")
+            self.ui.startButton.enabled = False
+            self._appendLog(_("Cancelling: the engine finishes its step and keeps its best model..."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
+            install.ensureDependencies(lambda text: slicer.util.confirmOkCancelDisplay(text),
+                                       install.installTorchWithPyTorchExtension, install.pipInstallWithSlicer)
+            p = self._parameterNode
+            model = self._selectedModel()
+            parameters = params.TrainingParameters(
+                trainCases=[c for c in self._trainingCases if isinstance(c, str)],
+                valCases=[c for c in self._validationCases if isinstance(c, str)],
+                outputModel=p.outputModelName.strip(), baseModel=model.modelArgument() if model else None,
+                technique=p.technique, symmetric=p.symmetric, iterations=p.iterations,
+                learningRate=p.learningRate, fgFraction=p.fgFraction,
+                labelConvention=None if p.labelConvention == "auto" else p.labelConvention,
+                seed=p.seed, device="cpu" if p.forceCpu else "auto")
+            self.ui.trainingLogTextEdit.clear()
+            self._job = self.logic.startTraining(
+                parameters,
+                sceneTrainCases=[c for c in self._trainingCases if isinstance(c, export.SceneCase)],
+                sceneValCases=[c for c in self._validationCases if isinstance(c, export.SceneCase)],
+                launcher=self.logic.consoleLauncher())
+            self._appendLog(" ".join(self._job.process.command))
+            self._setRunning(True)
+            self._timer.start()
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.startButton.text = _("Cancel") if running else _("Start training")
+        self.ui.startButton.enabled = True
+        self.ui.trainingProgressBar.setVisible(running)
+        self.ui.trainingProgressBar.value = 0
+        for widget in (self.ui.casesCollapsibleButton, self.ui.trainingCollapsibleButton,
+                       self.ui.advancedCollapsibleButton):
+            widget.enabled = not running
+        if not running:
+            self._checkCanStart()
+
+    def _appendLog(self, text: str) -> None:
+        if text:
+            self.ui.trainingLogTextEdit.appendPlainText(text)
+
+    def _onTimer(self) -> None:
+        import time
+
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        events, changed = job.poll()
+        for event in events:
+            if event.kind not in ("iteration", "progress"):
+                self._appendLog(event.text())
+        self._pendingChanges |= changed
+        fraction = job.progress.fraction
+        if fraction is not None:
+            self.ui.trainingProgressBar.value = int(1000 * fraction)
+        self.ui.statusLabel.text = job.progress.statusText()
+        now = time.monotonic()
+        if self._pendingChanges and (now - self._lastPlotRefresh >= PLOT_REFRESH_SECONDS or job.finished):
+            job.updatePlots(self._pendingChanges)
+            self.logic.showTrainingPlots(job)
+            self._pendingChanges = set()
+            self._lastPlotRefresh = now
+        if not job.finished:
+            return
+        self._timer.stop()
+        self._job = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+                result = job.finish()
+                self.logic.showTrainingPlots(job)
+                if result.succeeded:
+                    self.ui.statusLabel.text = _("Model saved: {path}. It is listed in the AsymSeg module.").format(
+                        path=result.modelPath or self._parameterNode.outputModelName)
+                elif result.engine.cancelled:
+                    self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}").format(
+                        path=result.modelPath or _("none written"))
+                else:
+                    result.engine.raiseIfFailed()
+        finally:
+            self._setRunning(False)
+            self.refreshModels()
+
+
+#
+# AsymSegTrainingLogic
+#
+
+
+class AsymSegTrainingLogic(ScriptedLoadableModuleLogic):
+    """Fine-tuning without the GUI: usable from the Python console and scripts."""
+
+    def __init__(self, pythonExecutable: str | None = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.pythonExecutable = pythonExecutable or pythonSlicerExecutable()
+
+    def getParameterNode(self):
+        return AsymSegTrainingParameterNode(super().getParameterNode())
+
+    def newEngineProcess(self) -> process.EngineProcess:
+        return process.EngineProcess(pythonExecutable=self.pythonExecutable)
+
+    @staticmethod
+    def consoleLauncher():
+        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None."""
+        import inspect
+        import os
+
+        launch = getattr(slicer.util, "launchConsoleProcess", None)
+        if launch is None or "blocking" not in inspect.signature(launch).parameters:
+            return None
+
+        def launcher(command, environment, onLine, onExit):
+            changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}
+            return launch(command, updateEnvironment=changed, blocking=False,
+                          logCallback=onLine, completedCallback=onExit)
+
+        return launcher
+
+    def listModels(self) -> list[models.ModelInfo]:
+        return models.listModels(self.pythonExecutable)
+
+    def createTrainingJob(self, parameters: params.TrainingParameters, sceneTrainCases=(),
+                          sceneValCases=()) -> jobs.TrainingJob:
+        return jobs.TrainingJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                sceneTrainCases=sceneTrainCases, sceneValCases=sceneValCases,
+                                processFactory=self.newEngineProcess)
+
+    def startTraining(self, parameters: params.TrainingParameters, sceneTrainCases=(), sceneValCases=(),
+                      launcher=None) -> jobs.TrainingJob:
+        """Start fine-tuning and return at once; poll the job from a QTimer, then ``job.finish()``."""
+        job = self.createTrainingJob(parameters, sceneTrainCases, sceneValCases)
+        job.start(launcher=launcher)
+        return job
+
+    def train(self, parameters: params.TrainingParameters, sceneTrainCases=(), sceneValCases=(),
+              timeout: float | None = None, onEvent=None) -> jobs.TrainingResult:
+        """Fine-tune and wait (scripts, tests). Check ``result.succeeded``."""
+        return self.createTrainingJob(parameters, sceneTrainCases, sceneValCases).run(timeout=timeout, onEvent=onEvent)
+
+    @staticmethod
+    def showTrainingPlots(job: jobs.TrainingJob) -> None:
+        """Show the loss and validation charts in two plot views below the red slice view (GUI)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        if not layoutNode.IsLayoutDescription(TRAINING_LAYOUT_ID):
+            layoutNode.AddLayoutDescription(TRAINING_LAYOUT_ID, TRAINING_LAYOUT)
+        if layoutManager.layout != TRAINING_LAYOUT_ID:
+            layoutManager.setLayout(TRAINING_LAYOUT_ID)
+        charts = {"AsymSegLoss": job.lossPlot, "AsymSegValidation": job.validationPlot}
+        for index in range(layoutManager.plotViewCount):
+            viewNode = layoutManager.plotWidget(index).mrmlPlotViewNode()
+            nodes = charts.get(viewNode.GetSingletonTag())
+            if nodes is not None:
+                viewNode.SetPlotChartNodeID(nodes.chart.GetID())
+
+
+#
+# AsymSegTrainingTest
+#
+
+
+class AsymSegTrainingTest(ScriptedLoadableModuleTest):
+    """Fine-tunes an untrained model for a few iterations on two phantom cases (needs torch)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_FinetuneOnPhantomCases()
+
+    def test_FinetuneOnPhantomCases(self):
+        if install.missingRequirements([install.TORCH_REQUIREMENT]):
+            self.delayDisplay("PyTorch is not installed: skipping the training test")
+            return
+        logic = AsymSegTrainingLogic()
+        folder = Path(slicer.util.tempDirectory("AsymSegTrainingTest"))
+        for args in (["phantom", "--out", folder / "cases", "--cases", "2", "--size", "32", "--seed", "5"],
+                     ["models", "create", "--architecture", "deepmedic", "--channels", "flair,t1c",
+                      "--out", folder / "base"]):
+            proc = logic.newEngineProcess()
+            proc.start(args)
+            proc.wait(timeout=600).raiseIfFailed()
+        trainFolder, valFolder = sorted(p for p in (folder / "cases").iterdir() if p.is_dir())
+        caseId = trainFolder.name
+        flair = slicer.util.loadVolume(str(trainFolder / f"{caseId}_flair.nii.gz"))
+        t1c = slicer.util.loadVolume(str(trainFolder / f"{caseId}_t1ce.nii.gz"))
+        labels = slicer.util.loadLabelVolume(str(trainFolder / f"{caseId}_seg.nii.gz"))
+        sceneCase = export.SceneCase(caseId="scene_case", volumes={"flair": flair, "t1c": t1c}, labels=labels,
+                                     labelValues=[1, 4])
+        parameters = params.TrainingParameters(
+            trainCases=[], valCases=[str(valFolder)], outputModel=str(folder / "finetuned"),
+            baseModel=str(folder / "base"), iterations=4, labelConvention="brats2017", device="cpu")
+        self.delayDisplay("Fine-tuning for 4 iterations")
+        result = logic.train(parameters, sceneTrainCases=[sceneCase], timeout=900)
+        self.assertTrue(result.succeeded, result.engine.summary())
+        self.assertTrue((folder / "finetuned").is_dir())
+        self.assertTrue(result.progress.iterations)
+        self.delayDisplay("Test passed")

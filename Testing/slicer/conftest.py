@@ -1,0 +1,156 @@
+"""Fixtures for the Slicer modules' tests: a fresh headless MRML scene per test (slicer-core).
+
+The Lib packages (AsymSegLib, AsymSegTrainingLib) are imported from the module folders, as
+Slicer does. The module files themselves (AsymSeg.py, AsymSegTraining.py) need qt, ctk and
+slicer.ScriptedLoadableModule, which slicer-core lacks: the ``moduleFile`` fixture imports them
+with small stand-ins that live only here and only for the duration of one test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIRS = {"AsymSeg": REPO / "AsymSeg", "AsymSegTraining": REPO / "AsymSegTraining"}
+for _folder in MODULE_DIRS.values():
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+
+
+class MrmlEnvironment(types.SimpleNamespace):
+    """scene, appLogic and the module logics (colors, volumes, segmentations, ...)."""
+
+
+def makeEnvironment() -> MrmlEnvironment:
+    """A headless Slicer application logic with its module logics, wired in the order MRML needs."""
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.GetColorLogic().AddDefaultColorNodes()
+
+    def register(logic, name):
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, logic)
+        return logic
+
+    logics = {
+        "colors": register(slicer.vtkMRMLColorLogic(), "Colors"),
+        "volumes": register(slicer.vtkSlicerVolumesLogic(), "Volumes"),
+        "segmentations": register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations"),
+        "subjecthierarchy": register(slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy"),
+        "tables": register(slicer.vtkSlicerTablesLogic(), "Tables"),
+        "plots": register(slicer.vtkSlicerPlotsLogic(), "Plots"),
+    }
+    return MrmlEnvironment(scene=scene, app=app, **logics)
+
+
+@pytest.fixture
+def mrml():
+    """A fresh MRML scene with module logics; ``slicer.mrmlScene``/``slicer.modules`` set for the test."""
+    env = makeEnvironment()
+    saved = {name: getattr(slicer, name) for name in ("mrmlScene", "modules") if hasattr(slicer, name)}
+    slicer.mrmlScene = env.scene
+    slicer.modules = types.SimpleNamespace(**{
+        name: types.SimpleNamespace(logic=(lambda logic=getattr(env, name): logic))
+        for name in ("colors", "volumes", "segmentations", "subjecthierarchy", "tables", "plots")
+    })
+    try:
+        yield env
+    finally:
+        env.scene.Clear(1)
+        for name in ("mrmlScene", "modules"):
+            if name in saved:
+                setattr(slicer, name, saved[name])
+            elif hasattr(slicer, name):
+                delattr(slicer, name)
+
+
+# ------------------------------------------------------------------ module files with stand-ins
+def _standIns() -> dict[str, types.ModuleType]:
+    """qt, ctk and slicer.ScriptedLoadableModule stand-ins: enough to import a module file."""
+    qt = types.ModuleType("qt")
+    ctk = types.ModuleType("ctk")
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent=None):
+            self.parent = parent if parent is not None else types.SimpleNamespace()
+            self.moduleName = type(self).__name__
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            name = type(self).__name__
+            self.moduleName = name[: -len("Logic")] if name.endswith("Logic") else name
+
+        def getParameterNode(self):
+            scene = slicer.mrmlScene
+            node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node is None:
+                node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+                node.UnRegister(None)
+                node.SetSingletonTag(self.moduleName)
+                node.SetAttribute("ModuleName", self.moduleName)
+                node = scene.AddNode(node)
+            return node
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            raise RuntimeError("module widgets need the Slicer application")
+
+    class ScriptedLoadableModuleTest:
+        pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleWidget,
+                ScriptedLoadableModuleTest):
+        setattr(slm, cls.__name__, cls)
+
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+    def parameterNodeWrapper(cls):
+        return cls
+
+    def _annotation(*args, **kwargs):
+        return None
+
+    pnw.parameterNodeWrapper = parameterNodeWrapper
+    pnw.parameterPack = parameterNodeWrapper
+    pnw.WithinRange = pnw.Choice = pnw.Minimum = pnw.Maximum = _annotation
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+
+    return {"qt": qt, "ctk": ctk, "slicer.ScriptedLoadableModule": slm,
+            "slicer.parameterNodeWrapper": pnw, "slicer.i18n": i18n}
+
+
+@pytest.fixture
+def moduleFile(mrml, monkeypatch):
+    """Import a module file (``moduleFile("AsymSeg")``) with qt/ctk stand-ins, for its Logic."""
+    standIns = _standIns()
+    for name, module in standIns.items():
+        if name in sys.modules and name in ("qt", "ctk"):
+            continue  # a real Qt is present: keep it
+        monkeypatch.setitem(sys.modules, name, module)
+        if name.startswith("slicer."):
+            monkeypatch.setattr(slicer, name.split(".", 1)[1], module, raising=False)
+
+    def load(name: str):
+        path = MODULE_DIRS[name] / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"_asymseg_test_module_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
