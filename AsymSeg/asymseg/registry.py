@@ -1,0 +1,357 @@
+"""Model registry: models bundled with the package plus the user's models folder.
+
+- Bundled models live in ``asymseg/models/<name>/`` (read-only, shipped with the package).
+- User models live in ``$ASYMSEG_HOME/models/<name>/`` (default ``~/.asymseg/models``);
+  :func:`import_model` puts them there.
+
+Name resolution (:func:`find_model`): an argument that is an existing path, or looks like
+one (it contains a path separator or starts with ``.`` or ``~``), is a model directory.
+Otherwise it is a name, looked up in both folders. Names are unique by construction:
+:func:`import_model` refuses a bundled model's name. If the same name nevertheless exists in
+both folders (a folder copied by hand), the name is ambiguous and refused: pass the directory.
+
+Archives (.zip, .tar.gz, .tgz, .tar) are unpacked by hand, never with ``extractall``:
+absolute paths, ``..`` components, links and special files are refused before anything is
+written, and everything is written inside a staging folder that is renamed into place only
+after the model (card, SHA256, tensors) has been verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from asymseg.errors import InputError, ModelError
+from asymseg.modelfile import (
+    CARD_FILE,
+    ModelCard,
+    _replace_directory,
+    load_model,
+    model_directory,
+    pickle_refusal,
+    read_card,
+    write_card,
+)
+
+log = logging.getLogger(__name__)
+
+#: Allowed model names: letters, digits, ".", "_", "-"; starting with a letter or digit.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Archive suffixes accepted by import and export.
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+#: Upper bound on the unpacked size of an imported archive.
+MAX_ARCHIVE_BYTES = 4 * 1024 ** 3
+#: Upper bound on the number of entries of an imported archive.
+MAX_ARCHIVE_ENTRIES = 256
+BUNDLED = "bundled"
+USER = "user"
+
+
+def bundled_models_dir() -> Path:
+    """The folder of models shipped with the package."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def user_models_dir() -> Path:
+    """The user's models folder: ``$ASYMSEG_HOME/models``, default ``~/.asymseg/models``."""
+    home = os.environ.get("ASYMSEG_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".asymseg"
+    return base / "models"
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name.
+
+    Raises:
+        InputError: the name is empty, too long or has other characters than letters,
+            digits, ".", "_" and "-".
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+        raise InputError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry; ``error`` says why an entry's card could not be read."""
+
+    name: str
+    path: Path
+    source: str
+    card: ModelCard | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "source": self.source, "path": str(self.path)}
+        if self.card is not None:
+            card = self.card
+            out.update({
+                "architecture": card.architecture, "channels": list(card.channels),
+                "classes": list(card.target.names), "rare": list(card.target.rare),
+                "description": card.description, "created": card.created,
+            })
+        out["error"] = self.error
+        return out
+
+
+def _scan(folder: Path, source: str) -> list[ModelInfo]:
+    if not folder.is_dir():
+        return []
+    infos = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or not (entry / CARD_FILE).is_file():
+            continue
+        try:
+            infos.append(ModelInfo(entry.name, entry, source, read_card(entry)))
+        except ModelError as err:
+            infos.append(ModelInfo(entry.name, entry, source, None, str(err)))
+    return infos
+
+
+def list_models() -> list[ModelInfo]:
+    """Bundled and user models, sorted by name (bundled first for equal names).
+
+    Entries whose card is invalid are listed with ``error`` set, not skipped.
+    """
+    infos = _scan(bundled_models_dir(), BUNDLED) + _scan(user_models_dir(), USER)
+    return sorted(infos, key=lambda i: (i.name, i.source != BUNDLED))
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.startswith((".", "~")) or text.endswith(ARCHIVE_SUFFIXES)
+
+
+def find_model(name_or_path: str | os.PathLike) -> Path:
+    """The model directory for a path or a registry name (see the module docstring).
+
+    Raises:
+        ModelError: not a model directory, a pickle checkpoint, an unknown name (the message
+            lists the available names) or a name found in both folders.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return model_directory(Path(name_or_path).expanduser())
+    text = str(name_or_path)
+    if _looks_like_path(text) or Path(text).exists():
+        return model_directory(Path(text).expanduser())
+    found = [folder / text for folder in (bundled_models_dir(), user_models_dir())
+             if NAME_PATTERN.match(text) and (folder / text / CARD_FILE).is_file()]
+    if len(found) > 1:
+        raise ModelError(f"model name {text!r} is both a bundled model ({found[0]}) and a user model "
+                         f"({found[1]}); pass the directory instead")
+    if found:
+        return model_directory(found[0])
+    names = sorted({i.name for i in list_models()})
+    available = ", ".join(names) if names else "none installed"
+    raise ModelError(f"unknown model {text!r}; available: {available} (see asymseg models list), "
+                     "or pass a model directory")
+
+
+# -- import ---------------------------------------------------------------------------------------
+def _member_path(name: str, archive: Path) -> PurePosixPath | None:
+    """The relative path of an archive entry; refuses absolute paths and ``..``."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        raise ModelError(f"{archive}: entry {name!r} has an absolute path; refusing the archive")
+    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise ModelError(f"{archive}: entry {name!r} points outside the archive folder ('..'); refusing the archive")
+    return PurePosixPath(*parts) if parts else None
+
+
+def _check_total(archive: Path, count: int, total: int) -> None:
+    if count > MAX_ARCHIVE_ENTRIES:
+        raise ModelError(f"{archive}: more than {MAX_ARCHIVE_ENTRIES} entries; not a model archive")
+    if total > MAX_ARCHIVE_BYTES:
+        raise ModelError(f"{archive}: unpacks to more than {MAX_ARCHIVE_BYTES // 1024 ** 3} GiB; refused")
+
+
+def _write_member(stream, dest: Path, staging: Path, size: int, archive: Path, name: str) -> None:
+    target = staging / dest
+    if staging.resolve() not in target.resolve().parents:
+        raise ModelError(f"{archive}: entry {name!r} resolves outside the target folder; refusing the archive")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(target, "xb") as out:  # "x": a repeated entry name fails instead of overwriting
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            written += len(chunk)
+            if written > size:
+                raise ModelError(f"{archive}: entry {name!r} is larger than its header says; refused")
+            out.write(chunk)
+
+
+def _unpack_zip(archive: Path, staging: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        entries = []
+        for info in zf.infolist():
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if stat.S_ISLNK(mode):
+                raise ModelError(f"{archive}: entry {info.filename!r} is a symbolic link; refusing the archive")
+            if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ModelError(f"{archive}: entry {info.filename!r} is a special file; refusing the archive")
+            rel = _member_path(info.filename, archive)
+            entries.append((info, rel))
+        _check_total(archive, len(entries), sum(i.file_size for i, _ in entries))
+        for info, rel in entries:
+            if rel is None or info.is_dir():
+                continue
+            with zf.open(info) as stream:
+                _write_member(stream, rel, staging, info.file_size, archive, info.filename)
+
+
+def _unpack_tar(archive: Path, staging: Path) -> None:
+    with tarfile.open(archive, "r:*") as tf:
+        members = tf.getmembers()
+        entries = []
+        for m in members:
+            if m.issym() or m.islnk():
+                raise ModelError(f"{archive}: entry {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link; "
+                                 "refusing the archive")
+            if not (m.isfile() or m.isdir()):
+                raise ModelError(f"{archive}: entry {m.name!r} is a special file; refusing the archive")
+            entries.append((m, _member_path(m.name, archive)))
+        _check_total(archive, len(entries), sum(m.size for m, _ in entries if m.isfile()))
+        for m, rel in entries:
+            if rel is None or m.isdir():
+                continue
+            stream = tf.extractfile(m)
+            if stream is None:
+                raise ModelError(f"{archive}: entry {m.name!r} cannot be read")
+            with stream:
+                _write_member(stream, rel, staging, m.size, archive, m.name)
+
+
+def _model_root(folder: Path, source: Path) -> Path:
+    """The folder holding model.json: the top of the unpacked archive, or its single subfolder."""
+    if (folder / CARD_FILE).is_file():
+        return folder
+    subdirs = [p for p in folder.iterdir() if p.is_dir()]
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if len(subdirs) == 1 and not files and (subdirs[0] / CARD_FILE).is_file():
+        return subdirs[0]
+    raise ModelError(f"{source}: no {CARD_FILE} at the top of the archive or in a single top folder")
+
+
+def import_model(source: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> Path:
+    """Copy a model (directory or archive) into the user's models folder, after verifying it.
+
+    Args:
+        source: a model directory, or a .zip / .tar.gz / .tgz / .tar archive holding one
+            (at its top or in a single top folder).
+        name: the registry name; default the card's name. The card's name is set to it.
+        overwrite: replace an existing user model of that name.
+
+    Returns:
+        The new model directory.
+
+    Raises:
+        ModelError: unsafe archive entries (absolute paths, ``..``, links, special files), an
+            invalid card, a SHA256 mismatch, tensors that do not fit, a pickle checkpoint, or
+            a name that exists already (or belongs to a bundled model).
+        InputError: an invalid name.
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise InputError(f"{source}: no such file or directory")
+    dest_root = user_models_dir()
+    dest_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import.", suffix=".tmp", dir=dest_root))
+    try:
+        unpacked = staging / "unpacked"
+        unpacked.mkdir()
+        if source.is_dir():
+            root = model_directory(source)
+        elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
+            try:
+                if source.name.lower().endswith(".zip"):
+                    _unpack_zip(source, unpacked)
+                else:
+                    _unpack_tar(source, unpacked)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+                raise ModelError(f"{source}: unreadable archive: {err}") from err
+            root = _model_root(unpacked, source)
+        elif source.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl", ".pickle"):
+            raise pickle_refusal(source)
+        else:
+            raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
+        card = read_card(root)
+        model_name = check_model_name(name if name is not None else card.name)
+        if (bundled_models_dir() / model_name).exists():
+            raise ModelError(f"{model_name!r} is the name of a bundled model; import under another name (--name)")
+        target = dest_root / model_name
+        if target.exists() and not overwrite:
+            raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
+                             "choose another name (--name) or overwrite it")
+        # Copy exactly the card and the weights, then verify the copy (not the source).
+        final = staging / "model"
+        final.mkdir()
+        shutil.copyfile(root / CARD_FILE, final / CARD_FILE)
+        shutil.copyfile(root / card.weights_file, final / card.weights_file)
+        if model_name != card.name:
+            write_card(final, read_card(final).replace(name=model_name))
+        load_model(final)
+        _replace_directory(final, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("imported model %s from %s to %s", model_name, source, target)
+    return target
+
+
+# -- export ---------------------------------------------------------------------------------------
+def export_model(name_or_path: str | os.PathLike, out_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a model (verified first) as a .zip or .tar.gz archive with one top folder.
+
+    Raises:
+        InputError: the output suffix is not .zip/.tar.gz/.tgz, or the file exists.
+        ModelError: the model is invalid (card, SHA256, tensors).
+    """
+    out = Path(out_path).expanduser()
+    lower = out.name.lower()
+    if not lower.endswith((".zip", ".tar.gz", ".tgz")):
+        raise InputError(f"{out}: the archive name must end in .zip or .tar.gz")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: exists already; choose another name or overwrite it")
+    loaded = load_model(name_or_path)
+    directory, card = loaded.path, loaded.card
+    folder = directory.name if NAME_PATTERN.match(directory.name) else check_model_name(card.name)
+    files = [CARD_FILE, card.weights_file]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if lower.endswith(".zip"):
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for name in files:
+                    zf.write(directory / name, f"{folder}/{name}")
+        else:
+            with tarfile.open(tmp, "w:gz") as tf:
+                for name in files:
+                    info = tf.gettarinfo(str(directory / name), arcname=f"{folder}/{name}")
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mode = 0o644
+                    with open(directory / name, "rb") as handle:
+                        tf.addfile(info, handle)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("exported model %s to %s", card.name, out)
+    return out
+
+
+__all__ = [
+    "ModelInfo", "bundled_models_dir", "check_model_name", "export_model", "find_model", "import_model",
+    "list_models", "user_models_dir",
+]
