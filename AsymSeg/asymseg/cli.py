@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "analyze",
     "experiment",
+    "models",
 )
 
 log = logging.getLogger("asymseg")
