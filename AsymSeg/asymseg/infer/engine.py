@@ -1,0 +1,592 @@
+"""Whole-volume inference: crop to the brain, tile, batch, stitch, retry on out-of-memory.
+
+:func:`predict_volume` turns one normalised ``(C, D, H, W)`` volume and its brain mask into
+logits, the rare-class probability and a label map, all in the input's voxel grid.
+
+How it works:
+
+1. The brain mask's bounding box is the region to predict. Nets with exact tiling (DeepMedic)
+   get non-overlapping output tiles aligned to ``net.output_multiple`` on a grid anchored at the
+   image origin (:func:`~asymseg.infer.tiling.plan_exact_tiles`); each tile's input is the
+   output tile plus ``net.context`` voxels per side, read from the image and padded with zeros
+   (the normalised background) where it passes the image edge. The stitched result equals one
+   forward pass over the whole zero-padded volume, so it depends neither on the tile size nor
+   on the mask. Other nets (the U-Net) get overlapping tiles blended with Gaussian weights, or a
+   single pass over the box when it fits in one tile.
+2. Tiles are as large as a memory budget allows (large tiles recompute less context: DeepMedic
+   costs 0.82 MFLOP per output voxel with 128^3 tiles and 1.22 M with 45^3). The budget is
+   checked against an activation model measured with two tiny forward passes.
+3. Tiles run in batches under ``torch.inference_mode`` in eval mode, on a copy of the net when it
+   must move or change memory layout (the caller's net is never modified). On the CPU, nets with
+   exact tiling run in ``channels_last_3d``, which is 1.25-1.7x faster for them; on CUDA, autocast
+   runs in bf16 where supported, else fp16. Logits are stitched in float32 into one preallocated
+   array over the box; nothing else is kept per tile.
+4. Out of memory (``torch.cuda.OutOfMemoryError`` or an allocator failure): the tiles are halved
+   and the work restarts, down to :data:`~asymseg.infer.tiling.MIN_TILE`; then a CUDA run falls
+   back to the CPU. Each retry is logged and sent as a ``log`` event.
+
+Voxels outside the brain mask are background: label 0, probability 0, logits 0.
+
+The thread count is the caller's (the CLI sets it); this module never changes process settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+
+from asymseg import constants as C
+from asymseg.errors import InputError, ModelError, ResourceError
+from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.infer.tiling import (
+    MIN_TILE, Tile, TilePlan, Triple, as_triple, clip_to, gaussian_weights, mask_box,
+    plan_exact_tiles, plan_overlap_tiles, round_down, round_up,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Activation memory one batch of tiles may use on the CPU (estimate, bytes). With the input
+#: volume, the outputs and the interpreter this keeps a 4-channel 240x240x155 case under 2.5 GB.
+CPU_ACTIVATION_BUDGET = 1_100_000_000
+#: Fraction of the free CUDA memory one batch of tiles may use (estimate).
+CUDA_MEMORY_FRACTION = 0.5
+#: Largest output tile edge tried by default on the CPU and on CUDA.
+CPU_MAX_TILE = 160
+CUDA_MAX_TILE = 256
+#: Estimated peak / largest single activation, for one forward pass (calibrated on DeepMedic
+#: and the U-Net on the CPU: the input and output of the widest layer plus a concatenation).
+ACTIVATION_PEAK_FACTOR = 2.6
+#: Overlap between neighbouring tiles for nets whose tiles are not exact.
+BLEND_OVERLAP = 0.5
+#: Depth slices per chunk when turning logits into probabilities (bounds temporary memory).
+_SLAB = 16
+
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict_volume`, in the input's voxel grid (D, H, W).
+
+    Attributes:
+        labels: uint8 class indices (0 = background; outside the mask 0).
+        probabilities: float32 probability of the rare classes (summed softmax; outside the mask 0).
+        logits: float32 ``(K, D, H, W)`` logits (0 outside the mask), or None unless asked for.
+        decision: float32 decision variable ``dz = max(z over rare classes) - max(z over the
+            others)`` (for a binary target ``z_fg - z_bg``; 0 outside the mask), or None unless
+            logits were asked for.
+        info: how it ran: device, amp, memory_format, tile shape, tile count, batch size,
+            computed output voxels, retries (messages) and seconds.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    logits: np.ndarray | None = None
+    decision: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# -- devices and numerics ------------------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; other names are checked.
+
+    Raises:
+        InputError: an unknown device name, or CUDA asked for but not available.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == "auto":
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as err:
+            raise InputError(f"--device {device!r}: not a device name (use auto, cpu or cuda)") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device}: unsupported device type {resolved.type!r} (use auto, cpu or cuda)")
+    return resolved
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None: float32)."""
+    if amp not in AMP_MODES:
+        raise InputError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_memory_format(memory_format: str, net: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """``"auto"``: channels_last_3d for exact-tiling nets on the CPU, contiguous otherwise.
+
+    channels_last_3d made DeepMedic-style valid convolutions 1.25-1.7x faster on the CPU but
+    slowed the instance-norm U-Net (ml-anchors.md, section 5).
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise InputError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    if memory_format == "channels_last" or (
+            memory_format == "auto" and device.type == "cpu" and getattr(net, "exact_tiling", False)):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for CUDA out-of-memory errors and CPU allocator failures."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    if isinstance(err, MemoryError):
+        return True
+    if isinstance(err, RuntimeError):
+        text = str(err).lower()
+        return any(s in text for s in ("out of memory", "can't allocate memory", "failed to allocate"))
+    return False
+
+
+# -- memory estimate -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActivationModel:
+    """Sizes of a net's activations as a function of the output tile, for memory budgets.
+
+    Every leaf module's output size along each axis is an affine function of the output tile
+    size along that axis (valid convolutions add a constant, pooling and strides divide), so two
+    small forward passes pin it down exactly. ``sizes[i]`` is ``(channels, offset, slope)`` of leaf
+    output ``i`` with per-axis ``offset``/``slope``.
+    """
+
+    sizes: tuple[tuple[int, tuple[float, ...], tuple[float, ...]], ...]
+    in_channels: int
+    context: int
+
+    @classmethod
+    def measure(cls, net: torch.nn.Module) -> ActivationModel:
+        """Record leaf output shapes for output tiles of 2 and 3 multiples (tiny forward passes)."""
+        m = int(net.output_multiple)
+        first = next(iter(net.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        shapes: list[list[tuple[int, ...]]] = []
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 5:
+                shapes[-1].append(tuple(output.shape[1:]))
+
+        leaves = [mod for mod in net.modules() if not any(True for _ in mod.children())]
+        handles = [leaf.register_forward_hook(hook) for leaf in leaves]
+        was_training = net.training
+        try:
+            net.eval()
+            for t in (2 * m, 3 * m):
+                shapes.append([])
+                in_shape = tuple(net.input_shape((t, t, t)))
+                with torch.inference_mode():
+                    net(torch.zeros((1, net.in_channels, *in_shape), device=device))
+        finally:
+            for handle in handles:
+                handle.remove()
+            net.train(was_training)
+        sizes = []
+        for small, large in zip(*shapes):
+            slope = tuple((b - a) / m for a, b in zip(small[1:], large[1:]))
+            offset = tuple(a - s * 2 * m for a, s in zip(small[1:], slope))
+            sizes.append((int(small[0]), offset, slope))
+        return cls(tuple(sizes), int(net.in_channels), int(net.context))
+
+    def peak_bytes(self, output_shape: Sequence[int], batch_size: int = 1, dtype_bytes: int = 4) -> int:
+        """Estimated peak activation memory: :data:`ACTIVATION_PEAK_FACTOR` x the largest
+        activation, plus the input batch (float32)."""
+        largest = 0.0
+        for channels, offset, slope in self.sizes:
+            voxels = math.prod(max(0.0, o + s * t) for o, s, t in zip(offset, slope, output_shape))
+            largest = max(largest, channels * voxels)
+        inputs = self.in_channels * math.prod(t + 2 * self.context for t in output_shape)
+        return int(batch_size * (ACTIVATION_PEAK_FACTOR * largest * dtype_bytes + 4 * inputs))
+
+
+def default_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
+                 max_tile: int, dtype_bytes: int = 4) -> Triple:
+    """The largest output tile edge (a multiple of ``multiple``) whose activations fit the budget.
+
+    The edge is capped at ``max_tile`` and at the region (rounded up to the multiple), then
+    lowered until :meth:`ActivationModel.peak_bytes` of that tile fits ``budget_bytes``.
+    """
+    m = int(multiple)
+    cap = [max(m, min(round_down(max_tile, m), round_up(int(n), m))) for n in region]
+    floor_edge = max(m, round_up(MIN_TILE, m))
+    edge = max(cap)
+    while edge > floor_edge and model.peak_bytes([min(edge, c) for c in cap], 1, dtype_bytes) > budget_bytes:
+        edge -= m
+    return tuple(max(min(edge, c), min(floor_edge, c)) for c in cap)  # type: ignore[return-value]
+
+
+def halve_tile(tile: Sequence[int], multiple: int) -> Triple:
+    """Half of each tile edge, rounded down to ``multiple`` and not below :data:`MIN_TILE`."""
+    floor_edge = max(multiple, round_up(MIN_TILE, multiple))
+    return tuple(max(floor_edge, round_down(int(t) // 2, multiple)) for t in tile)  # type: ignore[return-value]
+
+
+# -- the out-of-memory retry loop --------------------------------------------------------------------
+def run_with_oom_retry(attempt: Callable[[torch.device, Triple], T], *, device: torch.device, tile: Triple,
+                       multiple: int, fallback_device: torch.device | None = None,
+                       fallback_tile: Callable[[], Triple] | None = None,
+                       on_event: EventCallback | None = None, retries: list[str] | None = None
+                       ) -> tuple[T, torch.device, Triple]:
+    """Call ``attempt(device, tile)``; on out-of-memory halve the tiles, then change device.
+
+    Args:
+        attempt: runs the whole job with the given device and tile edge; may raise an
+            out-of-memory error (see :func:`is_out_of_memory`); other errors propagate.
+        device: the first device.
+        tile: the first tile edges (D, H, W).
+        multiple: tile edges stay multiples of it.
+        fallback_device: where to go once the smallest tiles fail (None: nowhere).
+        fallback_tile: the tile edges to start with on the fallback device.
+        on_event: receives a ``log`` event per retry.
+        retries: if given, a message per retry is appended to it.
+
+    Returns:
+        ``(result, device, tile)`` of the attempt that succeeded.
+
+    Raises:
+        ResourceError: the smallest tiles ran out of memory on the last device.
+    """
+    while True:
+        try:
+            return attempt(device, tile), device, tile
+        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled
+            if not is_out_of_memory(err):
+                raise
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+        # Outside the except block, so the failed attempt's tensors can be freed.
+        if device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        smaller = halve_tile(tile, multiple)
+        if smaller != tuple(tile):
+            message = (f"out of memory on {device} with {_fmt(tile)} tiles; retrying with {_fmt(smaller)} "
+                       f"tiles ({reason})")
+            tile = smaller
+        elif fallback_device is not None and fallback_device != device:
+            new_tile = fallback_tile() if fallback_tile is not None else tuple(tile)
+            message = (f"out of memory on {device} even with {_fmt(tile)} tiles; falling back to "
+                       f"{fallback_device} with {_fmt(new_tile)} tiles ({reason})")
+            device, tile = fallback_device, new_tile  # type: ignore[assignment]
+            fallback_device = None
+        else:
+            raise ResourceError(f"out of memory on {device} even with {_fmt(tile)} tiles ({reason})")
+        log.warning("%s", message)
+        if retries is not None:
+            retries.append(message)
+        emit(on_event, C.EVENT_LOG, stage="infer", message=message, level="warning", device=str(device),
+             tile=list(tile))
+
+
+def _fmt(tile: Sequence[int]) -> str:
+    return "x".join(str(int(t)) for t in tile)
+
+
+# -- one tiled pass ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _prepared(net: torch.nn.Module, device: torch.device, memory_format: torch.memory_format
+              ) -> Iterator[torch.nn.Module]:
+    """The net in eval mode on ``device`` in ``memory_format``; a copy when it must change.
+
+    The caller's net keeps its device, layout and train/eval mode.
+    """
+    first = next(iter(net.parameters()), None)
+    same_device = first is None or first.device == device
+    if same_device and memory_format == torch.contiguous_format:
+        was_training = net.training
+        net.eval()
+        try:
+            yield net
+        finally:
+            net.train(was_training)
+        return
+    work = copy.deepcopy(net).to(device)
+    if memory_format != torch.contiguous_format:
+        work = work.to(memory_format=memory_format)
+    work.eval()
+    yield work
+
+
+def _plan(net: torch.nn.Module, start: Triple, stop: Triple, tile: Triple) -> TilePlan:
+    m = int(net.output_multiple)
+    if getattr(net, "exact_tiling", False):
+        return plan_exact_tiles(start, stop, tile=tile, multiple=m, context=int(net.context))
+    return plan_overlap_tiles(start, stop, tile=tile, multiple=m, context=int(net.context), overlap=BLEND_OVERLAP)
+
+
+def _fill_input(buffer: torch.Tensor, image: np.ndarray, tile: Tile) -> None:
+    """Copy the tile's input window into ``buffer`` (C, d, h, w), zeros outside the image."""
+    clipped = clip_to(tile.in_start, tile.in_stop, image.shape[1:])
+    if clipped is None or clipped[1] != tuple(slice(0, n) for n in tile.in_shape):
+        buffer.zero_()
+    if clipped is not None:
+        src, dst = clipped
+        buffer[(slice(None), *dst)] = torch.from_numpy(image[(slice(None), *src)])
+
+
+def _run_tiles(net: torch.nn.Module, image: np.ndarray, plan: TilePlan, out_start: Triple, out: np.ndarray,
+               weight_sum: np.ndarray | None, *, device: torch.device, batch_size: int,
+               amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
+               on_event: EventCallback | None, cancel: CancelToken | None) -> None:
+    """Run every tile of ``plan`` and stitch its logits into ``out`` (K, box) (weighted if blended)."""
+    tiles = list(plan)
+    n_batches = math.ceil(len(tiles) / batch_size)
+    pin = device.type == "cuda"
+    buffer = torch.empty((min(batch_size, len(tiles)), image.shape[0], *plan.input_shape), dtype=torch.float32,
+                         pin_memory=pin)
+    weights = gaussian_weights(plan.tile_shape) if plan.blended else None
+    box_shape = out.shape[1:]
+    emit(on_event, C.EVENT_PROGRESS, stage="infer", done=0, total=n_batches)
+    for index in range(n_batches):
+        if cancel is not None:
+            cancel.check()
+        batch = tiles[index * batch_size:(index + 1) * batch_size]
+        x = buffer[:len(batch)]
+        for b, tile in enumerate(batch):
+            _fill_input(x[b], image, tile)
+        x = x.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
+        with torch.inference_mode(), _autocast(device, amp_dtype):
+            logits = net(x)
+        if tuple(logits.shape[2:]) != plan.tile_shape:
+            raise ModelError(f"{getattr(net, 'architecture', type(net).__name__)}: a {_fmt(plan.input_shape)} "
+                             f"input gave a {_fmt(logits.shape[2:])} output, expected {_fmt(plan.tile_shape)}")
+        logits = logits.float().cpu()
+        del x
+        for b, tile in enumerate(batch):
+            local_start = tuple(s - o for s, o in zip(tile.out_start, out_start))
+            local_stop = tuple(s - o for s, o in zip(tile.out_stop, out_start))
+            clipped = clip_to(local_start, local_stop, box_shape)
+            if clipped is None:
+                continue
+            dst, src = clipped
+            values = logits[b].numpy()[(slice(None), *src)]
+            if weights is None:
+                out[(slice(None), *dst)] = values
+            else:
+                w = weights[src]
+                out[(slice(None), *dst)] += values * w
+                weight_sum[dst] += w
+        del logits
+        emit(on_event, C.EVENT_PROGRESS, stage="infer", done=index + 1, total=n_batches)
+    if cancel is not None:
+        cancel.check()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# -- public API ------------------------------------------------------------------------------------------
+def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | None = None, *,
+                   tile: int | Sequence[int] | None = None, batch_size: int | None = None,
+                   device: str | torch.device = "auto", amp: AmpMode = "auto",
+                   memory_format: MemoryFormat = "auto", rare: Sequence[bool] | None = None,
+                   on_event: EventCallback | None = None, cancel: CancelToken | None = None,
+                   return_logits: bool = False, fallback_to_cpu: bool = True) -> Prediction:
+    """Segment one volume with a network (see the module docstring for the method).
+
+    Args:
+        net: a :class:`~asymseg.nets.base.SegmentationNet` (``context``, ``output_multiple``,
+            ``exact_tiling``, ``input_shape``, ``in_channels``, ``num_classes``).
+        image: float32 ``(C, D, H, W)``, normalised as the model expects (z-scored in the mask).
+        mask: bool ``(D, H, W)`` brain mask; None: every voxel.
+        tile: the largest output tile edge (one value or D, H, W); None: as large as the memory
+            budget of the device allows. Results of exact-tiling nets do not depend on it.
+        batch_size: tiles per forward pass; None: 1 on the CPU, as many as fit the budget on CUDA.
+        device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N".
+        amp: autocast on CUDA: "auto" (bf16 where supported, else fp16), "bf16", "fp16" or "off".
+            The CPU runs in float32 unless "bf16"/"fp16" is asked for.
+        memory_format: "auto" (channels_last_3d for exact-tiling nets on the CPU), "contiguous"
+            or "channels_last".
+        rare: one flag per class, the classes whose probability is summed into
+            ``probabilities`` and that form the rare side of ``decision``; None: every class but 0.
+        on_event: receives ``progress`` events (stage "infer", one per batch of tiles) and a
+            ``log`` event per out-of-memory retry.
+        cancel: checked between batches.
+        return_logits: also return the logits and the decision variable.
+        fallback_to_cpu: when CUDA runs out of memory even with the smallest tiles, go on on the CPU.
+
+    Returns:
+        The :class:`Prediction`.
+
+    Raises:
+        InputError: wrong array shapes or channel count, unknown device/amp/memory format.
+        ModelError: the net's output does not have the expected shape.
+        ResourceError: out of memory even with the smallest tiles.
+        Cancelled: ``cancel`` was set.
+
+    Shape:
+        image ``(C, D, H, W)``, mask ``(D, H, W)`` -> labels/probabilities ``(D, H, W)``,
+        logits ``(K, D, H, W)``.
+    """
+    started = time.perf_counter()
+    image = _check_image(net, image)
+    spatial = image.shape[1:]
+    if mask is None:
+        mask = np.ones(spatial, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.shape != spatial:
+        raise InputError(f"the brain mask has shape {mask.shape}, the image {spatial} (D, H, W)")
+    mask = mask.astype(bool, copy=False)
+    k = int(net.num_classes)
+    rare_flags = _rare_flags(rare, k)
+    device = resolve_device(device)
+    amp_dtype = resolve_amp(amp, device)
+    info: dict[str, Any] = {"device": str(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+                            "retries": []}
+    box = mask_box(mask)
+    if box is None:
+        log.warning("the brain mask is empty: every voxel is background")
+        info.update(tiles=0, tile=None, batch_size=0, computed_voxels=0, memory_format="n/a",
+                    seconds=time.perf_counter() - started)
+        emit(on_event, C.EVENT_PROGRESS, stage="infer", done=0, total=0)
+        return _empty_prediction(spatial, k, return_logits, info)
+    start, stop = box
+    m = int(net.output_multiple)
+    # The region tiles cover: exact plans start on the multiple-of-m grid below the box.
+    region = tuple(b - (round_down(a, m) if getattr(net, "exact_tiling", False) else a) for a, b in zip(start, stop))
+
+    model: list[ActivationModel] = []
+
+    def budget_tile(dev: torch.device) -> Triple:
+        if tile is None and not model:
+            model.append(ActivationModel.measure(net))
+        if tile is not None:
+            # Edges past the region change nothing; capping them keeps out-of-memory halving effective.
+            return tuple(min(t, round_up(n, m)) for t, n in zip(as_triple(tile), region))  # type: ignore[return-value]
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            return default_tile(model[0], region, multiple=m, budget_bytes=int(free * CUDA_MEMORY_FRACTION),
+                                max_tile=CUDA_MAX_TILE, dtype_bytes=2 if amp_dtype is not None else 4)
+        return default_tile(model[0], region, multiple=m, budget_bytes=CPU_ACTIVATION_BUDGET, max_tile=CPU_MAX_TILE)
+
+    state: dict[str, Any] = {}
+
+    def attempt(dev: torch.device, tile_edges: Triple) -> tuple[np.ndarray, Triple]:
+        plan = _plan(net, start, stop, tile_edges)
+        lo = tuple(max(0, s) for s in plan.region_start)
+        hi = tuple(min(n, s) for n, s in zip(spatial, plan.region_stop))
+        state.clear()
+        out = np.zeros((k, *(b - a for a, b in zip(lo, hi))), dtype=np.float32)
+        weight_sum = np.zeros(out.shape[1:], dtype=np.float32) if plan.blended else None
+        fmt = resolve_memory_format(memory_format, net, dev)
+        dev_amp = amp_dtype if dev.type == "cuda" or amp in ("bf16", "fp16") else None
+        per_batch = batch_size or _default_batch(model, net, plan, dev, dev_amp)
+        state.update(plan=plan, batch_size=per_batch, memory_format=fmt, amp=dev_amp)
+        with _prepared(net, dev, fmt) as work:
+            _run_tiles(work, image, plan, lo, out, weight_sum, device=dev, batch_size=per_batch,
+                       amp_dtype=dev_amp, memory_format=fmt, on_event=on_event, cancel=cancel)
+        if weight_sum is not None:
+            np.divide(out, weight_sum, out=out)
+        return out, lo
+
+    fallback = torch.device("cpu") if fallback_to_cpu and device.type == "cuda" else None
+    (box_logits, lo), used_device, _ = run_with_oom_retry(
+        attempt, device=device, tile=budget_tile(device), multiple=m,
+        fallback_device=fallback, fallback_tile=lambda: budget_tile(torch.device("cpu")),
+        on_event=on_event, retries=info["retries"])
+    plan = state["plan"]
+    info.update(device=str(used_device), tile=list(plan.tile_shape), tiles=len(plan),
+                batch_size=state["batch_size"], computed_voxels=plan.output_voxels(),
+                memory_format="channels_last_3d" if state["memory_format"] == torch.channels_last_3d else "contiguous",
+                amp=str(state["amp"]).replace("torch.", "") if state["amp"] else "off",
+                blended=plan.blended)
+    prediction = _finish(box_logits, lo, mask, rare_flags, return_logits)
+    info["seconds"] = time.perf_counter() - started
+    prediction.info = info
+    return prediction
+
+
+def _check_image(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise InputError(f"expected an image of shape (C, D, H, W), got shape {image.shape}")
+    expected = int(net.in_channels)
+    if image.shape[0] != expected:
+        raise InputError(f"the model takes {expected} input channel(s), the image has {image.shape[0]}")
+    if image.dtype != np.float32:
+        image = image.astype(np.float32)
+    return np.ascontiguousarray(image)
+
+
+def _rare_flags(rare: Sequence[bool] | None, k: int) -> np.ndarray:
+    if rare is None:
+        return np.array([False] + [True] * (k - 1))
+    flags = np.array([bool(r) for r in rare])
+    if flags.size != k:
+        raise InputError(f"rare flags: expected {k} (one per class), got {flags.size}")
+    if flags[1:].any():
+        flags[0] = False  # the background is never the rare side of the decision variable
+    else:
+        flags = np.array([False] + [True] * (k - 1))
+    return flags
+
+
+def _default_batch(model: list[ActivationModel], net: torch.nn.Module, plan: TilePlan, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> int:
+    """1 on the CPU (big tiles gain nothing from batching); on CUDA as many tiles as fit the budget."""
+    if device.type != "cuda" or len(plan) == 1:
+        return 1
+    if not model:
+        model.append(ActivationModel.measure(net))
+    free, _ = torch.cuda.mem_get_info(device)
+    one = model[0].peak_bytes(plan.tile_shape, 1, 2 if amp_dtype is not None else 4)
+    return int(max(1, min(len(plan), (free * CUDA_MEMORY_FRACTION) // max(one, 1))))
+
+
+def _finish(box_logits: np.ndarray, lo: Triple, mask: np.ndarray, rare: np.ndarray,
+            return_logits: bool) -> Prediction:
+    """Labels, rare-class probability and (optionally) logits over the full grid."""
+    spatial = mask.shape
+    k, bd, bh, bw = box_logits.shape
+    box = (slice(lo[0], lo[0] + bd), slice(lo[1], lo[1] + bh), slice(lo[2], lo[2] + bw))
+    inside = mask[box]
+    labels = np.zeros(spatial, dtype=np.uint8)
+    probabilities = np.zeros(spatial, dtype=np.float32)
+    logits = np.zeros((k, *spatial), dtype=np.float32) if return_logits else None
+    decision = np.zeros(spatial, dtype=np.float32) if return_logits else None
+    for z0 in range(0, bd, _SLAB):
+        z1 = min(bd, z0 + _SLAB)
+        z = box_logits[:, z0:z1]
+        keep = inside[z0:z1]
+        dst = (slice(lo[0] + z0, lo[0] + z1), box[1], box[2])
+        labels[dst] = np.where(keep, z.argmax(axis=0), 0).astype(np.uint8)
+        shifted = np.exp(z - z.max(axis=0, keepdims=True))
+        p = shifted[rare].sum(axis=0) / shifted.sum(axis=0)
+        probabilities[dst] = np.where(keep, p, 0.0)
+        if return_logits:
+            logits[(slice(None), *dst)] = np.where(keep, z, 0.0)
+            dz = z[rare].max(axis=0) - z[~rare].max(axis=0)
+            decision[dst] = np.where(keep, dz, 0.0)
+    return Prediction(labels, probabilities, logits, decision)
+
+
+def _empty_prediction(spatial: Sequence[int], k: int, return_logits: bool, info: dict[str, Any]) -> Prediction:
+    shape = tuple(spatial)
+    return Prediction(
+        np.zeros(shape, dtype=np.uint8), np.zeros(shape, dtype=np.float32),
+        np.zeros((k, *shape), dtype=np.float32) if return_logits else None,
+        np.zeros(shape, dtype=np.float32) if return_logits else None, info)
