@@ -112,6 +112,8 @@ def modelInfoFromDict(entry: Mapping[str, Any], path: Path | None = None, source
 def parseModelList(text: str) -> list[ModelInfo]:
     """Parse the output of ``asymseg models list --json`` (a list, or ``{"models": [...]}``).
 
+    Entries the engine marks with an ``error`` (an unreadable card) are left out.
+
     Raises:
         ModelRegistryError: the text is not such JSON.
     """
@@ -126,6 +128,9 @@ def parseModelList(text: str) -> list[ModelInfo]:
     models = []
     for entry in data:
         if isinstance(entry, Mapping):
+            if entry.get("error"):
+                log.warning("Skipping model %s: %s", entry.get("name"), entry["error"])
+                continue
             try:
                 models.append(modelInfoFromDict(entry))
             except ValueError as err:

@@ -455,6 +455,11 @@ def placeBeside(node, siblingNode, scene) -> None:
     if shNode is None:
         return
     siblingItem = shNode.GetItemByDataNode(siblingNode)
+    if not siblingItem:
+        return
+    parent = shNode.GetItemParent(siblingItem)
     item = shNode.GetItemByDataNode(node)
-    if siblingItem and item:
-        shNode.SetItemParent(item, shNode.GetItemParent(siblingItem))
+    if item:
+        shNode.SetItemParent(item, parent)
+    else:  # without Slicer's GUI plugins, nodes get no item automatically
+        shNode.CreateItem(parent, node)
