@@ -68,12 +68,11 @@ def check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(compute_dtype(logits))
 
 
-def rare_vector(rare: RareLike, num_classes: int, device: torch.device,
-                *, symmetric: bool = False) -> torch.Tensor:
-    """r as a bool tensor ``(C,)`` on ``device``; all True when ``symmetric``.
+def rare_flags(rare: RareLike, num_classes: int) -> tuple[bool, ...]:
+    """r as a tuple of C Python booleans.
 
     Raises:
-        InputError: ``rare`` does not hold exactly one boolean per class.
+        InputError: ``rare`` does not hold exactly one boolean (or 0/1) per class.
     """
     if isinstance(rare, torch.Tensor):
         values = rare.detach().flatten().tolist()
@@ -90,8 +89,19 @@ def rare_vector(rare: RareLike, num_classes: int, device: torch.device,
             flags.append(bool(value))
         else:
             raise InputError(f"rare must hold booleans (or 0/1), got {values}")
+    return tuple(flags)
+
+
+def rare_vector(rare: RareLike, num_classes: int, device: torch.device,
+                *, symmetric: bool = False) -> torch.Tensor:
+    """r as a bool tensor ``(C,)`` on ``device``; all True when ``symmetric``.
+
+    Raises:
+        InputError: ``rare`` does not hold exactly one boolean per class.
+    """
+    flags = rare_flags(rare, num_classes)
     if symmetric:
-        flags = [True] * num_classes
+        flags = (True,) * num_classes
     return torch.tensor(flags, dtype=torch.bool, device=device)
 
 
@@ -131,13 +141,15 @@ def prepare_target(logits: torch.Tensor, target: torch.Tensor,
             f"expected (B, *spatial) = {voxel_shape} or a soft target {tuple(logits.shape)}"
         )
     index = target.to(device=logits.device, dtype=torch.int64)
-    out_of_range = (index < 0) | (index >= num_classes)
     if valid is not None:
-        out_of_range &= valid
-        index = torch.where(valid, index, torch.zeros_like(index))
-    if bool(out_of_range.any()):
-        bad = torch.unique(index[out_of_range]).tolist()[:10]
-        raise InputError(f"target holds class values {bad} outside [0, {num_classes - 1}] at voxels that are not ignored")
+        index = index * valid                       # any value where ignored becomes class 0
+    if index.numel():
+        low, high = torch.aminmax(index)
+        if int(low) < 0 or int(high) >= num_classes:
+            bad = torch.unique(index[(index < 0) | (index >= num_classes)]).tolist()[:10]
+            raise InputError(
+                f"target holds class values {bad} outside [0, {num_classes - 1}] at voxels that are not ignored"
+            )
     return PreparedTarget(index, None, valid)
 
 
@@ -152,13 +164,13 @@ def masked_mean(loss_map: torch.Tensor, valid: torch.Tensor | None) -> torch.Ten
 
     With no such voxel the result is a zero that is still connected to the graph (its
     gradient is zero everywhere), so a training step on an all-ignored batch is a no-op
-    rather than a NaN.
+    rather than a NaN. The loss map must be finite at ignored voxels (the losses make sure of
+    it: ignored integer targets are read as class 0, ignored soft targets as zeros).
     """
     if valid is None:
         return loss_map.mean()
-    total = torch.where(valid, loss_map, torch.zeros_like(loss_map)).sum()
-    count = valid.sum().clamp_min(1).to(loss_map.dtype)
-    return total / count
+    weights = valid.to(loss_map.dtype)
+    return (loss_map * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def _check_ignore_mask(ignore_mask: torch.Tensor | None, voxel_shape: tuple[int, ...]) -> torch.Tensor | None:

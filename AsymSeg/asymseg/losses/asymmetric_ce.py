@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from asymseg.losses._masking import (
     FOCAL_BASE_MIN,
@@ -26,7 +27,7 @@ from asymseg.losses._masking import (
     check_logits,
     masked_mean,
     prepare_target,
-    rare_vector,
+    rare_flags,
 )
 from asymseg.errors import InputError
 
@@ -99,8 +100,7 @@ def asymmetric_ce(
         >>> z = torch.randn(2, 2, 9, 9, 9); y = torch.randint(0, 2, (2, 9, 9, 9))
         >>> loss = asymmetric_ce(z, y, rare=[False, True], margin=0.2, gamma=2.0)
     """
-    loss_map, valid = _loss_map(logits, target, rare, margin, gamma, symmetric, ignore_mask)
-    return masked_mean(loss_map, valid)
+    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=True)
 
 
 def asymmetric_ce_map(
@@ -124,10 +124,7 @@ def asymmetric_ce_map(
     Returns:
         ``(B, *spatial)`` float32 (float64 for float64 logits).
     """
-    loss_map, valid = _loss_map(logits, target, rare, margin, gamma, symmetric, ignore_mask)
-    if valid is None:
-        return loss_map
-    return torch.where(valid, loss_map, torch.zeros_like(loss_map))
+    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=False)
 
 
 def margin_adjusted_logits(z: torch.Tensor, prepared: PreparedTarget, rare_flags: torch.Tensor,
@@ -163,7 +160,7 @@ def margin_adjusted_logits(z: torch.Tensor, prepared: PreparedTarget, rare_flags
 def focal_factor(log_q: torch.Tensor, gamma: float) -> torch.Tensor:
     """(1 - q)^gamma from log q, computed as (-expm1(log q))^gamma with the base clamped at
     ``FOCAL_BASE_MIN`` (finite value and gradient for every gamma >= 0)."""
-    return (-torch.expm1(log_q)).clamp_min(FOCAL_BASE_MIN).pow(gamma)
+    return _power((-torch.expm1(log_q)).clamp_min(FOCAL_BASE_MIN), float(gamma))
 
 
 def check_hyper_parameters(margin: float, gamma: float) -> None:
@@ -175,42 +172,198 @@ def check_hyper_parameters(margin: float, gamma: float) -> None:
             raise InputError(f"{name} must be finite and >= 0, got {value}")
 
 
-def _loss_map(logits, target, rare, margin, gamma, symmetric, ignore_mask):
+def _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, *, reduce):
     check_hyper_parameters(margin, gamma)
     margin, gamma = float(margin), float(gamma)
     z = check_logits(logits)
     prepared = prepare_target(z, target, ignore_mask)
     num_classes = z.shape[1]
-    class_shape = (1, num_classes) + (1,) * (z.dim() - 2)
-    # Margin on the classes with r[c] = 1; attenuation on the classes with r[c] = 0.
-    # Symmetric: margin on every class and attenuation on every class.
-    rare_flags = rare_vector(rare, num_classes, z.device)
-    if symmetric:
-        rare_flags = torch.ones_like(rare_flags)
-    flag_list = rare_flags.tolist()
-    margin_all, margin_none = all(flag_list), not any(flag_list)
-    attenuate_all = symmetric or margin_none
-    attenuate_none = not symmetric and margin_all
-
-    z_adj = z if margin_none else margin_adjusted_logits(z, prepared, rare_flags, margin, all_rare=margin_all)
-    log_q = F.log_softmax(z_adj, dim=1)
+    # The margin acts on the classes with r[c] = 1, the attenuation on those with r[c] = 0;
+    # symmetric: both on every class.
+    flags = (True,) * num_classes if symmetric else rare_flags(rare, num_classes)
+    margin_none = margin == 0.0 or not any(flags)
+    attenuate_none = gamma == 0.0 or (not symmetric and all(flags))
+    attenuate_all = symmetric or not any(flags)
 
     if prepared.index is not None:
-        index = prepared.index
-        log_q_true = log_q.gather(1, index.unsqueeze(1)).squeeze(1)    # log q[v, y_v]
-        loss = -log_q_true
-        if gamma != 0.0 and not attenuate_none:
-            attenuation = focal_factor(log_q_true, gamma)
-            if not attenuate_all:                                      # rare true class: f = 1
-                attenuation = torch.where(rare_flags[index], torch.ones_like(attenuation), attenuation)
-            loss = loss * attenuation
-        return loss, prepared.valid
+        margins = None if margin_none else tuple(margin if f else 0.0 for f in flags)     # m r[c]
+        attenuated = None if attenuate_none or attenuate_all else tuple(0.0 if f else 1.0 for f in flags)
+        return _HardTargetFocalCE.apply(z, prepared.index, margins, attenuated,
+                                        0.0 if attenuate_none else gamma, prepared.valid, reduce)
 
-    soft = prepared.soft
-    terms = -(soft * log_q)
-    if gamma != 0.0 and not attenuate_none:
+    class_shape = (1, num_classes) + (1,) * (z.dim() - 2)
+    flag_tensor = torch.tensor(flags, dtype=torch.bool, device=z.device)
+    z_adj = z if margin_none else margin_adjusted_logits(z, prepared, flag_tensor, margin,
+                                                         all_rare=all(flags))
+    log_q = F.log_softmax(z_adj, dim=1)
+    terms = -(prepared.soft * log_q)
+    if not attenuate_none:
         attenuation = focal_factor(log_q, gamma)
         if not attenuate_all:
-            attenuation = torch.where(rare_flags.view(class_shape), torch.ones_like(attenuation), attenuation)
+            attenuation = torch.where(flag_tensor.view(class_shape), torch.ones_like(attenuation), attenuation)
         terms = terms * attenuation
-    return terms.sum(dim=1), prepared.valid
+    loss_map = terms.sum(dim=1)
+    if reduce:
+        return masked_mean(loss_map, prepared.valid)
+    if prepared.valid is None:
+        return loss_map
+    return torch.where(prepared.valid, loss_map, torch.zeros_like(loss_map))
+
+
+def _power(base: torch.Tensor, exponent: float) -> torch.Tensor:
+    """base ** exponent; small integer exponents by repeated squaring (much faster than pow on CPU)."""
+    if exponent == 0.0:
+        return torch.ones_like(base)
+    if exponent.is_integer() and 1 <= exponent <= 16:
+        n, result, square = int(exponent), None, base
+        while n:
+            if n & 1:
+                result = square if result is None else result * square
+            n >>= 1
+            if n:
+                square = square * square
+        return result
+    return base.pow(exponent)
+
+
+class _HardTargetFocalCE(torch.autograd.Function):
+    """:func:`asymmetric_ce` for integer targets, fused, with an analytic backward.
+
+    With t = y_v, z~ = z - m r y, q = softmax(z~), CE_v = -log q_t and f_v = (1 - q_t)^gamma on
+    voxels whose true class is attenuated (1 otherwise)::
+
+        dL_v/dz[c] = w_v * (q[c] - y[v,c]),
+        w_v = f_v + gamma * q_t * (1 - q_t)^(gamma - 1) * CE_v   (attenuated), 1 otherwise.
+
+    One scalar per voxel scales the familiar softmax-minus-target gradient; the margin is a
+    constant shift, so dz~/dz = I. (1 - q_t)^(gamma - 1) is taken as f_v / base with
+    base = max(1 - q_t, FOCAL_BASE_MIN), finite for every gamma >= 0. The mean over the voxels
+    that carry a loss is folded in (``reduce``), so no extra autograd nodes are created.
+
+    Two kernels, same maths: C = 2 works on the logit difference only (u = z_t - z_other - m_t,
+    CE = softplus(-u), 1 - q_t = sigmoid(-u)); C > 2 on the softmax over classes. Both use
+    fewer transcendental calls than log_softmax plus its backward, so loss and gradient cost
+    about as much as torch's cross-entropy.
+
+    Arguments: z (B, C, *S) compute dtype; index (B, *S) int64; margins: C floats m r[c] or
+    None; attenuated: C floats (1 = the class is attenuated) or None (every class, when
+    gamma > 0); gamma (0 = no focal term); valid: bool (B, *S) or None; reduce: return the
+    mean over valid voxels instead of the per-voxel map.
+    """
+
+    @staticmethod
+    def forward(ctx, z, index, margins, attenuated, gamma, valid, reduce):  # noqa: D102
+        binary = z.shape[1] == 2
+        if binary:
+            loss, saved = _binary_forward(z, index, margins, attenuated, gamma)
+        else:
+            loss, saved = _general_forward(z, index, margins, attenuated, gamma)
+        weights = None if valid is None else valid.to(z.dtype)
+        ctx.binary, ctx.reduce = binary, reduce
+        if reduce:
+            if weights is None:
+                count = float(max(loss.numel(), 1))
+                out = loss.mean() if loss.numel() else loss.sum()
+            else:
+                count = max(float(weights.sum()), 1.0)
+                out = (loss * weights).sum() / count
+            ctx.count = count
+        else:
+            out = loss if weights is None else loss * weights
+        ctx.save_for_backward(weights, *saved)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        weights, *saved = ctx.saved_tensors
+        if ctx.reduce:
+            scale = grad_out / ctx.count                          # 0-dim
+            if weights is not None:
+                scale = weights * scale
+        else:
+            scale = grad_out if weights is None else grad_out * weights
+        if ctx.binary:
+            (coefficient,) = saved                                # w_v (1 - q_t) sign_v
+            grad = torch.empty((coefficient.shape[0], 2, *coefficient.shape[1:]),
+                               dtype=coefficient.dtype, device=coefficient.device)
+            torch.mul(coefficient, scale, out=grad[:, 0])         # dL/dz0 = +w (1 - q_t) sign
+            torch.neg(grad[:, 0], out=grad[:, 1])                 # dL/dz1 = -w (1 - q_t) sign
+        else:
+            q, onehot, weight = saved
+            if weight is not None:
+                scale = weight * scale
+            if scale.dim() == 0:
+                grad = (q - onehot) * scale
+            else:
+                grad = (q - onehot) * scale.unsqueeze(1)
+        return grad, None, None, None, None, None, None
+
+
+def _binary_forward(z, index, margins, attenuated, gamma):
+    """C = 2: everything from u = z_t - z_other - m r[t], per voxel.
+
+    Buffers are updated in place where a temporary is not needed again, and the attenuation
+    mask is folded into the base (base 1 where not attenuated gives f = 1) and into the gamma
+    term, to keep the number of tensor operations low (this runs outside autograd).
+    """
+    y1 = index.to(z.dtype)                                     # 1 where the true class is 1
+    minus_u = z[:, 1] - z[:, 0]                                # d = z1 - z0
+    minus_u.addcmul_(minus_u, y1, value=-2.0)                  # (1 - 2 y1) d = z_other - z_t
+    if margins is not None:                                    # + m r[t]
+        m0, m1 = margins
+        if m0 == m1:
+            minus_u.add_(m0)
+        elif m0 == 0.0:
+            minus_u.add_(y1, alpha=m1)
+        else:
+            minus_u.add_(y1, alpha=m1 - m0).add_(m0)
+    ce = F.softplus(minus_u)                                   # -log q_t
+    base = minus_u.sigmoid_()                                  # 1 - q_t, exact in both tails
+    if gamma == 0.0:
+        return ce, (torch.addcmul(-base, base, y1, value=2.0),)   # (1 - q_t)(2 y1 - 1)
+    # f = b^gamma and w = f + gamma q_t CE b^(gamma - 1), with b = 1 - q_t where attenuated
+    # and b = 1, q_t CE -> 0 elsewhere (so f = w = 1 there).
+    focal_base = base.clamp_min(FOCAL_BASE_MIN) if gamma < 1.0 else base
+    q_ce = torch.rsub(base, 1.0).mul_(ce)                      # q_t CE
+    if attenuated is not None:                                 # one class attenuated, the other not
+        keep = 1.0 - y1 if attenuated[1] == 1.0 else y1        # 1 where NOT attenuated
+        mask = 1.0 - keep
+        focal_base = torch.addcmul(keep, focal_base, mask)
+        q_ce.mul_(mask)
+    ratio = _power(focal_base, gamma - 1.0) if gamma != 1.0 else None      # b^(gamma - 1)
+    factor = focal_base * ratio if ratio is not None else focal_base.clone()
+    if ratio is not None:
+        q_ce.mul_(ratio)
+    weight = torch.add(factor, q_ce, alpha=gamma)
+    loss = factor.mul_(ce)
+    weight.mul_(base)
+    return loss, (torch.addcmul(-weight, weight, y1, value=2.0),)         # w (1 - q_t)(2 y1 - 1)
+
+
+def _general_forward(z, index, margins, attenuated, gamma):
+    """C > 2: softmax over the classes."""
+    num_classes = z.shape[1]
+    class_shape = (1, num_classes) + (1,) * (z.dim() - 2)
+    classes = torch.arange(num_classes, device=z.device).view(class_shape)
+    onehot = (index.unsqueeze(1) == classes).to(z.dtype)
+    if margins is not None:
+        z = torch.addcmul(z, onehot, torch.tensor(margins, dtype=z.dtype, device=z.device).view(class_shape),
+                          value=-1.0)                          # z - m r y
+    shifted = z - z.amax(dim=1, keepdim=True)
+    exp = torch.exp(shifted)
+    total = exp.sum(dim=1, keepdim=True)
+    q = exp / total
+    ce = torch.log(total.squeeze(1)) - (onehot * shifted).sum(dim=1)       # -log q_t
+    if gamma == 0.0:
+        return ce, (q, onehot, None)
+    q_true_terms = onehot * q
+    base = (q - q_true_terms).sum(dim=1).clamp_min(FOCAL_BASE_MIN)         # 1 - q_t from the others
+    factor = _power(base, gamma)
+    weight = factor + (factor / base) * (q_true_terms.sum(dim=1) * ce) * gamma
+    if attenuated is not None:
+        mask = (onehot * torch.tensor(attenuated, dtype=z.dtype, device=z.device).view(class_shape)).sum(dim=1)
+        keep = 1.0 - mask
+        factor = torch.addcmul(keep, factor, mask)
+        weight = torch.addcmul(keep, weight, mask)
+    return factor * ce, (q, onehot, weight)
