@@ -1,0 +1,568 @@
+"""``finetune(config)``: the fine-tuning routine behind ``asymseg finetune`` and the training panel.
+
+Steps: join the torchrun process group if launched by torchrun; load the base model (or build
+the architecture from scratch); load and crop the cases once; build the patch sampler,
+optimiser and generators; run :class:`~asymseg.train.loop.Trainer`; write the final model.
+
+Outputs (rank 0):
+
+- the output model folder (card + safetensors weights, usable by ``asymseg segment``), always the
+  best model so far, replaced atomically whenever it improves; at the end it also holds the
+  training log (``train_log.jsonl``, ``train_log.csv``) and the resolved ``train_config.json``;
+- the run folder (default ``<output>.run`` beside it): ``checkpoint/`` (resume state),
+  ``train_config.json`` and the growing training log.
+
+Randomness: patches come from a numpy generator seeded with ``seed`` (the same on every process);
+the adversarial start and mixup draws from a torch generator seeded per process; dropout from
+torch's global generator, seeded per process inside ``torch.random.fork_rng`` so the caller's
+global random state is left as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asymseg import constants as C
+from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError
+from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.target import TargetSpec, resolve_target
+from asymseg.train import distributed as D
+from asymseg.train.checkpoint import atomic_write_text, find_checkpoint, load_checkpoint, swap_in_directory
+from asymseg.train.config import TrainConfig, load_config
+from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
+from asymseg.train.loop import Trainer, TrainState
+from asymseg.train.runlog import CSV_NAME, JSONL_NAME, RunLog
+from asymseg.train.validate import ValidationCase, prepare_validation_case
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.json"
+#: The authors' RMSProp (ml-anchors.md 4.2): rho 0.9, eps 1e-4, momentum 0.6. Their momentum was
+#: Nesterov; torch's RMSprop has plain momentum only, which is used here.
+RMSPROP = {"alpha": 0.9, "eps": 1e-4, "momentum": 0.6}
+#: Seed offset between processes for the per-process generators.
+RANK_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class TrainResult:
+    """What :func:`finetune` returns.
+
+    Attributes:
+        model_path: the output model folder (the best model).
+        run_dir: checkpoints and logs.
+        status: "done", "early_stopped" or "stopped" (``stop_after``).
+        iterations: completed iterations; total_iterations: the configured number.
+        best_iteration: iteration of the best model (None if no evaluation ran).
+        best_metrics: its validation means, or ``{"training_loss": ...}`` without validation cases.
+        last_losses: losses of the last iteration by step type.
+        last_validation: the last validation (per case and means), if any.
+        seconds: wall time of this call.
+        train_seconds: time spent in training steps over all sessions of the run.
+        history: one summary per evaluation.
+        is_main: True on the process that wrote the outputs (rank 0).
+    """
+
+    model_path: Path
+    run_dir: Path
+    status: str
+    iterations: int
+    total_iterations: int
+    best_iteration: int | None
+    best_metrics: dict[str, Any] | None
+    last_losses: dict[str, float] | None
+    last_validation: dict[str, Any] | None
+    seconds: float
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    is_main: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_path": str(self.model_path), "run_dir": str(self.run_dir), "status": self.status,
+            "iterations": self.iterations, "total_iterations": self.total_iterations,
+            "best_iteration": self.best_iteration, "best_metrics": self.best_metrics,
+            "last_losses": self.last_losses, "last_validation": self.last_validation,
+            "seconds": self.seconds, "train_seconds": self.train_seconds, "history": self.history,
+        }
+
+
+# -- paths -------------------------------------------------------------------------------------------
+def is_bare_name(text: str) -> bool:
+    """True for a model name (no path separator, not "." or ".."), which goes to the user models folder."""
+    return bool(text) and "/" not in text and os.sep not in text and (os.altsep or "/") not in text \
+        and text not in (".", "..") and not text.startswith("~")
+
+
+def resolve_output(output_model: str) -> Path:
+    """The output model folder: a path as given, or ``user_models_dir() / NAME`` for a bare name."""
+    if is_bare_name(output_model):
+        from asymseg.registry import user_models_dir
+
+        return Path(user_models_dir()) / output_model
+    return Path(output_model).expanduser().absolute()
+
+
+def default_run_dir(output: Path) -> Path:
+    """``<output>.run`` beside the model folder."""
+    return output.parent / f"{output.name}.run"
+
+
+def load_run_config(run_dir: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The saved config of a run folder, with a few settings changed (for ``--resume``).
+
+    Raises:
+        InputError: the folder holds no config or no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(f"{run_dir}: not a training run folder (no {CONFIG_NAME})")
+    if find_checkpoint(run_dir) is None:
+        raise InputError(f"{run_dir}: the run has no checkpoint yet; start it again instead of resuming")
+    config = load_config(path, overrides)
+    if config.run_dir is None or Path(config.run_dir).absolute() != run_dir.absolute():
+        config = config.replace(run_dir=str(run_dir.absolute()))
+    return config
+
+
+# -- devices -----------------------------------------------------------------------------------------
+def _device_type(config: TrainConfig) -> str:
+    if config.device == "cpu":
+        return "cpu"
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return "cuda"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA devices that support it; float32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+# -- model ---------------------------------------------------------------------------------------------
+@dataclass
+class _ModelSource:
+    net: torch.nn.Module
+    card: Any
+    channels: tuple[str, ...]
+    target: TargetSpec
+    base: str | None
+    base_card: dict[str, Any] | None
+
+
+def _card_dict(card: Any) -> dict[str, Any]:
+    if isinstance(card, Mapping):
+        return dict(card)
+    return dict(card.to_dict())
+
+
+def _load_base(config: TrainConfig) -> tuple[Any, Any, Path]:
+    from asymseg.modelfile import load_model
+
+    try:
+        loaded = load_model(config.base_model, device="cpu")
+    except AsymSegError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{config.base_model}: cannot load the base model ({err})") from err
+    return loaded.net, loaded.card, Path(loaded.path)
+
+
+def _label_values(case_files: Sequence[Any]) -> set[int]:
+    from asymseg.io import read_label
+
+    values: set[int] = set()
+    for files in case_files:
+        label, _ = read_label(files.label)
+        values.update(int(v) for v in np.unique(label))
+    return values
+
+
+def _model_source(config: TrainConfig, train_files: Sequence[Any]) -> _ModelSource:
+    """The starting network, its channels and target (base model card, or built from scratch)."""
+    explicit = config.label_convention is not None or config.foreground_labels is not None
+    if config.base_model is not None:
+        net, card, path = _load_base(config)
+        data = _card_dict(card)
+        target = card.target if isinstance(getattr(card, "target", None), TargetSpec) \
+            else TargetSpec.from_dict(data["target"])
+        channels = tuple(getattr(card, "channels", None) or data["channels"])
+        if explicit:
+            wanted = resolve_target(convention=config.label_convention, foreground_labels=config.foreground_labels)
+            if wanted.num_classes != target.num_classes:
+                raise InputError(
+                    f"{path}: the base model has {target.num_classes} classes ({', '.join(target.names)}), the "
+                    f"requested target {wanted.num_classes}; a base model's target can only be replaced by one "
+                    "with the same number of classes")
+            target = wanted
+        return _ModelSource(net, card, tuple(channels), target, str(path), data)
+    from asymseg.modelfile import create_model
+
+    if config.channels:
+        channels = tuple(config.channels)
+    else:
+        common = [c for c in C.CHANNEL_NAMES if all(c in f.channels for f in train_files)]
+        extra = [c for c in train_files[0].channels if c not in common and all(c in f.channels for f in train_files)]
+        channels = tuple(common + extra)
+        if not channels:
+            raise InputError("the training cases share no channel; pass --channels")
+    if explicit:
+        target = resolve_target(convention=config.label_convention, foreground_labels=config.foreground_labels)
+    else:
+        target = resolve_target(label_values=_label_values(train_files), source=str(train_files[0].label))
+    try:
+        net, card = create_model(config.architecture, channels, target, seed=config.seed, **dict(config.network))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"network {config.architecture}: {' '.join(str(err).split())}") from err
+    return _ModelSource(net, card, channels, target, None, None)
+
+
+# -- cases ---------------------------------------------------------------------------------------------
+def _discover(folders: Sequence[str], role: str) -> list[Any]:
+    from asymseg.io import discover_case
+
+    out = []
+    for folder in folders:
+        files = discover_case(Path(folder))
+        if files.label is None:
+            raise InputError(f"{folder}: {role} case has no label file (looked for seg/label/OTMultiClass)")
+        out.append(files)
+    return out
+
+
+def _unique_ids(files: Sequence[Any]) -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for f in files:
+        n = seen.get(f.case_id, 0)
+        seen[f.case_id] = n + 1
+        ids.append(f.case_id if n == 0 else f"{f.case_id}#{n + 1}")
+    return ids
+
+
+def _load(files: Any, channels: Sequence[str]) -> Any:
+    from asymseg.io import load_case
+
+    return load_case(files, channels=list(channels), normalize=True, require_label=True)
+
+
+# -- the output model ----------------------------------------------------------------------------------
+class ModelWriter:
+    """Writes the output model folder atomically (rank 0), with the training provenance in its card.
+
+    The folder is written complete under a temporary name beside the destination and swapped in
+    with two renames (destination -> ``<name>.old``, temporary -> destination); a kill between the
+    renames leaves the previous model complete in ``<name>.old``, which the next write (or a
+    resumed run) puts back first.
+    """
+
+    def __init__(self, output: Path, source: _ModelSource, config: TrainConfig, technique: Any,
+                 train_ids: Sequence[str], val_ids: Sequence[str], run_dir: Path) -> None:
+        self.output = output
+        self.source = source
+        self.config = config
+        self.technique = technique
+        self.train_ids = list(train_ids)
+        self.val_ids = list(val_ids)
+        self.run_dir = run_dir
+        # A CPU copy of the untouched starting network: weights are loaded into it for writing,
+        # so the training network (maybe on a GPU, inside DDP) is never modified.
+        self.export_net = copy.deepcopy(source.net).to("cpu").eval()
+
+    @property
+    def old(self) -> Path:
+        return self.output.parent / f"{self.output.name}.old"
+
+    def recover(self) -> None:
+        """Put back ``<name>.old`` left by a kill between the two renames of a write."""
+        if not self.output.exists() and self.old.exists():
+            os.replace(self.old, self.output)
+            log.warning("recovered the model folder %s from %s", self.output, self.old)
+
+    def provenance(self, state: TrainState, reason: str) -> dict[str, Any]:
+        base_card = self.source.base_card or {}
+        return {
+            "training": {
+                "data": {"train_cases": self.train_ids, "val_cases": self.val_ids},
+                "technique": self.technique.to_dict(),
+                "hyperparameters": {k: v for k, v in self.config.to_dict().items()
+                                    if k not in ("train_cases", "val_cases", "output_model", "run_dir")},
+                "iterations": state.iteration,
+                "total_iterations": self.config.iterations,
+                "best_iteration": state.best_iteration,
+                "selected_by": state.best_kind,
+                "validation": state.best_metrics,
+                "status": reason,
+                "base_model": self.source.base,
+                "base_model_name": base_card.get("name"),
+                "base_model_sha256": base_card.get("weights_sha256") or base_card.get("sha256"),
+                "seed": self.config.seed,
+                "run_dir": str(self.run_dir),
+            },
+        }
+
+    def write(self, weights: Mapping[str, torch.Tensor], state: TrainState, reason: str,
+              *, extra_files: Mapping[str, Path] | None = None) -> Path:
+        """Write the model with ``weights`` and the provenance of ``state``; returns the folder."""
+        from asymseg.modelfile import save_model
+
+        net = self.export_net
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
+        try:
+            net.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
+            card = self._card(state, reason)
+            folder = tmp / "model"
+            save_model(folder, net, card)
+            for name, path in (extra_files or {}).items():
+                if Path(path).is_file():
+                    shutil.copyfile(path, folder / name)
+            self.recover()
+            swap_in_directory(folder, self.output, self.old)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.output
+
+    def _card(self, state: TrainState, reason: str) -> Any:
+        from asymseg.modelfile import ModelCard
+
+        card = self.source.card
+        data = _card_dict(card)
+        provenance = dict(data.get("provenance") or {})
+        provenance.update(self.provenance(state, reason))
+        data["provenance"] = provenance
+        data["target"] = self.source.target.to_dict()
+        if "name" in data and is_bare_name(self.config.output_model):
+            data["name"] = self.config.output_model
+        elif "name" in data:
+            data["name"] = self.output.name
+        return ModelCard.from_dict(data) if not isinstance(card, Mapping) else data
+
+
+# -- the routine ---------------------------------------------------------------------------------------
+def _make_optimizer(config: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay, **RMSPROP)
+
+
+def _check_fresh_start(output: Path, run_dir: Path, overwrite: bool) -> None:
+    if overwrite:
+        if output.exists():
+            shutil.rmtree(output)
+        for name in ("checkpoint", "checkpoint.old"):
+            if (run_dir / name).exists():
+                shutil.rmtree(run_dir / name)
+        return
+    if output.exists():
+        raise InputError(f"{output}: the output model already exists; choose another name or pass --overwrite")
+    if find_checkpoint(run_dir) is not None:
+        raise InputError(f"{run_dir}: holds the checkpoint of an earlier run; continue it with --resume {run_dir} "
+                         "or pass --overwrite to start anew")
+
+
+def finetune(config: TrainConfig, *, on_event: EventCallback | None = None, cancel: CancelToken | None = None,
+             resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+             env: Mapping[str, str] | None = None) -> TrainResult:
+    """Train the configured model (see the module docstring).
+
+    Args:
+        config: what to train (:class:`~asymseg.train.config.TrainConfig`).
+        on_event: progress events (rank 0): start, iteration, validation, checkpoint, then done /
+            cancelled / failed.
+        cancel: checked after every iteration (and during validation).
+        resume: continue from the checkpoint in the run folder (see :func:`load_run_config`).
+        overwrite: replace an existing output model and checkpoint instead of refusing.
+        stop_after: pause (checkpoint written, status "stopped") once this many iterations are done.
+        env: environment to read torchrun's variables from (default ``os.environ``).
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        InputError: bad cases, options or targets (one line naming the file or option).
+        ModelError: the base model cannot be used.
+        Cancelled: ``cancel`` was set; a checkpoint was written and the best model kept.
+    """
+    started = time.perf_counter()
+    cancel = cancel or CancelToken()
+    device_type = _device_type(config)
+    dist = D.setup(device_type, env)
+    try:
+        main = on_event if dist.is_main else None
+        try:
+            return _finetune(config, dist, device_type, main, cancel, resume, overwrite, stop_after, started)
+        except Cancelled as err:
+            emit(main, C.EVENT_CANCELLED, stage="train", message=" ".join(str(err).split()),
+                 model_path=str(resolve_output(config.output_model)), run_dir=str(_run_dir(config)))
+            raise
+        except BaseException as err:
+            emit(main, C.EVENT_FAILED, stage="train", message=" ".join(str(err).split()) or type(err).__name__,
+                 error=type(err).__name__)
+            raise
+    finally:
+        D.teardown(dist)
+
+
+def _run_dir(config: TrainConfig) -> Path:
+    output = resolve_output(config.output_model)
+    return Path(config.run_dir).expanduser().absolute() if config.run_dir else default_run_dir(output)
+
+
+def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_event: EventCallback | None,
+              cancel: CancelToken, resume: bool, overwrite: bool, stop_after: int | None,
+              started: float) -> TrainResult:
+    technique = config.technique_spec()
+    if config.batch_size % dist.world_size:
+        raise InputError(f"--batch-size {config.batch_size} is the global batch and must be a multiple of the "
+                         f"{dist.world_size} processes")
+    output = resolve_output(config.output_model)
+    run_dir = _run_dir(config)
+    device = torch.device("cuda", dist.local_rank) if device_type == "cuda" and dist.is_distributed \
+        else torch.device(device_type)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+    elif dist.is_main:
+        _check_fresh_start(output, run_dir, overwrite)
+    D.barrier(dist)
+
+    # Cases (training on every process, validation on rank 0).
+    train_files = _discover(config.train_cases, "training")
+    val_files = _discover(config.val_cases, "validation")
+    if not val_files and config.val_fraction > 0:
+        keep, held = hold_out([f.case_id for f in train_files], config.val_fraction, config.seed)
+        val_files = [train_files[i] for i in held]
+        train_files = [train_files[i] for i in keep]
+    source = _model_source(config, train_files)
+    net = source.net
+    train_ids = _unique_ids(train_files)
+    val_ids = _unique_ids(val_files)
+    out_size = tuple(config.patch_output_size or (net.training_output_size,) * 3)
+    try:
+        in_size = tuple(net.input_shape(out_size))
+    except ValueError as err:
+        raise InputError(f"--patch-size {list(out_size)}: {' '.join(str(err).split())}") from err
+    emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=len(train_files) + len(val_files),
+         message=f"loading {len(train_files)} training and {len(val_files)} validation case(s)")
+    cases: list[TrainingCase] = []
+    for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
+        cancel.check()
+        case = _load(files, source.channels)
+        # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
+        # cropping to the box of brain and labelled voxels loses nothing.
+        cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
+        del case
+        emit(on_event, C.EVENT_PROGRESS, stage="load", done=index + 1, total=len(train_files) + len(val_files))
+    val_cases: list[ValidationCase] = []
+    if dist.is_main:
+        for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
+            cancel.check()
+            case = _load(files, source.channels)
+            val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask,
+                                                     case.geometry.spacing, source.target, context=net.context,
+                                                     output_multiple=net.output_multiple))
+            del case
+            emit(on_event, C.EVENT_PROGRESS, stage="load", done=len(train_files) + index + 1,
+                 total=len(train_files) + len(val_files))
+    sampler = PatchSampler(cases, SamplerSettings(
+        input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
+        background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))
+
+    # The resolved config: absolute paths, so the run can be resumed from anywhere.
+    resolved = config.replace(
+        train_cases=tuple(str(Path(p).absolute()) for p in config.train_cases),
+        val_cases=tuple(str(Path(p).absolute()) for p in config.val_cases),
+        base_model=source.base if source.base is not None else None,
+        output_model=config.output_model if is_bare_name(config.output_model) else str(output),
+        run_dir=str(run_dir))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved.save(run_dir / CONFIG_NAME)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        net.to(device)
+        optimizer = _make_optimizer(resolved, net)
+        rare = list(source.target.rare)
+        sampler_rng = np.random.default_rng(config.seed)
+        generator = torch.Generator().manual_seed(config.seed + RANK_SEED_STRIDE * (dist.rank + 1))
+        torch.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
+        model = D.wrap_model(net, dist, device, sync_batchnorm=config.sync_batchnorm)
+        runlog = None
+        if dist.is_main:
+            counts = None
+            if checkpoint is not None:
+                saved = checkpoint.state["loop"].get("log_lines")
+                counts = (int(saved[0]), int(saved[1])) if saved else (0, 0)
+            runlog = RunLog(run_dir, counts)
+        writer = ModelWriter(output, source, resolved, technique, train_ids, val_ids, run_dir)
+        if dist.is_main:
+            writer.recover()
+        trainer = Trainer(config=resolved, technique=technique, rare=rare, net=net, model=model,
+                          optimizer=optimizer, sampler=sampler, sampler_rng=sampler_rng, generator=generator,
+                          val_cases=val_cases, dist=dist, device=device, run_dir=run_dir, runlog=runlog,
+                          save_model=lambda w, s, r: writer.write(w, s, r), state=TrainState(),
+                          amp_dtype=_amp_dtype(device), on_event=on_event, cancel=cancel, stop_after=stop_after)
+        if checkpoint is not None:
+            _check_compatible(checkpoint.state, resolved)
+            trainer.restore(checkpoint)
+        emit(on_event, C.EVENT_START, stage="train", done=trainer.state.iteration, total=resolved.iterations,
+             message=f"training {len(train_ids)} case(s) with {technique.name} on {device} "
+                     f"({dist.world_size} process(es)), {resolved.iterations} iterations",
+             iterations=resolved.iterations, cases={"train": train_ids, "val": val_ids},
+             technique=technique.to_dict(), steps=list(technique.steps), config=resolved.to_dict(),
+             device=str(device), world_size=dist.world_size, batch_size=resolved.batch_size,
+             patch={"input": list(in_size), "output": list(out_size)}, resumed=checkpoint is not None,
+             resumed_at=trainer.state.iteration if checkpoint is not None else None,
+             model_path=str(output), run_dir=str(run_dir))
+        outcome = trainer.run()
+        state = outcome.state
+        if dist.is_main:
+            best = trainer.best_weights if trainer.best_weights is not None else net.state_dict()
+            resolved.save(run_dir / CONFIG_NAME)
+            writer.write(best, state, outcome.status,
+                         extra_files={JSONL_NAME: run_dir / JSONL_NAME, CSV_NAME: run_dir / CSV_NAME,
+                                      CONFIG_NAME: run_dir / CONFIG_NAME})
+        D.barrier(dist)
+    result = TrainResult(
+        model_path=output, run_dir=run_dir, status=outcome.status, iterations=state.iteration,
+        total_iterations=resolved.iterations, best_iteration=state.best_iteration, best_metrics=state.best_metrics,
+        last_losses=state.last_losses, last_validation=state.last_validation,
+        seconds=time.perf_counter() - started, train_seconds=state.train_seconds, history=list(state.history),
+        is_main=dist.is_main)
+    emit(on_event, C.EVENT_DONE, stage="train", done=state.iteration, total=resolved.iterations,
+         message=f"{outcome.status}: best model (iteration {state.best_iteration}) in {output}",
+         **{k: v for k, v in result.to_dict().items() if k not in ("history", "last_validation")})
+    return result
+
+
+def _check_compatible(saved: Mapping[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint written for another network, target or batch."""
+    old = saved.get("config") or {}
+    for key in ("base_model", "architecture", "channels", "network", "batch_size", "technique",
+                "technique_overrides", "label_convention", "foreground_labels", "patch_output_size"):
+        a, b = old.get(key), config.to_dict().get(key)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            raise InputError(f"cannot resume: the checkpoint was written with {key}={a!r}, this run has {b!r}")
+    if int(saved["iteration"]) > config.iterations:
+        raise InputError(f"cannot resume: the checkpoint is at iteration {saved['iteration']}, beyond "
+                         f"--iterations {config.iterations}")
