@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "phantom",
     "evaluate",
+    "segment",
     "analyze",
     "experiment",
     "models",

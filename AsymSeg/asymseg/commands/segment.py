@@ -1,0 +1,218 @@
+"""``asymseg segment``: segment one or several cases with a model.
+
+One case: ``--output`` is the label map's path. Several cases (``--case`` repeated or
+``--cases-from``): ``--output`` is a folder that gets ``<case_id>_seg.nii.gz`` (and ``_prob``,
+``_dz`` with ``--probabilities``/``--logits``).
+
+With ``--progress jsonl`` stdout carries one JSON object per line: progress events, then a
+``{"event": "done", "case_id": ..., "outputs": {...}, "metrics": {...}, "seconds": ...,
+"device": ...}`` line per case and, for several cases, a final ``{"event": "done", "cases": [...]}``.
+
+Distributed batches: under ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` takes the cases
+``r::WORLD_SIZE`` of the list and, on CUDA, the GPU ``LOCAL_RANK``; no process group is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from asymseg import constants as C
+from asymseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from asymseg.cli import add_progress_argument
+    from asymseg.io import add_case_arguments
+
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment cases with a model (label map, probabilities, logits; metrics given a reference)",
+        description="Segment one case (--case DIR or --channel NAME=PATH ...) or several (--case repeated, "
+        "--cases-from FILE) with a model. Outputs keep the input's exact geometry. For several cases "
+        "--output is a folder and files are named <case_id>_seg.nii.gz, _prob.nii.gz, _dz.nii.gz. "
+        "--logits writes the decision variable dz = z_rare - max(other logits) (z_fg - z_bg for a binary "
+        "model) and, for models with more than two classes, one logit file per class named "
+        "<dz stem>_<class><ext>. Under torchrun (WORLD_SIZE > 1) each rank takes every WORLD_SIZE-th case.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, metavar="NAME|DIR",
+                        help="model directory or a name from 'asymseg models list'")
+    add_case_arguments(parser)
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="label map file (one case) or output folder (several cases)")
+    parser.add_argument("--probabilities", nargs="?", const="", default=None, metavar="PATH",
+                        help="also write the rare-class probability map (float32); one case: its path (default "
+                             "<output stem>_prob.nii.gz); several cases: an optional folder")
+    parser.add_argument("--logits", nargs="?", const="", default=None, metavar="PATH",
+                        help="also write the decision variable dz (float32), plus per-class logits for "
+                             "multi-class models; one case: its path (default <output stem>_dz.nii.gz); "
+                             "several cases: an optional folder")
+    parser.add_argument("--reference", metavar="PATH", default=None,
+                        help="reference label map of the single case; adds metrics (through the model's target)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="score every case against its own label file (seg/label/OTMultiClass)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="largest output tile edge in voxels (default: as large as memory allows)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per forward pass (default: 1 on the CPU, as many as fit on CUDA)")
+    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                        help="mixed precision on CUDA (auto: bf16 where supported, else fp16)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON document (ignored with --progress jsonl, whose "
+                             "done lines carry them)")
+    add_progress_argument(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _with_suffix(path: Path, suffix: str) -> Path:
+    from asymseg.io import strip_image_extension
+    from asymseg.io.images import image_extension
+
+    ext = image_extension(path) or ".nii.gz"
+    stem = strip_image_extension(path)
+    if stem.endswith("_seg"):
+        stem = stem[: -len("_seg")]
+    return path.with_name(f"{stem}{suffix}{ext}")
+
+
+def _single_outputs(args: argparse.Namespace, case_id: str):
+    from asymseg.infer.cases import OutputPaths
+
+    output = Path(args.output)
+    if output.is_dir():
+        return OutputPaths.in_folder(output, case_id, probabilities=args.probabilities is not None,
+                                     logits=args.logits is not None)
+    probabilities = logits = None
+    if args.probabilities is not None:
+        probabilities = Path(args.probabilities) if args.probabilities else _with_suffix(output, "_prob")
+    if args.logits is not None:
+        logits = Path(args.logits) if args.logits else _with_suffix(output, "_dz")
+    paths = [p for p in (output, probabilities, logits) if p is not None]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise InputError(f"--output, --probabilities and --logits must be different files, got "
+                         f"{', '.join(str(p) for p in paths)}")
+    return OutputPaths(output, probabilities, logits)
+
+
+def _batch_outputs(args: argparse.Namespace, case_ids: list[str]):
+    from asymseg.infer.cases import OutputPaths
+
+    folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: with several cases --output must be a folder")
+    extra = [Path(p) for p in (args.probabilities, args.logits) if p]
+    for path in [folder, *extra]:
+        path.mkdir(parents=True, exist_ok=True)
+    duplicates = sorted({i for i in case_ids if case_ids.count(i) > 1})
+    if duplicates:
+        raise InputError(f"{folder}: several cases share the id {', '.join(duplicates)}; their outputs would "
+                         "overwrite each other")
+    return [OutputPaths.in_folder(folder, case_id, probabilities=args.probabilities is not None,
+                                  logits=args.logits is not None, probabilities_folder=args.probabilities or None,
+                                  logits_folder=args.logits or None) for case_id in case_ids]
+
+
+def _shard() -> tuple[int, int, int | None]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, None) otherwise."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = os.environ.get("LOCAL_RANK")
+        local_rank = int(local) if local is not None else None
+    except ValueError as err:
+        raise InputError(f"WORLD_SIZE/RANK/LOCAL_RANK must be integers: {err}") from err
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK {rank} is not within WORLD_SIZE {world}")
+    return rank, world, local_rank
+
+
+def _summary_line(result: dict[str, Any]) -> str:
+    line = (f"{result['case_id']}: {result['foreground_voxels']} foreground voxels "
+            f"({result['foreground_ml']:.2f} ml) -> {result['outputs']['labels']} "
+            f"[{result['seconds']:.1f} s on {result['device']}]")
+    metrics = result.get("metrics")
+    if metrics:
+        parts = []
+        for key, label, fmt in (("dsc", "DSC", "{:.4f}"), ("sensitivity", "sens", "{:.4f}"),
+                                ("precision", "prec", "{:.4f}"), ("hd95", "HD95", "{:.2f} mm")):
+            value = metrics.get(key)
+            parts.append(f"{label} {'n/a' if value is None else fmt.format(value)}")
+        line += "\n  " + ", ".join(parts)
+    return line
+
+
+def run(args: argparse.Namespace, ctx) -> int:
+    from asymseg.events import json_safe
+    from asymseg.infer.cases import segment_case
+    from asymseg.infer.engine import resolve_device
+    from asymseg.io import case_files_from_args
+    from asymseg.modelfile import load_model
+
+    if args.tile is not None and args.tile < 1:
+        raise InputError(f"--tile must be >= 1, got {args.tile}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cases = case_files_from_args(args)
+    batch = len(cases) > 1 or bool(args.cases_from) or len(args.case or []) > 1
+    if args.reference and batch:
+        raise InputError("--reference applies to a single case; use --evaluate to score several cases against "
+                         "their own labels")
+    rank, world, local_rank = _shard()
+    device = args.device
+    if world > 1:
+        cases = cases[rank::world] if batch else (cases if rank == 0 else [])
+        if local_rank is not None and device in ("auto", "cuda") and resolve_device(device).type == "cuda":
+            device = f"cuda:{local_rank}"
+        if not cases:
+            log.info("rank %d of %d: no case to segment", rank, world)
+            if ctx.progress == "jsonl":
+                ctx.stdout.write(json.dumps({"event": C.EVENT_DONE, "cases": [], "rank": rank,
+                                             "world_size": world}) + "\n")
+            return C.EXIT_OK
+    resolved = resolve_device(device)
+    outputs = _batch_outputs(args, [c.case_id for c in cases]) if batch else _single_outputs(args, cases[0].case_id)
+    if not batch:
+        Path(outputs.labels).parent.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model, device="cpu" if resolved.type == "cpu" else resolved)
+    jsonl = ctx.progress == "jsonl"
+    renderer = ctx.renderer()
+    results: list[dict[str, Any]] = []
+    try:
+        for index, files in enumerate(cases):
+            ctx.cancel.check()
+            out = outputs[index] if batch else outputs
+            result = segment_case(model, files, out, reference=args.reference, evaluate=args.evaluate,
+                                  device=device, tile=args.tile, batch_size=args.batch_size, amp=args.amp,
+                                  on_event=renderer, cancel=ctx.cancel)
+            results.append(result)
+            if jsonl:
+                line = {"event": C.EVENT_DONE, **result}
+                if world > 1:
+                    line.update(rank=rank, world_size=world)
+                ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
+                ctx.stdout.flush()
+            elif not args.json:
+                renderer.close()
+                ctx.stdout.write(_summary_line(result) + "\n")
+    finally:
+        renderer.close()
+    summary: dict[str, Any] = {"model": str(model.path), "cases": results,
+                               "seconds": sum(r["seconds"] for r in results)}
+    if world > 1:
+        summary.update(rank=rank, world_size=world)
+    if jsonl:
+        if batch:
+            ctx.stdout.write(json.dumps(json_safe({"event": C.EVENT_DONE, **summary}), allow_nan=False) + "\n")
+    elif args.json:
+        ctx.stdout.write(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    elif batch:
+        ctx.stdout.write(f"segmented {len(results)} case(s) into {args.output}\n")
+    return C.EXIT_OK

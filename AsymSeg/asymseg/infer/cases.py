@@ -1,0 +1,274 @@
+"""Segmenting cases from files: load a model once, infer each case, write outputs, score them.
+
+Output files, all in the input's exact geometry (size, spacing, origin, direction):
+
+- the label map (uint8): the class index of each voxel, which is the output value of the
+  model card's target (0 background; 1 the tumour core of a binary model);
+- optionally the probability map (float32): the summed softmax probability of the rare classes
+  (for a binary model, of the foreground);
+- optionally the decision variable ``dz`` (float32): ``max(z over rare classes) - max(z over the
+  other classes)``, for a binary model ``z_fg - z_bg`` (the quantity of the logit diagnostic,
+  METHOD.md; the boundary is at 0). For a model with more than two classes, one float32 file of
+  logits per class is written beside it, named ``<dz stem>_<class name><ext>``.
+
+Voxels outside the brain mask are background, with probability 0, dz 0 and logits 0.
+Outputs are written only once a case's inference has finished, each atomically, so a cancelled
+or failed case leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asymseg import constants as C
+from asymseg.errors import InputError, ModelError
+from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.io import CaseFiles, Geometry, load_case, read_label, strip_image_extension, write_image
+from asymseg.io.images import image_extension
+
+log = logging.getLogger(__name__)
+
+#: Normalisations the engine can apply, by model-card name -> ``load_case(normalize=...)``.
+NORMALIZATIONS = {"zscore-brain": True, "none": False}
+#: File name suffixes of the outputs of a case in a batch (``<case_id><suffix>``).
+SUFFIXES = {"labels": "_seg.nii.gz", "probabilities": "_prob.nii.gz", "logits": "_dz.nii.gz"}
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one case's outputs go.
+
+    Args:
+        labels: the label map.
+        probabilities: the rare-class probability map, or None.
+        logits: the decision variable dz (and, for multi-class models, the per-class logits
+            beside it), or None.
+    """
+
+    labels: Path
+    probabilities: Path | None = None
+    logits: Path | None = None
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike[str], case_id: str, *, probabilities: bool = False,
+                  logits: bool = False, probabilities_folder: str | os.PathLike[str] | None = None,
+                  logits_folder: str | os.PathLike[str] | None = None) -> OutputPaths:
+        """``<folder>/<case_id>_seg.nii.gz`` (+ ``_prob``, ``_dz``), for batches."""
+        folder = Path(folder)
+        return cls(
+            folder / f"{case_id}{SUFFIXES['labels']}",
+            Path(probabilities_folder or folder) / f"{case_id}{SUFFIXES['probabilities']}" if probabilities else None,
+            Path(logits_folder or folder) / f"{case_id}{SUFFIXES['logits']}" if logits else None,
+        )
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {k: (str(v) if v is not None else None) for k, v in
+                (("labels", self.labels), ("probabilities", self.probabilities), ("logits", self.logits))}
+
+
+def class_logit_path(logits_path: Path, class_name: str) -> Path:
+    """The per-class logit file beside the dz file: ``<stem>_<class_name><ext>``."""
+    ext = image_extension(logits_path) or ".nii.gz"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in class_name)
+    return logits_path.with_name(f"{strip_image_extension(logits_path)}_{safe}{ext}")
+
+
+def _normalize_flag(card: Any) -> bool:
+    norms = set(card.normalization)
+    unknown = norms - set(NORMALIZATIONS)
+    if unknown or len(norms) != 1:
+        raise ModelError(f"model {card.name}: unsupported channel normalisation {sorted(norms)}; this engine "
+                         f"applies one of {sorted(NORMALIZATIONS)} to every channel")
+    return NORMALIZATIONS[norms.pop()]
+
+
+def check_case_channels(files: CaseFiles, channels: Sequence[str]) -> None:
+    """Refuse explicitly given channels the model does not take (found ones are just not used).
+
+    Raises:
+        InputError: a ``--channel`` file names a channel outside the model's channels.
+    """
+    from asymseg.io import canonical_channel
+
+    wanted = {canonical_channel(c) for c in channels}
+    given = [name for name in files.channels if files.origin.get(name) == "given" and name not in wanted]
+    if given:
+        raise InputError(f"{files.where}: the model takes {len(wanted)} channel(s) ({', '.join(channels)}); "
+                         f"the channel(s) {', '.join(given)} given with --channel are not among them")
+
+
+def _reference_classes(path: Path, geometry: Geometry, target: Any) -> np.ndarray:
+    label, ref_geometry = read_label(path, role="reference")
+    problems = geometry.differences(ref_geometry)
+    if problems:
+        raise InputError(f"{path}: the reference is on a different grid from the case: {'; '.join(problems)}")
+    return target.class_map(label)
+
+
+def score(labels: np.ndarray, reference_classes: np.ndarray, target: Any, spacing: Sequence[float]) -> dict[str, Any]:
+    """Metrics of predicted class indices against reference class indices.
+
+    The headline metrics compare the union of the rare classes (the tumour core of a binary
+    model); models with more than two classes also get ``per_class`` metrics for every class
+    but the background.
+    """
+    from asymseg.metrics import case_metrics
+
+    rare = [i for i, r in enumerate(target.rare) if r and i > 0] or list(range(1, target.num_classes))
+    metrics: dict[str, Any] = dict(case_metrics(np.isin(labels, rare), np.isin(reference_classes, rare), spacing))
+    if target.num_classes > 2:
+        metrics["per_class"] = {target.names[i]: case_metrics(labels == i, reference_classes == i, spacing)
+                                for i in range(1, target.num_classes)}
+    return metrics
+
+
+def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, reference: str | os.PathLike[str] | None = None,
+                 evaluate: bool = False, device: str = "auto", tile: int | Sequence[int] | None = None,
+                 batch_size: int | None = None, amp: str = "auto", on_event: EventCallback | None = None,
+                 cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Segment one case with a loaded model and write its outputs.
+
+    Args:
+        model: a :class:`~asymseg.modelfile.LoadedModel`.
+        files: the case's files (:func:`~asymseg.io.discover_case`).
+        outputs: where to write.
+        reference: a label map to score the prediction against (through the card's target).
+        evaluate: score against the case's own label file when no ``reference`` is given.
+        device, tile, batch_size, amp: passed to :func:`~asymseg.infer.predict_volume`.
+        on_event: progress events (stages "load", "infer", "write").
+        cancel: checked between tiles; a cancelled case writes nothing.
+
+    Returns:
+        ``{"case_id", "outputs": {labels, probabilities, logits, class_logits}, "metrics" (when
+        scored), "seconds", "device", "tile", "tiles", "retries", "foreground_voxels",
+        "foreground_ml"}``.
+
+    Raises:
+        InputError: missing or extra channels, unreadable files, a reference on another grid,
+            ``evaluate`` without a label.
+        ModelError: the model's normalisation is not supported.
+        Cancelled: ``cancel`` was set.
+    """
+    from asymseg.infer.engine import predict_volume
+
+    started = time.perf_counter()
+    card, net = model.card, model.net
+    target = card.target
+    check_case_channels(files, card.channels)
+    ref_path = Path(reference) if reference is not None else None
+    if ref_path is None and evaluate:
+        if files.label is None:
+            raise InputError(f"{files.where}: --evaluate needs a label file in the case (none found)")
+        ref_path = files.label
+    emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=1, case_id=files.case_id)
+    case = load_case(files, channels=card.channels, normalize=_normalize_flag(card))
+    emit(on_event, C.EVENT_PROGRESS, stage="load", done=1, total=1, case_id=files.case_id)
+    reference_classes = _reference_classes(ref_path, case.geometry, target) if ref_path is not None else None
+    if cancel is not None:
+        cancel.check()
+    prediction = predict_volume(net, case.image, case.mask, tile=tile, batch_size=batch_size, device=device, amp=amp,
+                                rare=target.rare, on_event=on_event, cancel=cancel,
+                                return_logits=outputs.logits is not None)
+    geometry, spacing = case.geometry, case.geometry.spacing
+    del case
+    written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}
+    pending: list[tuple[np.ndarray, Path, str]] = [(prediction.labels, outputs.labels, "uint8")]
+    if outputs.probabilities is not None:
+        pending.append((prediction.probabilities, outputs.probabilities, "float32"))
+    class_paths: dict[str, Path] = {}
+    if outputs.logits is not None:
+        pending.append((prediction.decision, outputs.logits, "float32"))
+        if target.num_classes > 2:
+            for index, name in enumerate(target.names):
+                class_paths[name] = class_logit_path(outputs.logits, name)
+                pending.append((prediction.logits[index], class_paths[name], "float32"))
+    emit(on_event, C.EVENT_PROGRESS, stage="write", done=0, total=len(pending), case_id=files.case_id)
+    for index, (array, path, dtype) in enumerate(pending):
+        write_image(array, geometry, path, dtype=dtype)
+        emit(on_event, C.EVENT_PROGRESS, stage="write", done=index + 1, total=len(pending), case_id=files.case_id)
+    written["labels"] = str(outputs.labels)
+    written["probabilities"] = str(outputs.probabilities) if outputs.probabilities is not None else None
+    written["logits"] = str(outputs.logits) if outputs.logits is not None else None
+    written["class_logits"] = {k: str(v) for k, v in class_paths.items()} or None
+    rare = [i for i, r in enumerate(target.rare) if r and i > 0] or list(range(1, target.num_classes))
+    foreground = int(np.isin(prediction.labels, rare).sum())
+    result: dict[str, Any] = {
+        "case_id": files.case_id,
+        "outputs": written,
+        "foreground_voxels": foreground,
+        "foreground_ml": foreground * float(np.prod(spacing)) / 1000.0,
+        "device": prediction.info.get("device"),
+        "tile": prediction.info.get("tile"),
+        "tiles": prediction.info.get("tiles"),
+        "retries": prediction.info.get("retries", []),
+        "inference_seconds": prediction.info.get("seconds"),
+    }
+    if reference_classes is not None:
+        result["reference"] = str(ref_path)
+        result["metrics"] = score(prediction.labels, reference_classes, target, spacing)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence[OutputPaths] | str | os.PathLike[str],
+                  *, probabilities: bool = False, logits: bool = False, evaluate: bool = False, device: str = "auto",
+                  tile: int | Sequence[int] | None = None, batch_size: int | None = None, amp: str = "auto",
+                  on_event: EventCallback | None = None, cancel: CancelToken | None = None,
+                  on_case: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Segment several cases with one model, loaded once.
+
+    Args:
+        model: a :class:`~asymseg.modelfile.LoadedModel`, or a model directory or registry name.
+        case_files: the cases.
+        outputs: one :class:`OutputPaths` per case, or a folder (created if missing) that gets
+            ``<case_id>_seg.nii.gz`` (+ ``_prob``, ``_dz`` when ``probabilities``/``logits``).
+        evaluate: score each case against its own label file.
+        device, tile, batch_size, amp, on_event, cancel: as for :func:`segment_case`.
+        on_case: called with each case's result as soon as it is written.
+
+    Returns:
+        One result per case (see :func:`segment_case`), in order.
+
+    Raises:
+        InputError: duplicate case ids in one output folder, or a case's problem.
+        ModelError: the model cannot be loaded.
+        Cancelled: ``cancel`` was set (cases finished before it keep their outputs).
+    """
+    if not hasattr(model, "net"):
+        from asymseg.infer.engine import resolve_device
+        from asymseg.modelfile import load_model
+
+        model = load_model(model, device="cpu" if resolve_device(device).type == "cpu" else device)
+    if isinstance(outputs, (str, os.PathLike)):
+        folder = Path(outputs)
+        ids = [f.case_id for f in case_files]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise InputError(f"{folder}: several cases share the id {', '.join(duplicates)}; their outputs would "
+                             "overwrite each other")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [OutputPaths.in_folder(folder, i, probabilities=probabilities, logits=logits) for i in ids]
+    else:
+        paths = list(outputs)
+        if len(paths) != len(case_files):
+            raise InputError(f"{len(paths)} output sets given for {len(case_files)} cases")
+    results = []
+    for index, (files, out) in enumerate(zip(case_files, paths)):
+        if cancel is not None:
+            cancel.check()
+        emit(on_event, C.EVENT_START, stage="case", done=index, total=len(case_files), case_id=files.case_id,
+             message=f"case {index + 1}/{len(case_files)}: {files.case_id}")
+        result = segment_case(model, files, out, evaluate=evaluate, device=device, tile=tile, batch_size=batch_size,
+                              amp=amp, on_event=on_event, cancel=cancel)
+        results.append(result)
+        if on_case is not None:
+            on_case(result)
+    return results
