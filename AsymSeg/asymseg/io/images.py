@@ -10,12 +10,16 @@ half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
 import os
 import re
 import secrets
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,54 @@ def strip_image_extension(path: str | os.PathLike[str]) -> str:
     name = Path(path).name
     ext = image_extension(path)
     return name[: -len(ext)] if ext else name
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log(path: Path) -> Iterator[list[str]]:
+    """Send what ITK's C++ code prints on file descriptor 2 to the debug log instead.
+
+    ITK's MetaImage, NIfTI and NRRD readers print lines such as ``MetaImage: Read: Cannot open data
+    file`` straight to fd 2, bypassing Python; SimpleITK raises an exception as well, which becomes
+    the one error line the CLI promises. While the block runs, fd 2 points to a temporary file whose
+    content is logged at debug level afterwards.
+
+    Yields:
+        A list that holds the printed lines once the block has ended (for error messages).
+    """
+    said: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a detached process): nothing to redirect
+        yield said
+        return
+    try:
+        capture = tempfile.TemporaryFile()
+    except OSError:
+        os.close(saved)
+        yield said
+        return
+    with capture:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(4096).decode("utf-8", "replace")
+            said.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
+            if said:
+                log.debug("%s: SimpleITK printed: %s", path, " | ".join(said))
+
+
+def _with_native(reason: str, said: list[str]) -> str:
+    """``reason`` plus the first line ITK printed, when the exception text alone is generic."""
+    if said and reason.lower().startswith("file cannot be read"):
+        detail = re.sub(r"^MetaImage:\s*", "", said[0]).strip(" :.")
+        return f"{reason} ({detail[:160]})"
+    return reason
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -101,9 +153,10 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _native_stderr_to_log(path) as said:
+            reader.ReadImageInformation()
     except RuntimeError as err:
-        reason = _itk_reason(err, path)
+        reason = _with_native(_itk_reason(err, path), said)
         if _is_zero_spacing(reason):
             raise InputError(f"{path}: {role} image spacing has a zero axis") from err
         if "Unable to determine ImageIO reader" in str(err):
@@ -117,11 +170,12 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
     if dim not in (3, 4):
         raise InputError(f"{path}: {role} image is {dim}-D {tuple(size)}; expected a 3-D volume")
     try:
-        image = reader.Execute()
+        with _native_stderr_to_log(path) as said:
+            image = reader.Execute()
     except RuntimeError as err:
         if _is_zero_spacing(_itk_reason(err, path)):
             raise InputError(f"{path}: {role} image spacing has a zero axis") from err
-        raise InputError(f"{path}: cannot read {role} image: {_itk_reason(err, path)}") from err
+        raise InputError(f"{path}: cannot read {role} image: {_with_native(_itk_reason(err, path), said)}") from err
     if dim == 4:
         image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
     if image.GetNumberOfComponentsPerPixel() != 1:  # e.g. a one-component vector image
@@ -273,7 +327,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
         with tmp.open("xb"):  # fails here, with a real errno, when the folder is not writable
             pass
         try:
-            sitk.WriteImage(image, str(tmp), _COMPRESSED_WRITE[ext])
+            with _native_stderr_to_log(path):
+                sitk.WriteImage(image, str(tmp), _COMPRESSED_WRITE[ext])
             problem = nifti_problem(tmp) if ext in (".nii", ".nii.gz") else None
         except RuntimeError as err:
             problem = _itk_reason(err, tmp)
