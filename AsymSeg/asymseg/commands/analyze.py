@@ -96,6 +96,8 @@ def run(args: argparse.Namespace, ctx) -> int:
         raise InputError(f"--bins must be >= 2, got {args.bins}")
     if args.tile is not None and args.tile < 1:
         raise InputError(f"--tile must be >= 1, got {args.tile}")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: --out must be a folder, but this is a file")
     renderer = ctx.renderer()
     try:
         result = analyze_model(

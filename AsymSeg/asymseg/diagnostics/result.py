@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -30,18 +31,61 @@ DZ_DEFINITION = ("dz = z_c - max_{k != c} z_k for rare class c (binary: z_fg - z
                  "rare = ground truth c, nonrare = ground truth in a non-rare class")
 
 
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temporary file beside ``path`` (flushed, mode 0644); return it.
+
+    Raises:
+        OSError: naming ``path`` (disk full, file size limit, permissions ...); nothing is left behind.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+    return Path(tmp)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temporary(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_all_or_nothing(files: Mapping[Path, bytes]) -> None:
+    """Write several files so that either all of them are replaced or none is.
+
+    Every file goes to a temporary name first; only when all are complete are they renamed into
+    place. On a failure (disk full, file size limit) the temporary files are removed and the
+    destinations keep their previous content, if any.
+
+    Raises:
+        OSError: naming the file that could not be written.
+    """
+    temporaries: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            temporaries.append((_write_temporary(Path(path), data), Path(path)))
+        for tmp, path in temporaries:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temporaries:
+            tmp.unlink(missing_ok=True)
 
 
 def safe_name(name: str) -> str:
@@ -114,7 +158,7 @@ class AnalysisResult:
         return logit_figure(self.classes, title=title)
 
     def save(self, out_dir: str | os.PathLike[str], *, title: str | None = None) -> dict[str, Path]:
-        """Write ``analysis.json`` and ``logits.png`` (all classes) atomically; with several rare
+        """Write ``analysis.json`` and ``logits.png`` (all classes), all or nothing; with several rare
         classes also ``logits_<class>.png`` per class.
 
         Returns:
@@ -123,19 +167,28 @@ class AnalysisResult:
         from asymseg.diagnostics.plots import logit_figure
 
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written: dict[str, Path] = {}
         figures = {"figure": (FIGURE_FILE, self.classes)}
         for name, numbers in (self.classes.items() if len(self.classes) > 1 else ()):
             figures[f"figure_{name}"] = (f"logits_{safe_name(name)}.png", {name: numbers})
+        written: dict[str, Path] = {}
+        contents: dict[Path, bytes] = {}
         for role, (filename, classes) in figures.items():
             buffer = io.BytesIO()
             logit_figure(classes, title=title).savefig(buffer, format="png", dpi=110)
-            atomic_write_bytes(out_dir / filename, buffer.getvalue())
+            contents[out_dir / filename] = buffer.getvalue()
             written[role] = out_dir / filename
         payload = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        atomic_write_bytes(out_dir / ANALYSIS_FILE, payload.encode("utf-8"))
+        contents[out_dir / ANALYSIS_FILE] = payload.encode("utf-8")
         written["json"] = out_dir / ANALYSIS_FILE
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            write_all_or_nothing(contents)  # a failure leaves no partial set of outputs
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
         return written
 
     def summary_lines(self) -> list[str]:
