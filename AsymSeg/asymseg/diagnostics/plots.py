@@ -2,8 +2,8 @@
 
 One column per rare class; the top row shows the dz densities of ground-truth rare voxels, the
 bottom row those of non-rare voxels, train and test overlaid, the decision boundary dz = 0 marked
-and the shift of the means annotated. The figures use matplotlib's object API with the Agg
-canvas (no pyplot, no global state) and are drawn only from the stored histograms, so a plot
+and the shift of the means in each panel's title. The figures use matplotlib's object API with the
+Agg canvas (no pyplot, no global state) and are drawn only from the stored histograms, so a plot
 shows exactly what ``analysis.json`` holds.
 """
 
@@ -57,10 +57,8 @@ def draw_class_column(axes: tuple[Any, Any], name: str, numbers: Mapping[str, An
             ax.stairs(hist[group][side]["density"], edges, label=label, linewidth=1.6, **_style(group, index))
         ax.axvline(0.0, color="black", linestyle=":", linewidth=1.0, label="boundary dz = 0")
         shift = numbers["shift"].get(side)
-        ax.set_title(f"{header or name}: {SIDE_TITLES[side].format(name=name)}", fontsize=10)
-        ax.annotate(f"shift test - train: {_fmt(shift)}", xy=(0.02, 0.95), xycoords="axes fraction",
-                    va="top", ha="left", fontsize=9,
-                    bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0.5})
+        ax.set_title(f"{header or name}: {SIDE_TITLES[side].format(name=name)}\n"
+                     f"shift of the mean, test - train: {_fmt(shift)}", fontsize=10)
         ax.set_ylabel("density")
         ax.legend(fontsize=7, loc="best", frameon=False)
     axes[1].set_xlabel(f"dz = z_{name} - max other logit")
