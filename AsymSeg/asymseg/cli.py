@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "phantom",
     "evaluate",
     "segment",
+    "finetune",
     "analyze",
     "experiment",
     "models",
