@@ -91,11 +91,11 @@ def cmakeList(text: str, variable: str, moduleName: str) -> list[str]:
     Raises:
         ValueError: no such ``set(``.
     """
-    match = re.search(rf"set\(\s*{re.escape(variable)}\b(?P<body>.*?)\)", text, re.S)
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    match = re.search(rf"set\(\s*{re.escape(variable)}\b(?P<body>[^)]*)\)", code)
     if match is None:
         raise ValueError(f"CMakeLists.txt has no set({variable} ...)")
-    body = "\n".join(line.split("#", 1)[0] for line in match.group("body").splitlines())
-    return [token.replace("${MODULE_NAME}", moduleName) for token in body.split()]
+    return [token.replace("${MODULE_NAME}", moduleName) for token in match.group("body").split()]
 
 
 def updatedText(cmakeFile: Path, moduleDir: Path) -> str:
