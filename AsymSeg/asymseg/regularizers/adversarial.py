@@ -50,10 +50,13 @@ def adversarial_perturbation(
 
     Choices, documented:
 
-    - A sample whose gradient is exactly zero (in asymmetric mode: no rare voxel, or all of
-      them ignored) gets r_adv = 0 for that sample, as in the authors' normalisation (dividing a
-      zero gradient by its safeguarded maximum gives zero): there is no direction that hurts
-      its rare class, so its adversarial step trains on the clean sample.
+    - In asymmetric mode a sample without a rare voxel (or with all of them ignored) gets
+      r_adv = 0: the paper defines the asymmetric direction only where y r > 0 (Li et al.,
+      TMI 2021). Without this rule such a sample would still get a direction in training mode,
+      because batch norm couples the samples through the batch statistics (its input moves
+      the other samples' rare losses). Its adversarial step then trains on the clean sample.
+      The same holds for a sample whose gradient is exactly zero, as in the authors'
+      normalisation (a zero gradient divided by its safeguarded maximum stays zero).
     - The authors' sqrt(1e-6 + sum g^2) safeguard is not needed: after dividing by max|g| the
       norm is >= 1, so every non-zero sample has norm eps to float precision.
     - u is Gaussian (the authors' first release and U-Net); their later DeepMedic code used
@@ -110,7 +113,7 @@ def adversarial_perturbation(
             logits = model(x + d)
             if not isinstance(logits, torch.Tensor):
                 raise InputError(f"the model must return one logits tensor, got {type(logits).__name__}")
-            direction_loss = _direction_loss(logits, target, rare, symmetric, ignore_mask)
+            direction_loss, has_direction = _direction_loss(logits, target, rare, symmetric, ignore_mask)
             (grad,) = torch.autograd.grad(direction_loss, d, allow_unused=True)
     finally:
         with torch.no_grad():
@@ -123,16 +126,17 @@ def adversarial_perturbation(
     grad = grad.detach().to(torch.float32)
     flat = grad.reshape(batch, -1)
     peak = flat.abs().amax(dim=1, keepdim=True)
-    nonzero = peak > 0
+    nonzero = (peak > 0) & has_direction.view(batch, 1).to(peak.device)
     scaled = flat / torch.where(nonzero, peak, torch.ones_like(peak))           # max|g| = 1
     norm = scaled.norm(dim=1, keepdim=True)
-    r_adv = eps * scaled / torch.where(nonzero, norm, torch.ones_like(norm))   # 0 where g = 0
+    r_adv = (eps * scaled / torch.where(nonzero, norm, torch.ones_like(norm))) * nonzero
     return r_adv.reshape(x.shape).to(x.dtype)
 
 
 def _direction_loss(logits: torch.Tensor, target: torch.Tensor, rare: RareLike, symmetric: bool,
-                    ignore_mask: torch.Tensor | None) -> torch.Tensor:
-    """L_dir: plain CE summed over rare-class voxels (asymmetric) or all voxels (symmetric)."""
+                    ignore_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_dir (plain CE summed over rare-class voxels, or all voxels when symmetric) and, per
+    sample, whether any voxel contributes to it (bool ``(B,)``)."""
     z = check_logits(logits)
     try:
         prepared = prepare_target(z, target, ignore_mask)
@@ -145,10 +149,10 @@ def _direction_loss(logits: torch.Tensor, target: torch.Tensor, rare: RareLike, 
         keep = flags[prepared.index]
         if prepared.valid is not None:
             keep = keep & prepared.valid
-        return torch.where(keep, ce, torch.zeros_like(ce)).sum()
+        return torch.where(keep, ce, torch.zeros_like(ce)).sum(), keep.flatten(1).any(dim=1)
     class_shape = (1, z.shape[1]) + (1,) * (z.dim() - 2)
     weights = prepared.soft * flags.view(class_shape).to(z.dtype)                 # r[c] y[v,c]
-    return -(weights * log_p).sum()
+    return -(weights * log_p).sum(), (weights != 0).flatten(1).any(dim=1)
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:

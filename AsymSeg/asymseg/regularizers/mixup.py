@@ -15,8 +15,10 @@ from the pair a = y[b][v] (weight lam), c = y[p[b]][v] (weight 1 - lam):
     exactly one rare, its weight <= m        -> ignored
     two different non-rare classes           -> ignored
     two different rare classes               -> ignored
+    (lam = 0 or 1: the voxel is one source's alone and keeps its class)
 
-which is the authors' floor(lam * onehot(y~A) + (1 - lam) * onehot(y~B)) rule written per voxel.
+which is the authors' floor(lam * onehot(y~A) + (1 - lam) * onehot(y~B)) rule written per voxel
+(y~ = the pair's single rare class where its partner's weight exceeds m, else the own class).
 Ignored voxels carry no loss (``ignore_mask``).
 
 Sampling and application are split (:func:`sample_mixup`, :func:`apply_mixup`) so a logged step
@@ -186,6 +188,10 @@ def apply_mixup(
     same = a == b
     a_wins = rare_a & ~rare_b & (lam > margin)             # rare a, weight lam
     b_wins = rare_b & ~rare_a & ((1.0 - lam) > margin)     # rare b, weight 1 - lam
+    if lam == 1.0:                                         # no mixing: every voxel is a's
+        a_wins = torch.ones_like(same)
+    elif lam == 0.0:                                       # every voxel is b's
+        b_wins = torch.ones_like(same)
     valid = same | a_wins | b_wins
     if inherited is not None:
         valid = valid & ~inherited
