@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "finetune",
         help="fine-tune (or train from scratch) on a few labelled cases with an asymmetric technique",
-        description="Train a segmentation model on labelled case folders with one of the paper's techniques "
-        "(Li, Kamnitsas & Glocker 2019): clean step, then the adversarial and mixup steps when the technique "
-        "has them. Validates every --val-every iterations with the inference engine, keeps the best model in "
-        "--output-model (atomically replaced when it improves) and a resumable checkpoint in the run folder. "
-        "Options override the values of --config.",
+        description=textwrap.fill(
+            "Train a segmentation model on labelled case folders with one of the paper's techniques "
+            "(Li, Kamnitsas & Glocker 2019): clean step, then the adversarial and mixup steps when the technique "
+            "has them. Validates every --val-every iterations with the inference engine, keeps the best model in "
+            "--output-model (atomically replaced when it improves) and a resumable checkpoint in the run folder. "
+            "Options override the values of --config.", 90),
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -101,7 +103,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     tech = parser.add_argument_group("technique (preset, then explicit overrides)")
     tech.add_argument("--technique", default=None, metavar="PRESET",
-                      help="preset (default ce): " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+                      help="preset (default ce): " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()).replace("%", "%%"))
     tech.add_argument("--loss", choices=("ce", "dice", "focal-dice"), default=None, help="clean-step loss")
     tech.add_argument("--margin", type=float, default=None, help="large margin m on rare true-class logits")
     tech.add_argument("--gamma", type=float, default=None, help="focal gamma")

@@ -116,8 +116,13 @@ def resolve_output(output_model: str) -> Path:
     return Path(output_model).expanduser().absolute()
 
 
-def default_run_dir(output: Path) -> Path:
-    """``<output>.run`` beside the model folder."""
+def default_run_dir(output_model: str) -> Path:
+    """``<output>.run`` beside a model folder; ``$ASYMSEG_HOME/runs/NAME`` for a model name."""
+    if is_bare_name(output_model):
+        from asymseg.registry import user_models_dir
+
+        return Path(user_models_dir()).parent / "runs" / output_model
+    output = resolve_output(output_model)
     return output.parent / f"{output.name}.run"
 
 
@@ -165,13 +170,7 @@ class _ModelSource:
     channels: tuple[str, ...]
     target: TargetSpec
     base: str | None
-    base_card: dict[str, Any] | None
-
-
-def _card_dict(card: Any) -> dict[str, Any]:
-    if isinstance(card, Mapping):
-        return dict(card)
-    return dict(card.to_dict())
+    base_card: Any | None
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any, Path]:
@@ -201,10 +200,7 @@ def _model_source(config: TrainConfig, train_files: Sequence[Any]) -> _ModelSour
     explicit = config.label_convention is not None or config.foreground_labels is not None
     if config.base_model is not None:
         net, card, path = _load_base(config)
-        data = _card_dict(card)
-        target = card.target if isinstance(getattr(card, "target", None), TargetSpec) \
-            else TargetSpec.from_dict(data["target"])
-        channels = tuple(getattr(card, "channels", None) or data["channels"])
+        target, channels = card.target, tuple(card.channels)
         if explicit:
             wanted = resolve_target(convention=config.label_convention, foreground_labels=config.foreground_labels)
             if wanted.num_classes != target.num_classes:
@@ -213,7 +209,7 @@ def _model_source(config: TrainConfig, train_files: Sequence[Any]) -> _ModelSour
                     f"requested target {wanted.num_classes}; a base model's target can only be replaced by one "
                     "with the same number of classes")
             target = wanted
-        return _ModelSource(net, card, tuple(channels), target, str(path), data)
+        return _ModelSource(net.train(), card, channels, target, str(path), card)
     from asymseg.modelfile import create_model
 
     if config.channels:
@@ -269,8 +265,8 @@ class ModelWriter:
     """Writes the output model folder atomically (rank 0), with the training provenance in its card.
 
     The folder is written complete under a temporary name beside the destination and swapped in
-    with two renames (destination -> ``<name>.old``, temporary -> destination); a kill between the
-    renames leaves the previous model complete in ``<name>.old``, which the next write (or a
+    with two renames (destination -> ``.<name>.old``, temporary -> destination); a kill between the
+    renames leaves the previous model complete in ``.<name>.old``, which the next write (or a
     resumed run) puts back first.
     """
 
@@ -289,7 +285,7 @@ class ModelWriter:
 
     @property
     def old(self) -> Path:
-        return self.output.parent / f"{self.output.name}.old"
+        return self.output.parent / f".{self.output.name}.old"
 
     def recover(self) -> None:
         """Put back ``<name>.old`` left by a kill between the two renames of a write."""
@@ -298,26 +294,30 @@ class ModelWriter:
             log.warning("recovered the model folder %s from %s", self.output, self.old)
 
     def provenance(self, state: TrainState, reason: str) -> dict[str, Any]:
-        base_card = self.source.base_card or {}
-        return {
-            "training": {
-                "data": {"train_cases": self.train_ids, "val_cases": self.val_ids},
-                "technique": self.technique.to_dict(),
-                "hyperparameters": {k: v for k, v in self.config.to_dict().items()
-                                    if k not in ("train_cases", "val_cases", "output_model", "run_dir")},
-                "iterations": state.iteration,
-                "total_iterations": self.config.iterations,
-                "best_iteration": state.best_iteration,
-                "selected_by": state.best_kind,
-                "validation": state.best_metrics,
-                "status": reason,
-                "base_model": self.source.base,
-                "base_model_name": base_card.get("name"),
-                "base_model_sha256": base_card.get("weights_sha256") or base_card.get("sha256"),
-                "seed": self.config.seed,
-                "run_dir": str(self.run_dir),
-            },
+        """The card's provenance: data, technique, hyper-parameters, iterations, base model, metrics."""
+        base = self.source.base_card
+        previous = dict(base.provenance) if base is not None else {}
+        out: dict[str, Any] = {
+            "data": {"train": self.train_ids, "val": self.val_ids},
+            "technique": self.technique.to_dict(),
+            "hyperparameters": {k: v for k, v in self.config.to_dict().items()
+                                if k not in ("train_cases", "val_cases", "output_model", "run_dir")},
+            "iterations": state.best_iteration if state.best_iteration is not None else state.iteration,
+            "iterations_run": state.iteration,
+            "total_iterations": self.config.iterations,
+            "selected_by": state.best_kind,
+            "validation": state.best_metrics,
+            "status": reason,
+            "base_model": None if base is None else {"name": base.name, "path": self.source.base,
+                                                     "weights_sha256": base.weights_sha256},
+            "init_seed": self.config.seed if base is None else previous.get("init_seed"),
+            "run_dir": str(self.run_dir),
         }
+        if "license_note" in previous:
+            out["license_note"] = previous["license_note"]
+        if previous:
+            out["base_provenance"] = previous
+        return out
 
     def write(self, weights: Mapping[str, torch.Tensor], state: TrainState, reason: str,
               *, extra_files: Mapping[str, Path] | None = None) -> Path:
@@ -329,9 +329,8 @@ class ModelWriter:
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
         try:
             net.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
-            card = self._card(state, reason)
             folder = tmp / "model"
-            save_model(folder, net, card)
+            save_model(folder, net, self._card(state, reason))
             for name, path in (extra_files or {}).items():
                 if Path(path).is_file():
                     shutil.copyfile(path, folder / name)
@@ -342,19 +341,13 @@ class ModelWriter:
         return self.output
 
     def _card(self, state: TrainState, reason: str) -> Any:
-        from asymseg.modelfile import ModelCard
-
         card = self.source.card
-        data = _card_dict(card)
-        provenance = dict(data.get("provenance") or {})
-        provenance.update(self.provenance(state, reason))
-        data["provenance"] = provenance
-        data["target"] = self.source.target.to_dict()
-        if "name" in data and is_bare_name(self.config.output_model):
-            data["name"] = self.config.output_model
-        elif "name" in data:
-            data["name"] = self.output.name
-        return ModelCard.from_dict(data) if not isinstance(card, Mapping) else data
+        base = self.source.base_card
+        how = f"fine-tuned from {base.name}" if base is not None else f"trained from scratch ({card.architecture})"
+        return card.replace(
+            name=self.output.name, created="", target=self.source.target, provenance=self.provenance(state, reason),
+            description=f"{how} on {len(self.train_ids)} case(s) with {self.technique.name}, "
+                        f"best at iteration {state.best_iteration}")
 
 
 # -- the routine ---------------------------------------------------------------------------------------
@@ -424,8 +417,9 @@ def finetune(config: TrainConfig, *, on_event: EventCallback | None = None, canc
 
 
 def _run_dir(config: TrainConfig) -> Path:
-    output = resolve_output(config.output_model)
-    return Path(config.run_dir).expanduser().absolute() if config.run_dir else default_run_dir(output)
+    if config.run_dir:
+        return Path(config.run_dir).expanduser().absolute()
+    return default_run_dir(config.output_model)
 
 
 def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_event: EventCallback | None,

@@ -1,0 +1,251 @@
+"""finetune(): a tiny real run, resume equivalence, cancel, best-model selection, base models, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asymseg.errors import Cancelled, InputError, ModelError
+from asymseg.events import CancelToken
+from asymseg.modelfile import create_model, load_model, save_model
+from asymseg.target import TargetSpec
+from asymseg.techniques import TECHNIQUES
+from asymseg.train import TrainConfig, finetune, load_run_config
+from asymseg.train.checkpoint import load_checkpoint
+
+#: A 4-layer DeepMedic with 4 feature maps (input 33^3 for a 9^3 output): fast on one thread.
+TINY = {"normal_features": [4] * 4, "lowres_features": [4] * 4, "fc_features": [8], "dropout": [0.0, 0.0]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    from asymseg.phantom import write_phantom_cases
+
+    out = tmp_path_factory.mktemp("phantoms")
+    return [str(p) for p in write_phantom_cases(out, 4, size=(32, 32, 32), seed=11)]
+
+
+def config(cases, tmp_path, **kw) -> TrainConfig:
+    base = dict(train_cases=cases[:2], val_cases=cases[2:3], output_model=str(tmp_path / "model"),
+                network=TINY, iterations=8, batch_size=2, val_every=4, device="cpu", technique="ce", seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(path):
+    return load_model(path).net.state_dict()
+
+
+def test_a_tiny_run_lowers_the_loss_and_writes_a_model_with_its_provenance(cases, tmp_path):
+    events = []
+    result = finetune(config(cases, tmp_path, iterations=40, batch_size=4, val_every=20, schedule="constant",
+                             technique="a-focal"), on_event=events.append)
+    assert result.status == "done" and result.iterations == 40
+    records = [r for r in jsonl(result.run_dir / "train_log.jsonl") if r["kind"] == "iteration"]
+    losses = [r["losses"]["clean"] for r in records]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+    loaded = load_model(result.model_path)
+    prov = loaded.card.provenance
+    assert prov["data"] == {"train": ["phantom_000", "phantom_001"], "val": ["phantom_002"]}
+    assert prov["technique"]["name"] == "a-focal" and prov["technique"]["gamma"] == 4.0
+    assert prov["iterations"] == result.best_iteration and prov["iterations_run"] == 40
+    assert prov["validation"]["dsc"] == result.best_metrics["dsc"] and prov["base_model"] is None
+    assert prov["hyperparameters"]["batch_size"] == 4 and prov["selected_by"] == "validation_dsc"
+    assert loaded.card.channels == ("flair", "t1c") and loaded.card.target.rare == (False, True)
+    for name in ("train_log.jsonl", "train_log.csv", "train_config.json"):
+        assert (result.model_path / name).is_file()
+    csv_lines = (result.model_path / "train_log.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("iteration,lr,loss_clean") and len(csv_lines) == 41
+
+    kinds = [e.kind for e in events]
+    assert kinds.count("start") == 1 and kinds[-1] == "done" and kinds.count("validation") == 2
+    assert "checkpoint" in kinds
+    iteration = [e for e in events if e.kind == "iteration"]
+    assert iteration[-1].done == 40 and "loss_clean" in iteration[-1].data and "eta_seconds" in iteration[-1].data
+    validation = [e for e in events if e.kind == "validation"][0]
+    assert validation.data["cases"][0]["case_id"] == "phantom_002"
+    assert set(validation.data["mean"]) >= {"dsc", "sensitivity", "precision"}
+
+
+@pytest.mark.parametrize("technique", ["combo", "a-aug"])
+def test_n_iterations_in_one_go_equal_half_then_resume(cases, tmp_path, technique):
+    kw = dict(iterations=8, val_every=2, checkpoint_every=3, technique=technique, schedule="step")
+    straight = finetune(config(cases, tmp_path / "a", **kw))
+    cfg = config(cases, tmp_path / "b", **kw)
+    paused = finetune(cfg, stop_after=4)
+    assert paused.status == "stopped" and paused.iterations == 4
+    assert load_checkpoint(paused.run_dir).iteration == 4
+    resumed = finetune(load_run_config(paused.run_dir), resume=True)
+    assert resumed.status == "done" and resumed.iterations == 8
+
+    a = load_checkpoint(straight.run_dir)
+    b = load_checkpoint(resumed.run_dir)
+    for key, value in a.weights.items():
+        assert torch.equal(value, b.weights[key]), key
+    for key, value in a.optimizer["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, b.optimizer["state"][key][name]), (key, name)
+    assert a.state["sampler_rng"] == b.state["sampler_rng"]
+    assert straight.best_iteration == resumed.best_iteration
+    assert straight.history == resumed.history
+    wa, wb = weights(straight.model_path), weights(resumed.model_path)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def rows(path):  # the logs agree except for timings
+        return [line.rsplit(",", 1)[0] for line in (path / "train_log.csv").read_text().splitlines()]
+
+    assert rows(straight.run_dir) == rows(resumed.run_dir)
+
+
+def test_cancel_finishes_the_iteration_writes_a_checkpoint_and_keeps_the_model(cases, tmp_path):
+    token = CancelToken()
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.kind == "validation":
+            token.cancel("cancelled by test")
+
+    cfg = config(cases, tmp_path, iterations=12, val_every=2, checkpoint_every=5)
+    with pytest.raises(Cancelled, match="after iteration 2; resume with --resume"):
+        finetune(cfg, on_event=on_event, cancel=token)
+    assert events[-1].kind == "cancelled"
+    run_dir = tmp_path / "model.run"
+    assert load_checkpoint(run_dir).iteration == 2
+    best = load_model(tmp_path / "model")
+    assert best.card.provenance["iterations"] == 2
+    result = finetune(load_run_config(run_dir), resume=True)
+    assert result.iterations == 12 and result.status == "done"
+
+
+def test_a_cancel_before_any_evaluation_still_leaves_a_model(cases, tmp_path):
+    token = CancelToken()
+
+    def on_event(event):
+        if event.kind == "iteration":
+            token.cancel("stop now")
+
+    with pytest.raises(Cancelled, match="stop now after iteration 1"):
+        finetune(config(cases, tmp_path, val_every=50, iterations=60), cancel=token, on_event=on_event)
+    assert load_checkpoint(tmp_path / "model.run").iteration == 1
+    assert load_model(tmp_path / "model").card.provenance["status"] == "cancelled"
+
+
+def test_without_validation_cases_the_best_model_follows_the_training_loss(cases, tmp_path):
+    result = finetune(config(cases, tmp_path, val_cases=[], iterations=6, val_every=2))
+    assert set(result.best_metrics) == {"training_loss"}
+    assert [h["iteration"] for h in result.history] == [2, 4, 6]
+    best = min(result.history, key=lambda h: h["training_loss"])
+    assert result.best_iteration == best["iteration"]
+    assert load_model(result.model_path).card.provenance["selected_by"] == "training_loss"
+
+
+def test_patience_stops_early(cases, tmp_path):
+    result = finetune(config(cases, tmp_path, val_cases=[], iterations=40, val_every=1, patience=2, lr=1e-9))
+    assert result.status == "early_stopped" and result.iterations < 40
+    assert [h["best"] for h in result.history][-2:] == [False, False]
+    assert load_checkpoint(result.run_dir).iteration == result.iterations
+
+
+def test_hold_out_fraction_validates_on_held_out_training_cases(cases, tmp_path):
+    result = finetune(config(cases, tmp_path, train_cases=cases[:3], val_cases=[], val_fraction=0.34,
+                             iterations=2, val_every=2))
+    data = load_model(result.model_path).card.provenance["data"]
+    assert len(data["train"]) == 2 and len(data["val"]) == 1
+    assert sorted(data["train"] + data["val"]) == ["phantom_000", "phantom_001", "phantom_002"]
+    assert "dsc" in result.best_metrics
+
+
+def test_fine_tuning_a_base_model_takes_its_card_and_starts_from_its_weights(cases, tmp_path):
+    net, card = create_model("deepmedic", ["t1c", "flair"], TargetSpec.tumour_core("brats2017"), seed=5,
+                             name="base", **TINY)
+    card = card.replace(provenance={**card.provenance, "license_note": "phantom data"})
+    base = save_model(tmp_path / "base", net, card)
+    events = []
+    result = finetune(config(cases, tmp_path, network={}, base_model=str(base), architecture=None, iterations=2,
+                             val_every=2, lr=1e-12), on_event=events.append)
+    loaded = load_model(result.model_path)
+    assert loaded.card.channels == ("t1c", "flair")
+    prov = loaded.card.provenance
+    assert prov["base_model"]["name"] == "base" and prov["license_note"] == "phantom data"
+    assert prov["base_provenance"]["init_seed"] == 5
+    start = [e for e in events if e.kind == "start"][0]
+    assert start.data["config"]["base_model"] == str(base)
+    # lr 1e-12: the weights barely move from the base model's.
+    for key, value in net.state_dict().items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(loaded.net.state_dict()[key], value, atol=1e-6, rtol=0)
+
+
+def test_a_base_models_target_can_only_change_to_the_same_number_of_classes(cases, tmp_path):
+    from asymseg.train.api import _model_source
+
+    target = TargetSpec.from_dict({"classes": [{"name": "bg", "labels": [], "rare": False},
+                                               {"name": "necrosis", "labels": [1], "rare": True},
+                                               {"name": "enhancing", "labels": [4], "rare": True}]})
+    net, card = create_model("deepmedic", ["flair", "t1c"], target, **TINY)
+    base = save_model(tmp_path / "base3", net, card)
+    cfg = config(cases, tmp_path, network={}, base_model=str(base), architecture=None, label_convention="brats2017")
+    with pytest.raises(InputError, match="3 classes .* requested target 2"):
+        _model_source(cfg, [])
+
+
+@pytest.mark.parametrize("changes, error, pattern", [
+    ({"train_cases": ["/nonexistent/case"]}, InputError, "/nonexistent/case: no such case folder"),
+    ({"foreground_labels": [3]}, InputError, r"no rare-class \(tumour\) voxels in any training case"),
+    ({"base_model": "/nonexistent/model", "architecture": None, "network": {}}, ModelError, "no such model"),
+    ({"patch_output_size": [10, 10, 10]}, InputError, "patch-size"),
+])
+def test_bad_inputs_are_one_line_errors(cases, tmp_path, changes, error, pattern):
+    with pytest.raises(error, match=pattern) as info:
+        finetune(config(cases, tmp_path, **changes))
+    assert "\n" not in str(info.value)
+
+
+def test_an_existing_output_or_run_is_not_overwritten_silently(cases, tmp_path):
+    cfg = config(cases, tmp_path, iterations=1, val_every=1)
+    finetune(cfg)
+    with pytest.raises(InputError, match="already exists"):
+        finetune(cfg)
+    import shutil
+
+    shutil.rmtree(tmp_path / "model")
+    with pytest.raises(InputError, match="continue it with --resume"):
+        finetune(cfg)
+    assert finetune(cfg, overwrite=True).iterations == 1
+
+
+def test_a_bare_model_name_goes_to_the_user_models_folder(cases, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMSEG_HOME", str(tmp_path / "home"))
+    result = finetune(config(cases, tmp_path, output_model="tiny-model", iterations=1, val_every=1))
+    assert result.model_path == tmp_path / "home" / "models" / "tiny-model"
+    assert result.run_dir == tmp_path / "home" / "runs" / "tiny-model"
+    assert load_model("tiny-model").card.name == "tiny-model"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("technique", sorted(TECHNIQUES))
+def test_every_preset_trains_without_nan(cases, tmp_path, technique):
+    result = finetune(config(cases, tmp_path, technique=technique, iterations=3, val_every=3, batch_size=4))
+    assert result.status == "done"
+    assert all(np.isfinite(v) for v in result.last_losses.values())
+    assert set(result.last_losses) == set(TECHNIQUES[technique].steps)
+    for value in weights(result.model_path).values():
+        assert torch.isfinite(value.float()).all()
