@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asymseg.errors import InputError, ModelError
+from asymseg.errors import InputError, ModelError, ResourceError
 from asymseg.target import TargetSpec
 
 if TYPE_CHECKING:
@@ -418,8 +419,6 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
         ModelError: the directory exists (without ``overwrite``, or it is not a model
             directory), or the card does not fit the network.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     if card.in_channels != net.in_channels or card.num_classes != net.num_classes:
         raise ModelError(f"{directory}: the card has {card.in_channels} channel(s) and {card.num_classes} classes, "
@@ -433,17 +432,60 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "asymseg_format_version": "1"})
+        write_safetensors(state, tmp / WEIGHTS_FILE, metadata={"format": "pt", "asymseg_format_version": "1"},
+                          shown_as=directory / WEIGHTS_FILE)
         card = card.replace(architecture=net.architecture, hparams=dict(net.hparams), weights_file=WEIGHTS_FILE,
                             weights_sha256=sha256_file(tmp / WEIGHTS_FILE), format_version=FORMAT_VERSION,
                             created=card.created or now_iso())
         write_card(tmp, card)
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; a model folder is an ordinary one
         _replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("saved model %s to %s", card.name, directory)
+    log.debug("saved model %s to %s", card.name, directory)
     return directory
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
+                      metadata: Mapping[str, str] | None = None, shown_as: str | os.PathLike | None = None) -> None:
+    """``safetensors.torch.save_file`` with its I/O failures turned into errors that name the file.
+
+    safetensors reports a full disk or a file size limit as a ``SafetensorError`` whose text ends in
+    ``(os error 28)``; the CLI would call that an internal error.
+
+    Args:
+        tensors: name -> CPU tensor (contiguous).
+        path: the file to write.
+        metadata: string metadata stored in the header.
+        shown_as: the path error messages name (e.g. the final path of a file written under a
+            temporary name); default ``path``.
+
+    Raises:
+        ResourceError: out of disk space, over the file size limit or the disk quota.
+        OSError: any other I/O error, naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
+        os.chmod(path, 0o644)  # safetensors creates 0600 files
+    except SafetensorError as err:
+        Path(path).unlink(missing_ok=True)
+        match = _OS_ERROR.search(str(err))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        shown = shown_as if shown_as is not None else path
+        if code in _RESOURCE_ERRNOS:
+            raise ResourceError(f"{shown}: cannot write: {os.strerror(code)} (out of disk space or over the "
+                                "file size limit)") from err
+        raise OSError(code, os.strerror(code), str(shown)) from err
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -508,5 +550,5 @@ def create_model(architecture: str, channels: Sequence[str], target: TargetSpec,
 
 __all__ = [
     "CARD_FILE", "DEFAULT_NORMALIZATION", "FORMAT_VERSION", "LoadedModel", "ModelCard", "WEIGHTS_FILE",
-    "create_model", "load_model", "model_directory", "read_card", "save_model", "sha256_file",
+    "create_model", "load_model", "model_directory", "read_card", "save_model", "sha256_file", "write_safetensors",
 ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from asymseg.errors import InputError
 
@@ -71,6 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,8 +85,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    from asymseg.modelfile import write_safetensors
+
     plain = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    save_file(plain, str(path))
+    write_safetensors(plain, path)
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
