@@ -10,8 +10,12 @@ asymmetric variants, alone or combined (METHOD.md techniques 1-3 and 7):
     L       = -(1/N) sum_v sum_c f[v,c] * y[v,c] * log q[v,c]
 
 r[c] = 1 for the rare classes (``rare``). ``symmetric=True`` gives the original losses: the
-margin on every true class (r = all ones in z~) and the attenuation on every class. N counts the voxels that carry a loss (the voxels
-not in ``ignore_mask``). m = 0 and gamma = 0 give exactly the cross-entropy.
+margin on every true class (r = all ones in z~) and the attenuation on every class. N counts
+the voxels that carry a loss (the voxels not in ``ignore_mask``). m = 0 and gamma = 0 give
+exactly the cross-entropy.
+
+Integer targets run through a fused kernel with an analytic gradient (:class:`_HardTargetFocalCE`);
+soft targets through plain autograd. Tests check that both agree to rounding.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from asymseg.errors import InputError
 from asymseg.losses._masking import (
     FOCAL_BASE_MIN,
     PreparedTarget,
@@ -29,7 +34,6 @@ from asymseg.losses._masking import (
     prepare_target,
     rare_flags,
 )
-from asymseg.errors import InputError
 
 
 def asymmetric_ce(
@@ -172,7 +176,9 @@ def check_hyper_parameters(margin: float, gamma: float) -> None:
             raise InputError(f"{name} must be finite and >= 0, got {value}")
 
 
-def _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, *, reduce):
+def _compute(logits: torch.Tensor, target: torch.Tensor, rare: RareLike, margin: float, gamma: float,
+             symmetric: bool, ignore_mask: torch.Tensor | None, *, reduce: bool) -> torch.Tensor:
+    """Validate, then run the integer-target kernel or the soft-target autograd path."""
     check_hyper_parameters(margin, gamma)
     margin, gamma = float(margin), float(gamma)
     z = check_logits(logits)

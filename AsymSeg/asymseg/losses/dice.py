@@ -24,9 +24,9 @@ from asymseg.losses._masking import (
     check_logits,
     one_hot,
     prepare_target,
-    rare_vector,
+    rare_flags,
 )
-from asymseg.losses.asymmetric_ce import check_hyper_parameters, margin_adjusted_logits
+from asymseg.losses.asymmetric_ce import _power, check_hyper_parameters, margin_adjusted_logits
 
 #: Dice smoothing s, as in nnU-Net (the authors' U-Net baseline, METHOD.md 1).
 DICE_SMOOTH = 1e-5
@@ -114,13 +114,14 @@ def focal_dice_loss(
     z = check_logits(logits)
     num_classes = z.shape[1]
     prepared = prepare_target(z, target, ignore_mask)
-    rare_flags = (rare_vector(rare, num_classes, z.device) if rare is not None
-                  else torch.zeros(num_classes, dtype=torch.bool, device=z.device))
     if symmetric:
-        rare_flags = torch.ones_like(rare_flags)
-
-    z_adj = margin_adjusted_logits(z, prepared, rare_flags, float(margin),
-                                   all_rare=bool(rare_flags.all())) if rare_flags.any() else z
+        flags = (True,) * num_classes
+    else:
+        flags = rare_flags(rare, num_classes) if rare is not None else (False,) * num_classes
+    flag_tensor = torch.tensor(flags, dtype=torch.bool, device=z.device)
+    z_adj = z
+    if margin != 0.0 and any(flags):
+        z_adj = margin_adjusted_logits(z, prepared, flag_tensor, float(margin), all_rare=all(flags))
     q = torch.softmax(z_adj, dim=1)
     y = prepared.soft if prepared.soft is not None else one_hot(prepared.index, num_classes, z.dtype)
     if prepared.valid is not None:
@@ -134,13 +135,14 @@ def focal_dice_loss(
     fp = q_sum - tp
     fn = y_sum - tp
     denominator = q_sum + y_sum + smooth                    # 2TP + FP + FN + s
-    if gamma != 0.0:
-        attenuated = torch.ones_like(rare_flags) if symmetric else ~rare_flags
-        if bool(attenuated.any()):
-            weight = (1.0 - q).clamp_min(FOCAL_BASE_MIN).pow(float(gamma))
+    attenuated = (True,) * num_classes if symmetric else tuple(not f for f in flags)
+    if gamma != 0.0 and any(attenuated):
+        weight = _power((1.0 - q).clamp_min(FOCAL_BASE_MIN), float(gamma))          # (1 - q)^gamma
+        if not all(attenuated):
             class_shape = (1, num_classes) + (1,) * (z.dim() - 2)
-            weight = torch.where(attenuated.view(class_shape), weight, torch.ones_like(weight))
-            fn = (weight * (y - q * y)).sum(dims)           # sum_v f (1 - q) y
+            attenuated_class = torch.tensor(attenuated, dtype=torch.bool, device=z.device).view(class_shape)
+            weight = torch.where(attenuated_class, weight, torch.ones_like(weight))
+        fn = (weight * (y - q * y)).sum(dims)               # sum_v f (1 - q) y
     per_class = (fp + fn) / denominator
     if not include_background:
         per_class = per_class[1:]
