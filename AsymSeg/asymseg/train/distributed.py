@@ -148,7 +148,7 @@ def wrap_model(net: nn.Module, ctx: DistContext, device: torch.device, *, sync_b
         if converted is not net:  # the root itself was a BN layer (not the case for our nets)
             raise ValueError("cannot convert a bare batch-norm module")
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(net, device_ids=ids)  # buffers (BN statistics) follow rank 0
 
 
 def _tensor_device(ctx: DistContext, device: torch.device) -> torch.device:
