@@ -11,11 +11,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
+                    vtkMRMLTableNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -118,7 +120,7 @@ class AsymSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     writeProbabilities: bool = False
     probabilityVolume: vtkMRMLScalarVolumeNode
-    referenceNode: vtkMRMLNode
+    referenceNode: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
     referenceLabels: str = DEFAULT_REFERENCE_LABELS
     metricsTable: vtkMRMLTableNode
 

@@ -10,12 +10,12 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -109,7 +109,7 @@ class AsymSegTrainingParameterNode:
     caseT1cVolume: vtkMRMLScalarVolumeNode
     caseT1Volume: vtkMRMLScalarVolumeNode
     caseT2Volume: vtkMRMLScalarVolumeNode
-    caseLabels: vtkMRMLNode
+    caseLabels: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
     baseModelName: str = ""
     technique: str = params.DEFAULT_TECHNIQUE
     symmetric: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,8 @@ def _standIns() -> dict[str, types.ModuleType]:
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
 
     def parameterNodeWrapper(cls):
+        # Like the real decorator, resolve every annotation now (a typo fails at import).
+        typing.get_type_hints(cls, include_extras=True)
         return cls
 
     def _annotation(*args, **kwargs):
@@ -150,6 +153,7 @@ def moduleFile(mrml, monkeypatch):
         path = MODULE_DIRS[name] / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"_asymseg_test_module_{name}", path)
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # as Slicer does; annotations resolve in it
         spec.loader.exec_module(module)
         return module
 
