@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, jobs, models, process, sampledata
+from AsymSegLib import channels, install, jobs, models, process, sampledata, scene
 
 #: The channels the panel offers, in display order (a model uses some of them).
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
@@ -354,6 +354,7 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "vtkMRMLTableNode", f"{p.outputSegmentation.GetName()} metrics")
         return jobs.SegmentationRequest(
             volumes=volumes, model=model.modelArgument(), outputSegmentation=p.outputSegmentation,
+            segments=scene.segmentSpecsForClasses(model.classes) if model.classes else (scene.TUMOUR_CORE_SEGMENT,),
             probabilityVolume=p.probabilityVolume if p.writeProbabilities else None,
             reference=p.referenceNode, referenceLabelValues=parseLabelValues(p.referenceLabels),
             metricsTable=p.metricsTable, device="cpu" if p.forceCpu else "auto",

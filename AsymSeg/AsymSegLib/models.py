@@ -42,6 +42,7 @@ class ModelInfo:
         channels: input channel names, in model order.
         source: where it lives ("bundled", "user", or a folder given by hand).
         description: a short text for tooltips.
+        classes: class names by label value (0 = background), when known.
         target: the target definition (classes, rare classes, label convention).
         provenance: training data, technique, iterations, validation metrics.
         card: the full JSON entry.
@@ -52,6 +53,7 @@ class ModelInfo:
     channels: tuple[str, ...] = ()
     source: str = ""
     description: str = ""
+    classes: tuple[str, ...] = ()
     target: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     card: Mapping[str, Any] = field(default_factory=dict)
@@ -102,8 +104,12 @@ def modelInfoFromDict(entry: Mapping[str, Any], path: Path | None = None, source
     folder = Path(rawPath) if isinstance(rawPath, str) and rawPath else path
     target = entry.get("target") if isinstance(entry.get("target"), Mapping) else {}
     provenance = entry.get("provenance") if isinstance(entry.get("provenance"), Mapping) else {}
+    classes = entry.get("classes")
+    if not classes and isinstance(target.get("names"), list):
+        classes = target["names"]
     return ModelInfo(
         name=name, path=folder, channels=_channelNames(entry.get("channels")),
+        classes=tuple(str(c) for c in classes) if isinstance(classes, list) else (),
         source=str(entry.get("source") or entry.get("origin") or source or ""),
         description=str(entry.get("description") or ""), target=target, provenance=provenance, card=dict(entry),
     )

@@ -73,6 +73,37 @@ TUMOUR_CORE_SEGMENT = SegmentSpec(
 )
 
 
+#: Colours of further classes of multi-class models (RGB in [0, 1]).
+CLASS_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.86, 0.32, 0.24), (0.95, 0.80, 0.25), (0.35, 0.70, 0.35), (0.30, 0.55, 0.85), (0.65, 0.40, 0.75),
+)
+_TUMOUR_WORDS = ("core", "tumour", "tumor", "enhanc", "necro", "neoplasm")
+
+
+def segmentSpecsForClasses(classNames: Sequence[str]) -> list[SegmentSpec]:
+    """Segments for a model's classes (index 0 = background is skipped).
+
+    A binary tumour-core model gives :data:`TUMOUR_CORE_SEGMENT`; other classes become segments
+    named after the class, with label value = class index (the engine's label map values), and
+    the Neoplasm terminology for tumour classes.
+
+    Example:
+        >>> [s.name for s in segmentSpecsForClasses(["background", "necrosis", "enhancing"])]
+        ['Necrosis', 'Enhancing']
+    """
+    names = list(classNames)
+    if len(names) <= 2 and (len(names) < 2 or names[1].lower() in ("tumour_core", "tumor_core", "foreground")):
+        return [TUMOUR_CORE_SEGMENT]
+    specs = []
+    for index, name in enumerate(names[1:], start=1):
+        segmentId = "".join(part.capitalize() for part in name.replace("-", "_").split("_") if part) or f"Class{index}"
+        title = name.replace("_", " ").strip().capitalize() or f"Class {index}"
+        tumour = any(word in name.lower() for word in _TUMOUR_WORDS)
+        specs.append(SegmentSpec(index, segmentId, title, CLASS_COLORS[(index - 1) % len(CLASS_COLORS)],
+                                 TUMOUR_CORE_TERMINOLOGY if tumour else None))
+    return specs
+
+
 # --------------------------------------------------------------------------------- geometry
 def ijkToRas(volumeNode) -> np.ndarray:
     """The volume's 4x4 IJK-to-RAS matrix (float64)."""

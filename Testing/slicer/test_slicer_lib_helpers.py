@@ -50,13 +50,18 @@ def test_model_list_json_is_parsed_and_invalid_entries_are_left_out():
     text = json.dumps({"bundled_dir": "/b", "user_dir": "/u", "models": [
         {"name": "starter", "source": "bundled", "path": "/b/starter", "channels": ["flair", "t1c"],
          "description": "DeepMedic", "error": None},
+        {"name": "multi", "source": "user", "path": "/u/multi", "channels": ["flair"],
+         "classes": ["background", "necrosis", "enhancing"], "rare": [False, True, True]},
         {"name": "broken", "source": "user", "path": "/u/broken", "error": "model.json: bad JSON"},
         {"name": "mine", "source": "user", "path": "/u/mine", "channels": [{"name": "flair"}],
          "provenance": {"technique": "combo"}},
     ]})
     listed = models.parseModelList(text)
-    assert [m.name for m in listed] == ["starter", "mine"]
+    assert [m.name for m in listed] == ["starter", "multi", "mine"]
+    assert listed[1].classes == ("background", "necrosis", "enhancing")
+    listed.pop(1)
     assert listed[0].channels == ("flair", "t1c") and listed[0].title == "starter (bundled)"
+    assert listed[0].classes == ()
     assert listed[0].modelArgument() == str(Path("/b/starter"))
     assert listed[1].channels == ("flair",) and "Technique: combo" in listed[1].tooltip()
     assert [m.name for m in models.parseModelList('[{"name": "plain"}]')] == ["plain"]
@@ -80,6 +85,7 @@ def test_engine_lists_bundled_and_user_models_and_cards_read_without_it(tmp_path
     assert "tiny" in listed
     tiny = listed["tiny"]
     assert tiny.source == "user" and tiny.path == folder and tiny.channels == ("flair", "t1c")
+    assert tiny.classes == ("background", "tumour_core")
     card = models.readModelCard(folder)
     assert card.name == "tiny" and card.channels == ("flair", "t1c") and card.path == folder
     with pytest.raises(models.ModelRegistryError, match="not a model folder"):

@@ -247,3 +247,12 @@ def test_place_beside_puts_the_output_in_the_input_folder(mrml, oblique):
     segNode = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     S.placeBeside(segNode, node, mrml.scene)
     assert sh.GetItemParent(sh.GetItemByDataNode(segNode)) == folder
+
+
+def test_segments_for_model_classes():
+    assert S.segmentSpecsForClasses(["background", "tumour_core"]) == [S.TUMOUR_CORE_SEGMENT]
+    specs = S.segmentSpecsForClasses(["background", "necrosis", "oedema", "enhancing_tumour"])
+    assert [(s.labelValue, s.segmentId, s.name) for s in specs] == [
+        (1, "Necrosis", "Necrosis"), (2, "Oedema", "Oedema"), (3, "EnhancingTumour", "Enhancing tumour")]
+    assert specs[0].terminology == S.TUMOUR_CORE_TERMINOLOGY and specs[1].terminology is None
+    assert len({s.color for s in specs}) == 3
