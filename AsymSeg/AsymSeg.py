@@ -431,12 +431,18 @@ class AsymSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def consoleLauncher():
-        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None."""
+        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None.
+
+        Without it (or without psutil) the Lib runner starts the process in its own session and
+        reads it on a thread; the widget polls both the same way from a QTimer.
+        """
         import inspect
 
         launch = getattr(slicer.util, "launchConsoleProcess", None)
         if launch is None or "blocking" not in inspect.signature(launch).parameters:
             return None
+        if not process.havePsutil():
+            return None  # its process shares Slicer's group: only psutil can stop its whole tree
 
         def launcher(command, environment, onLine, onExit):
             changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}

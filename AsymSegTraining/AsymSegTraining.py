@@ -41,8 +41,16 @@ TRAINING_LAYOUT = """
  </item>
  <item splitSize="600">
   <layout type="horizontal">
-   <item><view class="vtkMRMLPlotViewNode" singletontag="AsymSegLoss"><property name="viewlabel" action="default">L</property></view></item>
-   <item><view class="vtkMRMLPlotViewNode" singletontag="AsymSegValidation"><property name="viewlabel" action="default">V</property></view></item>
+   <item>
+    <view class="vtkMRMLPlotViewNode" singletontag="AsymSegLoss">
+     <property name="viewlabel" action="default">L</property>
+    </view>
+   </item>
+   <item>
+    <view class="vtkMRMLPlotViewNode" singletontag="AsymSegValidation">
+     <property name="viewlabel" action="default">V</property>
+    </view>
+   </item>
   </layout>
  </item>
 </layout>
@@ -177,8 +185,10 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addValidationCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=True))
         self.ui.addTrainingFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=False))
         self.ui.addValidationFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=True))
-        self.ui.removeTrainingCaseButton.connect("clicked(bool)", lambda checked: self.removeSelectedCase(validation=False))
-        self.ui.removeValidationCaseButton.connect("clicked(bool)", lambda checked: self.removeSelectedCase(validation=True))
+        self.ui.removeTrainingCaseButton.connect("clicked(bool)",
+                                                 lambda checked: self.removeSelectedCase(validation=False))
+        self.ui.removeValidationCaseButton.connect("clicked(bool)",
+                                                   lambda checked: self.removeSelectedCase(validation=True))
         self.ui.trainingProgressBar.setVisible(False)
 
         self.initializeParameterNode()
@@ -443,13 +453,19 @@ class AsymSegTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def consoleLauncher():
-        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None."""
+        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None.
+
+        Without it (or without psutil) the Lib runner starts the process in its own session and
+        reads it on a thread; the widget polls both the same way from a QTimer.
+        """
         import inspect
         import os
 
         launch = getattr(slicer.util, "launchConsoleProcess", None)
         if launch is None or "blocking" not in inspect.signature(launch).parameters:
             return None
+        if not process.havePsutil():
+            return None  # its process shares Slicer's group: only psutil can stop its whole tree
 
         def launcher(command, environment, onLine, onExit):
             changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}

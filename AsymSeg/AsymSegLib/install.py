@@ -147,7 +147,8 @@ def ensureDependencies(confirm: Callable[[str], bool], installTorch: Callable[[s
         if report.missing:
             constraints = [c for c in pinnedConstraints(versionOf)
                            if requirementName(c).lower() not in {requirementName(r).lower() for r in report.missing}]
-            log.info("Installing %s (keeping %s)", ", ".join(report.missing), ", ".join(constraints) or "nothing pinned")
+            log.info("Installing %s (keeping %s)", ", ".join(report.missing),
+                     ", ".join(constraints) or "nothing pinned")
             pipInstall(list(report.missing), constraints)
             report.installed.extend(report.missing)
     except DependencyError:

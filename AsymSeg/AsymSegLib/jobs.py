@@ -232,7 +232,8 @@ class SegmentationJob:
             result.metrics = dict(metrics)
             table = request.metricsTable
             if table is None:
-                table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{request.outputSegmentation.GetName()} metrics")
+                name = f"{request.outputSegmentation.GetName()} metrics"
+                table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
             tables.updateMetricsTable(table, result.metrics)
             result.metricsTable = table
         if request.reference is not None and "logits" in self.paths and self._referenceArray is not None:

@@ -165,7 +165,8 @@ def runEngineCommand(args: Sequence[object], pythonExecutable: str | None = None
     if completed.returncode != 0:
         lines = [line for line in (completed.stderr or "").splitlines() if line.strip()]
         message = next((errorMessageFromLine(line) for line in reversed(lines) if errorMessageFromLine(line)), None)
-        raise ModelRegistryError(message or (lines[-1] if lines else f"asymseg {args[0]} exited with {completed.returncode}"))
+        fallback = lines[-1] if lines else f"asymseg {args[0]} exited with {completed.returncode}"
+        raise ModelRegistryError(message or fallback)
     return completed.stdout
 
 

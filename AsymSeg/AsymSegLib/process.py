@@ -148,7 +148,8 @@ class EngineResult:
         if not reason:
             reason = next((line for line in reversed(self.logTail) if line.strip()), "")
         meaning = P.describeExitCode(self.returnCode)
-        return f"{meaning} (exit code {self.returnCode}): {reason}" if reason else f"{meaning} (exit code {self.returnCode})"
+        text = f"{meaning} (exit code {self.returnCode})"
+        return f"{text}: {reason}" if reason else text
 
     def raiseIfFailed(self) -> None:
         """Raise :class:`EngineError` unless the run succeeded."""
@@ -492,7 +493,7 @@ class EngineProcess:
             if kill:  # descendants that left the group (new sessions) as well
                 _signalProcesses(descendants, kill=True)
             return
-        if descendants or _havePsutil():
+        if descendants or havePsutil():
             _signalProcesses(descendants, kill=kill)
             _signalProcesses(_psutilProcess(popen.pid), kill=kill)
             return
@@ -505,7 +506,8 @@ class EngineProcess:
             pass
 
 
-def _havePsutil() -> bool:
+def havePsutil() -> bool:
+    """True when psutil is importable (needed to stop the tree of a process started by someone else)."""
     try:
         import psutil  # noqa: F401
     except ImportError:

@@ -346,7 +346,8 @@ def importLabelmapArray(array: np.ndarray, gridVolume, segmentationNode, segment
             continue  # keep the empty segment: "nothing found" is a result
         temp = newVolumeLike(gridVolume, scene, mask, "__asymseg_temp_label__", labelmap=True)
         try:
-            if not segmentationsLogic.ImportLabelmapToSegmentationNode(temp, segmentationNode, _stringArray([spec.segmentId])):
+            importIds = _stringArray([spec.segmentId])
+            if not segmentationsLogic.ImportLabelmapToSegmentationNode(temp, segmentationNode, importIds):
                 raise RuntimeError(f"{segmentationNode.GetName()}: importing segment {spec.name!r} failed")
         finally:
             removeNodes(scene, [temp])

@@ -95,7 +95,8 @@ def readMetricsTable(tableNode) -> dict[str, float | None]:
     keys = table.GetColumnByName(COLUMN_KEY)
     values = table.GetColumnByName(COLUMN_VALUE)
     if keys is None or values is None:
-        raise ValueError(f"{tableNode.GetName()}: not a metrics table (columns {COLUMN_KEY!r}, {COLUMN_VALUE!r} missing)")
+        raise ValueError(f"{tableNode.GetName()}: not a metrics table "
+                         f"(columns {COLUMN_KEY!r}, {COLUMN_VALUE!r} missing)")
     result: dict[str, float | None] = {}
     for row in range(table.GetNumberOfRows()):
         value = values.GetValue(row)

@@ -63,7 +63,8 @@ class SceneCase:
             raise ValueError(f"{self.caseId}: no channel volume")
         for channel, node in self.volumes.items():
             if C.canonicalChannel(channel) not in CHANNEL_SUFFIXES:
-                raise ValueError(f"{self.caseId}: unknown channel {channel!r}; expected one of {sorted(CHANNEL_SUFFIXES)}")
+                raise ValueError(f"{self.caseId}: unknown channel {channel!r}; "
+                                 f"expected one of {sorted(CHANNEL_SUFFIXES)}")
             if node is None or node.GetImageData() is None:
                 raise ValueError(f"{self.caseId}: no volume (or no voxels) for the {channel} channel")
         if self.labels is None:

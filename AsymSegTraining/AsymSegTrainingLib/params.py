@@ -106,7 +106,8 @@ class TrainingParameters:
         if self.validateEvery is not None and self.validateEvery < 1:
             raise ValueError(f"validation interval must be >= 1, got {self.validateEvery!r}")
         if self.labelConvention is not None and self.labelConvention not in LABEL_CONVENTIONS:
-            raise ValueError(f"label convention {self.labelConvention!r}: expected one of {', '.join(LABEL_CONVENTIONS)}")
+            raise ValueError(f"label convention {self.labelConvention!r}: "
+                             f"expected one of {', '.join(LABEL_CONVENTIONS)}")
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
 

@@ -62,8 +62,11 @@ def mrml():
     env = makeEnvironment()
     saved = {name: getattr(slicer, name) for name in ("mrmlScene", "modules") if hasattr(slicer, name)}
     slicer.mrmlScene = env.scene
+    def getter(logic):
+        return lambda: logic
+
     slicer.modules = types.SimpleNamespace(**{
-        name: types.SimpleNamespace(logic=(lambda logic=getattr(env, name): logic))
+        name: types.SimpleNamespace(logic=getter(getattr(env, name)))
         for name in ("colors", "volumes", "segmentations", "subjecthierarchy", "tables", "plots")
     })
     try:

@@ -116,7 +116,8 @@ def test_failure_exit_code_raises_with_the_engine_message():
     proc.startCommand(script(PROGRESS_SCRIPT.replace("EXIT", "2")))
     result = proc.wait(timeout=60)
     assert not result.succeeded and not result.cancelled
-    with pytest.raises(P.EngineError, match=r"bad input \(exit code 2\): case7/t1.nii.gz: spacing has a zero axis") as info:
+    expected = r"bad input \(exit code 2\): case7/t1.nii.gz: spacing has a zero axis"
+    with pytest.raises(P.EngineError, match=expected) as info:
         result.raiseIfFailed()
     assert info.value.returnCode == 2
 
