@@ -318,3 +318,27 @@ def test_default_tile_fits_the_budget_and_grows_with_it():
     assert model.peak_bytes((30, 30, 30)) >= 150 * 30 ** 3 * 4
     whole = default_tile(model, (20, 25, 30), multiple=3, budget_bytes=10 ** 12, max_tile=160)
     assert whole == (21, 27, 30)
+
+
+def test_cheapest_exact_tile_fits_the_budget_and_costs_no_more_than_cubes():
+    from asymseg.infer.engine import _tile_cost, cheapest_exact_tile
+    from asymseg.infer.tiling import plan_exact_tiles
+
+    net = make_net("deepmedic", narrow=False, channels=4)
+    model = ActivationModel.measure(net)
+    region = (171, 180, 156)
+    budget = 600_000_000
+
+    def total_flops(tile):
+        plan = plan_exact_tiles((0, 0, 0), region, tile=tile, multiple=3, context=net.context)
+        return len(plan) * net.flops(net.input_shape(plan.tile_shape)), plan
+
+    best = cheapest_exact_tile(model, region, multiple=3, budget_bytes=budget, max_tile=160, cost=_tile_cost(net))
+    cube = default_tile(model, region, multiple=3, budget_bytes=budget, max_tile=160)
+    best_flops, plan = total_flops(best)
+    assert plan.tile_shape == best and model.peak_bytes(best) <= budget
+    assert best_flops <= total_flops(cube)[0]
+    # With no memory limit one tile per axis would do, but max_tile caps the edge.
+    free = cheapest_exact_tile(model, (40, 50, 60), multiple=3, budget_bytes=10 ** 12, max_tile=160,
+                               cost=_tile_cost(net))
+    assert free == (42, 51, 60)

@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "segment",
     "finetune",
+    "bench",
     "analyze",
     "experiment",
     "models",

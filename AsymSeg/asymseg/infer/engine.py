@@ -56,17 +56,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Activation memory one batch of tiles may use on the CPU (estimate, bytes). With the input
-#: volume, the outputs and the interpreter this keeps a 4-channel 240x240x155 case under 2.5 GB.
-CPU_ACTIVATION_BUDGET = 1_100_000_000
+#: Activation memory one batch of tiles may use on the CPU (estimate, bytes). The interpreter,
+#: torch and a loaded 4-channel 240x240x155 case peak at about 0.85 GB, so this keeps the
+#: process under 2.5 GB.
+CPU_ACTIVATION_BUDGET = 1_400_000_000
 #: Fraction of the free CUDA memory one batch of tiles may use (estimate).
 CUDA_MEMORY_FRACTION = 0.5
 #: Largest output tile edge tried by default on the CPU and on CUDA.
 CPU_MAX_TILE = 160
 CUDA_MAX_TILE = 256
-#: Estimated peak / largest single activation, for one forward pass (calibrated on DeepMedic
-#: and the U-Net on the CPU: the input and output of the widest layer plus a concatenation).
-ACTIVATION_PEAK_FACTOR = 2.6
+#: Peak memory of one forward pass / its largest activation, measured as the growth of the
+#: peak RSS on the CPU (torch 2.13, eval mode): 4.4 for DeepMedic (72^3 and 96^3 tiles), 4.75
+#: for its TMI configuration, 7 for the U-Net, whose skip connections stay alive.
+ACTIVATION_PEAK_FACTOR = {"exact": 4.8, "blended": 7.5}
 #: Overlap between neighbouring tiles for nets whose tiles are not exact.
 BLEND_OVERLAP = 0.5
 #: Depth slices per chunk when turning logits into probabilities (bounds temporary memory).
@@ -168,38 +170,44 @@ def is_out_of_memory(err: BaseException) -> bool:
 class ActivationModel:
     """Sizes of a net's activations as a function of the output tile, for memory budgets.
 
-    Every leaf module's output size along each axis is an affine function of the output tile
+    Every module's output size along each axis is an affine function of the output tile
     size along that axis (valid convolutions add a constant, pooling and strides divide), so two
-    small forward passes pin it down exactly. ``sizes[i]`` is ``(channels, offset, slope)`` of leaf
+    small forward passes pin it down exactly. ``sizes[i]`` is ``(channels, offset, slope)`` of module
     output ``i`` with per-axis ``offset``/``slope``.
     """
 
     sizes: tuple[tuple[int, tuple[float, ...], tuple[float, ...]], ...]
     in_channels: int
     context: int
+    peak_factor: float = ACTIVATION_PEAK_FACTOR["exact"]
 
     @classmethod
     def measure(cls, net: torch.nn.Module) -> ActivationModel:
-        """Record leaf output shapes for output tiles of 2 and 3 multiples (tiny forward passes)."""
+        """Record module output shapes for output tiles of 2 and 3 multiples.
+
+        The passes run on the meta device (shapes only, no arithmetic) through
+        ``torch.func.functional_call``, so the cost does not depend on the net's width; a net
+        with an operation that has no meta kernel is measured with real passes instead.
+        """
         m = int(net.output_multiple)
-        first = next(iter(net.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
         shapes: list[list[tuple[int, ...]]] = []
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor) and output.dim() == 5:
                 shapes[-1].append(tuple(output.shape[1:]))
 
-        leaves = [mod for mod in net.modules() if not any(True for _ in mod.children())]
-        handles = [leaf.register_forward_hook(hook) for leaf in leaves]
+        # Every module, not only leaves: nets may call functional ops with their leaves' weights.
+        handles = [module.register_forward_hook(hook) for module in net.modules()]
         was_training = net.training
         try:
             net.eval()
-            for t in (2 * m, 3 * m):
-                shapes.append([])
-                in_shape = tuple(net.input_shape((t, t, t)))
-                with torch.inference_mode():
-                    net(torch.zeros((1, net.in_channels, *in_shape), device=device))
+            try:
+                shapes.clear()
+                _probe(net, shapes, m, meta=True)
+            except (RuntimeError, NotImplementedError, TypeError) as err:
+                log.debug("shape-only passes failed (%s); measuring with real passes", err)
+                shapes.clear()
+                _probe(net, shapes, m, meta=False)
         finally:
             for handle in handles:
                 handle.remove()
@@ -209,17 +217,38 @@ class ActivationModel:
             slope = tuple((b - a) / m for a, b in zip(small[1:], large[1:]))
             offset = tuple(a - s * 2 * m for a, s in zip(small[1:], slope))
             sizes.append((int(small[0]), offset, slope))
-        return cls(tuple(sizes), int(net.in_channels), int(net.context))
+        kind = "exact" if getattr(net, "exact_tiling", False) else "blended"
+        return cls(tuple(sizes), int(net.in_channels), int(net.context), ACTIVATION_PEAK_FACTOR[kind])
 
     def peak_bytes(self, output_shape: Sequence[int], batch_size: int = 1, dtype_bytes: int = 4) -> int:
-        """Estimated peak activation memory: :data:`ACTIVATION_PEAK_FACTOR` x the largest
-        activation, plus the input batch (float32)."""
+        """Estimated peak activation memory: ``peak_factor`` (:data:`ACTIVATION_PEAK_FACTOR`)
+        times the largest activation, plus the input batch (float32)."""
         largest = 0.0
         for channels, offset, slope in self.sizes:
             voxels = math.prod(max(0.0, o + s * t) for o, s, t in zip(offset, slope, output_shape))
             largest = max(largest, channels * voxels)
         inputs = self.in_channels * math.prod(t + 2 * self.context for t in output_shape)
-        return int(batch_size * (ACTIVATION_PEAK_FACTOR * largest * dtype_bytes + 4 * inputs))
+        return int(batch_size * (self.peak_factor * largest * dtype_bytes + 4 * inputs))
+
+
+def _probe(net: torch.nn.Module, shapes: list[list[tuple[int, ...]]], m: int, *, meta: bool) -> None:
+    """Forward passes for output tiles of 2m and 3m voxels per edge, shapes recorded by hooks."""
+    from torch.func import functional_call
+
+    first = next(iter(net.parameters()), None)
+    device = torch.device("meta") if meta else (first.device if first is not None else torch.device("cpu"))
+    state = None
+    if meta:
+        state = {name: torch.empty_like(value, device="meta")
+                 for name, value in [*net.named_parameters(), *net.named_buffers()]}
+    for t in (2 * m, 3 * m):
+        shapes.append([])
+        x = torch.zeros((1, net.in_channels, *net.input_shape((t, t, t))), device=device)
+        with torch.inference_mode():
+            if state is not None:
+                functional_call(net, state, (x,))
+            else:
+                net(x)
 
 
 def default_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
@@ -236,6 +265,56 @@ def default_tile(model: ActivationModel, region: Sequence[int], *, multiple: int
     while edge > floor_edge and model.peak_bytes([min(edge, c) for c in cap], 1, dtype_bytes) > budget_bytes:
         edge -= m
     return tuple(max(min(edge, c), min(floor_edge, c)) for c in cap)  # type: ignore[return-value]
+
+
+def cheapest_exact_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
+                        max_tile: int, cost: Callable[[Triple], float], dtype_bytes: int = 4) -> Triple:
+    """The exact-plan tile shape that covers ``region`` at the least total cost within the budget.
+
+    Per axis, splitting the region into n balanced tiles gives an edge of
+    ``round_up(ceil(L / n), multiple)``; every combination of a few tile counts per axis is
+    priced as ``tiles * cost(tile)`` (the FLOPs of one tile, halo included) and the cheapest one
+    whose :meth:`ActivationModel.peak_bytes` fits ``budget_bytes`` is chosen. Falls back to
+    :func:`default_tile` when no combination fits.
+    """
+    import itertools
+
+    m = int(multiple)
+    largest = max(m, round_down(max_tile, m))
+    options = []
+    for length in region:
+        length = int(length)
+        first = -(-length // largest)
+        choices: dict[int, int] = {}
+        for n in range(first, first + 8):
+            edge = max(m, round_up(-(-length // n), m))
+            choices.setdefault(edge, -(-length // edge))
+        options.append(sorted(choices.items(), reverse=True))
+    best: tuple[float, Triple] | None = None
+    for combo in itertools.product(*options):
+        shape = tuple(edge for edge, _ in combo)
+        if model.peak_bytes(shape, 1, dtype_bytes) > budget_bytes:
+            continue
+        total = math.prod(n for _, n in combo) * cost(shape)  # type: ignore[arg-type]
+        if best is None or total < best[0]:
+            best = (total, shape)  # type: ignore[assignment]
+    if best is None:
+        return default_tile(model, region, multiple=m, budget_bytes=budget_bytes, max_tile=max_tile,
+                            dtype_bytes=dtype_bytes)
+    return best[1]
+
+
+def _tile_cost(net: torch.nn.Module) -> Callable[[Triple], float]:
+    """FLOPs of one tile from the architecture when the net can count them, else its input volume."""
+    context = int(net.context)
+    if hasattr(net, "flops"):
+        def flops(shape: Triple) -> float:
+            try:
+                return float(net.flops(net.input_shape(shape)))
+            except NotImplementedError:
+                return float(math.prod(s + 2 * context for s in shape))
+        return flops
+    return lambda shape: float(math.prod(s + 2 * context for s in shape))
 
 
 def halve_tile(tile: Sequence[int], multiple: int) -> Triple:
@@ -479,9 +558,15 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
             return tuple(min(t, round_up(n, m)) for t, n in zip(as_triple(tile), region))  # type: ignore[return-value]
         if dev.type == "cuda":
             free, _ = torch.cuda.mem_get_info(dev)
-            return default_tile(model[0], region, multiple=m, budget_bytes=int(free * CUDA_MEMORY_FRACTION),
-                                max_tile=CUDA_MAX_TILE, dtype_bytes=2 if amp_dtype is not None else 4)
-        return default_tile(model[0], region, multiple=m, budget_bytes=CPU_ACTIVATION_BUDGET, max_tile=CPU_MAX_TILE)
+            budget, largest = int(free * CUDA_MEMORY_FRACTION), CUDA_MAX_TILE
+        else:
+            budget, largest = CPU_ACTIVATION_BUDGET, CPU_MAX_TILE
+        dtype_bytes = 2 if dev.type == "cuda" and amp_dtype is not None else 4
+        if getattr(net, "exact_tiling", False):
+            return cheapest_exact_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
+                                       cost=_tile_cost(net), dtype_bytes=dtype_bytes)
+        return default_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
+                            dtype_bytes=dtype_bytes)
 
     state: dict[str, Any] = {}
 
