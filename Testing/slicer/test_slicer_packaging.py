@@ -214,3 +214,53 @@ def test_module_file_has_the_four_slicer_classes(moduleName):
         node = classes[moduleName + suffix]
         assert base in {ast.unparse(b) for b in node.bases}
     assert 'loadUI(self.resourcePath("UI/' + moduleName + '.ui"))' in moduleSource(moduleName)
+
+
+# ------------------------------------------------------------------------------ CMake configure
+SLICER_STAND_IN = r"""
+# Stands in for SlicerConfig.cmake: the macros check what the real ones would package.
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/use.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/empty.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/empty.cmake")
+set(Slicer_LAUNCH_COMMAND "")
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(file ${MY_SCRIPTS} ${MY_RESOURCES})
+    if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${file}")
+      message(FATAL_ERROR "${MY_NAME}: listed file does not exist: ${file}")
+    endif()
+  endforeach()
+  list(LENGTH MY_SCRIPTS nScripts)
+  list(LENGTH MY_RESOURCES nResources)
+  message(STATUS "module ${MY_NAME}: ${nScripts} scripts, ${nResources} resources")
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  message(STATUS "self-test ${MY_SCRIPT}")
+endfunction()
+"""
+
+
+def test_cmake_configures_the_extension_with_a_slicer_stand_in(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    slicerDir = tmp_path / "slicer"
+    slicerDir.mkdir()
+    (slicerDir / "SlicerConfig.cmake").write_text(SLICER_STAND_IN)
+    (slicerDir / "empty.cmake").write_text("")
+    (slicerDir / "use.cmake").write_text("enable_testing()\n")  # UseSlicer includes CTest
+    completed = subprocess.run(
+        [cmake, "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={slicerDir}", "-DBUILD_TESTING=ON",
+         f"-DPYTHON_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    out = completed.stdout
+    assert re.search(r"module AsymSeg: \d+ scripts, \d+ resources", out)
+    assert "module AsymSegTraining: 6 scripts, 2 resources" in out
+    assert "self-test AsymSeg.py" in out and "self-test AsymSegTraining.py" in out
+    tests = subprocess.run(["ctest", "-N"], cwd=tmp_path / "build", capture_output=True, text=True, timeout=60)
+    assert "py_AsymSegLib" in tests.stdout
