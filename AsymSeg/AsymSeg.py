@@ -259,7 +259,10 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ask the engine for the model list and refill the selector."""
         wanted = self._parameterNode.modelName if self._parameterNode else ""
         with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models = self.logic.listModels()
+            self._models, problem = self.logic.listModels()
+            if problem:
+                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}). "
+                                  "Missing packages are installed on the first Apply.").format(problem=problem))
         self._modelsFolderChanged()
         selector = self.ui.modelSelector
         wasBlocked = selector.blockSignals(True)
@@ -452,8 +455,9 @@ class AsymSegLogic(ScriptedLoadableModuleLogic):
         return launcher
 
     # ------------------------------------------------------------------ models and inputs
-    def listModels(self) -> list[models.ModelInfo]:
-        return models.listModels(self.pythonExecutable)
+    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
+        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
+        return models.listModelsOrScan(self.pythonExecutable)
 
     def importModel(self, path: str) -> str:
         return models.importModel(path, self.pythonExecutable)

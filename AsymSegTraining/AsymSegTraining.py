@@ -264,7 +264,10 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshModels(self) -> None:
         wanted = self._parameterNode.baseModelName if self._parameterNode else ""
         with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models = self.logic.listModels()
+            self._models, problem = self.logic.listModels()
+            if problem:
+                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}).")
+                                .format(problem=problem))
         selector = self.ui.baseModelSelector
         wasBlocked = selector.blockSignals(True)
         selector.clear()
@@ -474,8 +477,9 @@ class AsymSegTrainingLogic(ScriptedLoadableModuleLogic):
 
         return launcher
 
-    def listModels(self) -> list[models.ModelInfo]:
-        return models.listModels(self.pythonExecutable)
+    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
+        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
+        return models.listModelsOrScan(self.pythonExecutable)
 
     def createTrainingJob(self, parameters: params.TrainingParameters, sceneTrainCases=(),
                           sceneValCases=()) -> jobs.TrainingJob:

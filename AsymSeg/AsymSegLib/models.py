@@ -230,3 +230,42 @@ def readModelCard(folder: str | os.PathLike, source: str = "folder") -> ModelInf
     if not isinstance(data, Mapping):
         raise ModelRegistryError(f"{card}: the model card is not a JSON object")
     return modelInfoFromDict(data, path=Path(folder), source=source)
+
+
+def bundledModelsDirectory() -> Path:
+    """The models shipped with the engine (``asymseg/models`` inside the AsymSeg module)."""
+    return engineProcess.engineDirectory() / "asymseg" / "models"
+
+
+def scanModels(folders: Sequence[tuple[Path, str]]) -> list[ModelInfo]:
+    """Models found by reading the cards in ``[(folder, source), ...]`` (no engine, no torch).
+
+    Folders whose card cannot be read are skipped (logged).
+    """
+    found = []
+    for folder, source in folders:
+        if not Path(folder).is_dir():
+            continue
+        for entry in sorted(Path(folder).iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir() or findModelCard(entry) is None:
+                continue
+            try:
+                found.append(readModelCard(entry, source=source))
+            except ModelRegistryError as err:
+                log.warning("Skipping model %s: %s", entry, err)
+    return found
+
+
+def listModelsOrScan(pythonExecutable: str | None = None, runner: Runner = subprocess.run,
+                     timeout: float = LIST_TIMEOUT) -> tuple[list[ModelInfo], str | None]:
+    """The engine's model list or, when the engine cannot run yet (first use, before its
+    requirements are installed), the cards of the bundled and user model folders.
+
+    Returns:
+        (models, problem): ``problem`` is None when the engine answered, else its error line.
+    """
+    try:
+        return listModels(pythonExecutable, runner, timeout), None
+    except ModelRegistryError as err:
+        folders = [(bundledModelsDirectory(), "bundled"), (userModelsDirectory(), "user")]
+        return scanModels(folders), str(err)

@@ -91,6 +91,23 @@ def test_engine_lists_bundled_and_user_models_and_cards_read_without_it(tmp_path
         models.readModelCard(tmp_path)
 
 
+def test_models_are_read_from_their_folders_when_the_engine_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMSEG_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "models" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"name": "mine", "channels": ["flair", "t1c"],
+                                                   "target": {"names": ["background", "tumour_core"]}}))
+    (tmp_path / "home" / "models" / "junk").mkdir()
+    listed, problem = models.listModelsOrScan(pythonExecutable=str(tmp_path / "no-python"))
+    assert "cannot start Python" in problem
+    mine = [m for m in listed if m.name == "mine"]
+    assert len(mine) == 1 and mine[0].source == "user" and mine[0].classes == ("background", "tumour_core")
+    listedByEngine, problem = models.listModelsOrScan()
+    assert problem is None  # the engine answered, and it checks cards fully: this one has no weights
+    assert "mine" not in {m.name for m in listedByEngine}
+    assert models.bundledModelsDirectory() == REPO / "AsymSeg" / "asymseg" / "models"
+
+
 def test_engine_errors_reach_the_user_as_one_line(tmp_path):
     with pytest.raises(models.ModelRegistryError) as info:
         models.importModel(tmp_path / "missing.zip")
