@@ -221,3 +221,16 @@ def test_seed_reproduces_the_initial_weights():
     c, _ = create_model("deepmedic", ["flair"], target, seed=8)
     assert torch.equal(a.classifier.weight, b.classifier.weight)
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
+
+
+
+def test_write_safetensors_writes_readable_tensors_with_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from asymseg.modelfile import write_safetensors
+
+    t = torch.arange(24.0).view(1, 2, 3, 4, 1)
+    write_safetensors({"a": t, "b": torch.tensor([1, 2])}, tmp_path / "x.safetensors", metadata={"k": "v"})
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata()["k"] == "v"
+        assert torch.equal(f.get_tensor("a"), t) and torch.equal(f.get_tensor("b"), torch.tensor([1, 2]))
