@@ -270,6 +270,8 @@ def evaluate_files(prediction: str | os.PathLike[str], reference: str | os.PathL
         values = sorted(set().union(*(np.unique(maps[name][0]).tolist() for name in labelled)))
         target = resolve_target(convention=convention, foreground_labels=foreground_labels, label_values=values,
                                 source=" and ".join(str(maps[name][1]) for name in labelled))
+        for name in labelled:
+            target.check_label_values(np.unique(maps[name][0]), source=str(maps[name][1]))
     masks = {name: (m != 0) if binary[name] else target.rare_mask(m) for name, (m, _) in maps.items()}
     metrics = case_metrics(masks["prediction"], masks["reference"], ref_geo.spacing)
     metrics["hausdorff"] = hausdorff(masks["prediction"], masks["reference"], ref_geo.spacing)

@@ -124,6 +124,26 @@ class TargetSpec:
             out[np.isin(label, cls.labels)] = index
         return out
 
+    def check_label_values(self, values: Iterable[int], source: str = "label") -> None:
+        """Refuse label values that the target's BraTS convention does not define.
+
+        A target built from a convention (brats2017: 0, 1, 2, 4) maps every value it does not
+        claim to the background. A value outside the convention (3 in a BraTS 2017-2021 label
+        map) means the map follows another convention; treating it as background would silently
+        train on, or score against, the wrong tumour core. Targets built from explicit foreground
+        labels accept any value.
+
+        Raises:
+            InputError: naming ``source``, the unexpected values and the convention's values.
+        """
+        if self.convention is None or self.convention not in C.CONVENTION_VALUES:
+            return
+        allowed = C.CONVENTION_VALUES[self.convention]
+        unknown = sorted({int(v) for v in values} - allowed)
+        if unknown:
+            raise InputError(f"{source}: label values {unknown} are not part of the {self.convention} convention "
+                             f"{sorted(allowed)}; pass the matching --label-convention or --foreground-labels")
+
     def rare_mask(self, label: np.ndarray) -> np.ndarray:
         """Boolean map of voxels whose source label belongs to any rare class."""
         rare_labels = [v for c in self.classes if c.rare for v in c.labels]

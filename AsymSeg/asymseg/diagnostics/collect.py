@@ -182,6 +182,8 @@ def analyze_model(
             prediction = predict_volume(loaded.net, case.image, case.mask, **predict_kwargs)
             if prediction.logits is None:
                 raise InputError(f"{case.case_id}: the inference engine returned no logits")
+            label_file = getattr(getattr(case, "files", None), "label", None)
+            target.check_label_values(np.unique(case.label), source=str(label_file or case.case_id))
             classes = target.class_map(np.asarray(case.label))
             rng = np.random.default_rng([int(seed), g_index, c_index])
             samples = case_samples(np.asarray(prediction.logits), classes, np.asarray(case.mask, bool),

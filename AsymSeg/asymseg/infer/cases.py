@@ -110,6 +110,7 @@ def _reference_classes(path: Path, geometry: Geometry, target: Any) -> np.ndarra
     problems = geometry.differences(ref_geometry)
     if problems:
         raise InputError(f"{path}: the reference is on a different grid from the case: {'; '.join(problems)}")
+    target.check_label_values(np.unique(label), source=str(path))
     return target.class_map(label)
 
 
