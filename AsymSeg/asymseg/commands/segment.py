@@ -83,6 +83,32 @@ def _with_suffix(path: Path, suffix: str) -> Path:
     return path.with_name(f"{stem}{suffix}{ext}")
 
 
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done.
+
+    Raises:
+        InputError: an extension AsymSeg does not write, or a regular file where a folder of the
+            path should be.
+    """
+    from asymseg.io.images import WRITE_EXTENSIONS, image_extension
+
+    if image_extension(path) not in WRITE_EXTENSIONS:
+        raise InputError(f"{path}: {option} must end in one of {', '.join(WRITE_EXTENSIONS)}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{path}: cannot write {option} here: {parent} is a file, not a folder")
+            break
+
+
+def _make_parent(path: Path) -> None:
+    """Create the output file's folder, with an error that names the file and the folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{path}: cannot create the folder {path.parent}: {err.strerror or err}") from err
+
+
 def _single_outputs(args: argparse.Namespace, case_id: str):
     from asymseg.infer.cases import OutputPaths
 
@@ -95,6 +121,9 @@ def _single_outputs(args: argparse.Namespace, case_id: str):
         probabilities = Path(args.probabilities) if args.probabilities else _with_suffix(output, "_prob")
     if args.logits is not None:
         logits = Path(args.logits) if args.logits else _with_suffix(output, "_dz")
+    for path, option in ((output, "--output"), (probabilities, "--probabilities"), (logits, "--logits")):
+        if path is not None:
+            _check_output_file(path, option)
     paths = [p for p in (output, probabilities, logits) if p is not None]
     if len({p.resolve() for p in paths}) != len(paths):
         raise InputError(f"--output, --probabilities and --logits must be different files, got "
@@ -180,7 +209,9 @@ def run(args: argparse.Namespace, ctx) -> int:
     resolved = resolve_device(device)
     outputs = _batch_outputs(args, [c.case_id for c in cases]) if batch else _single_outputs(args, cases[0].case_id)
     if not batch:
-        Path(outputs.labels).parent.mkdir(parents=True, exist_ok=True)
+        for path in (outputs.labels, outputs.probabilities, outputs.logits):
+            if path is not None:
+                _make_parent(Path(path))
     model = load_model(args.model, device="cpu" if resolved.type == "cpu" else resolved)
     jsonl = ctx.progress == "jsonl"
     renderer = ctx.renderer()

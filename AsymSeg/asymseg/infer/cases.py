@@ -12,8 +12,9 @@ Output files, all in the input's exact geometry (size, spacing, origin, directio
   logits per class is written beside it, named ``<dz stem>_<class name><ext>``.
 
 Voxels outside the brain mask are background, with probability 0, dz 0 and logits 0.
-Outputs are written only once a case's inference has finished, each atomically, so a cancelled
-or failed case leaves no output file behind.
+Outputs are written only once a case's inference has finished, each atomically, and a failure
+while writing removes the case's files written before it, so a cancelled or failed case leaves no
+output file behind.
 """
 
 from __future__ import annotations
@@ -192,9 +193,16 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
                 class_paths[name] = class_logit_path(outputs.logits, name)
                 pending.append((prediction.logits[index], class_paths[name], "float32"))
     emit(on_event, C.EVENT_PROGRESS, stage="write", done=0, total=len(pending), case_id=files.case_id)
-    for index, (array, path, dtype) in enumerate(pending):
-        write_image(array, geometry, path, dtype=dtype)
-        emit(on_event, C.EVENT_PROGRESS, stage="write", done=index + 1, total=len(pending), case_id=files.case_id)
+    done: list[Path] = []
+    try:
+        for index, (array, path, dtype) in enumerate(pending):
+            write_image(array, geometry, path, dtype=dtype)
+            done.append(Path(path))
+            emit(on_event, C.EVENT_PROGRESS, stage="write", done=index + 1, total=len(pending), case_id=files.case_id)
+    except BaseException:
+        for path in done:  # a case's outputs are written all or none (e.g. the disk filled up half-way)
+            path.unlink(missing_ok=True)
+        raise
     written["labels"] = str(outputs.labels)
     written["probabilities"] = str(outputs.probabilities) if outputs.probabilities is not None else None
     written["logits"] = str(outputs.logits) if outputs.logits is not None else None
