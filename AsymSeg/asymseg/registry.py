@@ -33,6 +33,7 @@ from typing import Any
 from asymseg.errors import InputError, ModelError
 from asymseg.modelfile import (
     CARD_FILE,
+    PICKLE_SUFFIXES,
     ModelCard,
     _replace_directory,
     load_model,
@@ -168,6 +169,30 @@ def _member_path(name: str, archive: Path) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
+def _check_unique(archive: Path, entries: list[tuple[str, PurePosixPath | None, bool]]) -> None:
+    """Refuse an archive in which two entries unpack to the same path (the second would replace the
+    first, or a file would stand where a folder is needed).
+
+    Args:
+        entries: (name in the archive, relative path, is a folder) per entry.
+    """
+    files: dict[PurePosixPath, str] = {}
+    folders: set[PurePosixPath] = set()
+    for name, rel, is_dir in entries:
+        if rel is None:
+            continue
+        if is_dir:
+            folders.add(rel)
+            continue
+        if rel in files:
+            raise ModelError(f"{archive}: entry {name!r} appears twice; refusing the archive")
+        files[rel] = name
+        folders.update(rel.parents)
+    clash = sorted(set(files) & folders)
+    if clash:
+        raise ModelError(f"{archive}: entry {files[clash[0]]!r} is both a file and a folder; refusing the archive")
+
+
 def _check_total(archive: Path, count: int, total: int) -> None:
     if count > MAX_ARCHIVE_ENTRIES:
         raise ModelError(f"{archive}: more than {MAX_ARCHIVE_ENTRIES} entries; not a model archive")
@@ -202,6 +227,7 @@ def _unpack_zip(archive: Path, staging: Path) -> None:
             rel = _member_path(info.filename, archive)
             entries.append((info, rel))
         _check_total(archive, len(entries), sum(i.file_size for i, _ in entries))
+        _check_unique(archive, [(i.filename, rel, i.is_dir()) for i, rel in entries])
         for info, rel in entries:
             if rel is None or info.is_dir():
                 continue
@@ -221,6 +247,7 @@ def _unpack_tar(archive: Path, staging: Path) -> None:
                 raise ModelError(f"{archive}: entry {m.name!r} is a special file; refusing the archive")
             entries.append((m, _member_path(m.name, archive)))
         _check_total(archive, len(entries), sum(m.size for m, _ in entries if m.isfile()))
+        _check_unique(archive, [(m.name, rel, m.isdir()) for m, rel in entries])
         for m, rel in entries:
             if rel is None or m.isdir():
                 continue
@@ -239,6 +266,9 @@ def _model_root(folder: Path, source: Path) -> Path:
     files = [p for p in folder.iterdir() if p.is_file()]
     if len(subdirs) == 1 and not files and (subdirs[0] / CARD_FILE).is_file():
         return subdirs[0]
+    pickles = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise pickle_refusal(source / pickles[0].relative_to(folder))
     raise ModelError(f"{source}: no {CARD_FILE} at the top of the archive or in a single top folder")
 
 
@@ -280,7 +310,7 @@ def import_model(source: str | os.PathLike, *, name: str | None = None, overwrit
             except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
                 raise ModelError(f"{source}: unreadable archive: {err}") from err
             root = _model_root(unpacked, source)
-        elif source.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl", ".pickle"):
+        elif source.suffix.lower() in PICKLE_SUFFIXES:
             raise pickle_refusal(source)
         else:
             raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
