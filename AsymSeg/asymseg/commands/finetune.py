@@ -257,8 +257,9 @@ def run(args: argparse.Namespace, ctx) -> int:
     if not result.is_main:
         return C.EXIT_OK
     summary = result.to_dict()
-    if args.json:
-        ctx.stdout.write(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    if args.json:  # one line after JSON progress lines, so the stream stays JSON lines
+        indent = None if args.progress == "jsonl" else 2
+        ctx.stdout.write(json.dumps(json_safe(summary), indent=indent, allow_nan=False) + "\n")
     elif args.progress != "jsonl":
         ctx.stdout.write(_summary_text(summary))
     return C.EXIT_OK

@@ -496,12 +496,16 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         resolved.save(run_dir / CONFIG_NAME)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        writer = ModelWriter(output, source, resolved, technique, train_ids, val_ids, run_dir)  # copies net first
         net.to(device)
         optimizer = _make_optimizer(resolved, net)
         rare = list(source.target.rare)
         sampler_rng = np.random.default_rng(config.seed)
         generator = torch.Generator().manual_seed(config.seed + RANK_SEED_STRIDE * (dist.rank + 1))
-        torch.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
+        # Dropout draws from the global generators: seed the ones fork_rng restores afterwards.
+        torch.default_generator.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
         model = D.wrap_model(net, dist, device, sync_batchnorm=config.sync_batchnorm)
         runlog = None
         if dist.is_main:
@@ -510,7 +514,6 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
                 saved = checkpoint.state["loop"].get("log_lines")
                 counts = (int(saved[0]), int(saved[1])) if saved else (0, 0)
             runlog = RunLog(run_dir, counts)
-        writer = ModelWriter(output, source, resolved, technique, train_ids, val_ids, run_dir)
         if dist.is_main:
             writer.recover()
         trainer = Trainer(config=resolved, technique=technique, rare=rare, net=net, model=model,

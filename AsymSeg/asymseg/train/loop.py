@@ -391,7 +391,8 @@ class Trainer:
                     _, validation_cancelled = self._evaluate()
                     early = cfg.patience is not None and self.state.stale_evaluations >= cfg.patience
             if self.runlog is not None:
-                mean = (self.state.last_validation or {}).get("mean", {}) if evaluated and self.val_cases else {}
+                validated = evaluated and self.val_cases and not validation_cancelled
+                mean = (self.state.last_validation or {}).get("mean", {}) if validated else {}
                 self.runlog.row(iteration=it, lr=cfg.lr_at(it - 1), loss_clean=losses.clean,
                                 loss_adversarial=losses.adversarial, loss_mixup=losses.mixup,
                                 val_dsc=mean.get("dsc"), val_sensitivity=mean.get("sensitivity"),

@@ -41,6 +41,7 @@ class ValidationCase:
         mask: bool (d, h, w) brain mask.
         reference: bool (d, h, w) union of the rare classes in the reference label.
         spacing: voxel size (x, y, z) in mm.
+        outside_voxels: voxels of the full volume outside the crop (true negatives for specificity).
     """
 
     case_id: str
@@ -48,6 +49,7 @@ class ValidationCase:
     mask: np.ndarray
     reference: np.ndarray
     spacing: tuple[float, float, float]
+    outside_voxels: int = 0
 
 
 def prepare_validation_case(case_id: str, image: np.ndarray, label: np.ndarray, mask: np.ndarray,
@@ -75,6 +77,7 @@ def prepare_validation_case(case_id: str, image: np.ndarray, label: np.ndarray, 
         mask=np.ascontiguousarray(mask[box]),
         reference=np.ascontiguousarray(reference[box]),
         spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        outside_voxels=int(mask.size - mask[box].size),
     )
 
 
@@ -101,6 +104,8 @@ def validate(net: torch.nn.Module, cases: Sequence[ValidationCase], *, rare: Seq
                                         cancel=cancel)
             predicted = rare_flags[prediction.labels.astype(np.int64)]
             metrics = case_metrics(predicted, case.reference, case.spacing)
+            tn = metrics["tn"] + case.outside_voxels  # the crop's outside is predicted and labelled background
+            metrics["specificity"] = tn / (tn + metrics["fp"]) if tn + metrics["fp"] else None
             per_case.append({"case_id": case.case_id, **{k: metrics[k] for k in VALIDATION_METRICS}})
     finally:
         net.train(was_training)
