@@ -201,3 +201,15 @@ def test_unaligned_training_segment_centres_its_x5_blocks():
         shifted = net(x[:, :, 13:13 + 21 + 2 * c, 12:12 + 21 + 2 * c, 12:12 + 21 + 2 * c])
     torch.testing.assert_close(part, whole[:, :, 12:33, 12:33, 12:33], atol=1e-5, rtol=0)
     assert not torch.allclose(shifted, whole[:, :, 13:34, 12:33, 12:33], atol=1e-3)
+
+
+def test_relu_variant_matches_its_float64_twin_and_tiles_exactly():
+    net = _net("deepmedic", 2, 2, activation="relu")
+    assert not any(isinstance(m, torch.nn.PReLU) for m in net.modules())
+    x = torch.randn(1, 2, *net.input_shape((6, 3, 3)))
+    with torch.no_grad():
+        whole = net(x)
+        tiled = torch.cat([net(x[:, :, :51]), net(x[:, :, 3:])], dim=2)
+        twin = net.double()(x.double())
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole.double(), twin, atol=1e-4, rtol=1e-4)

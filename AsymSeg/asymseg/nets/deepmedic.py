@@ -116,7 +116,7 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv = nn.Conv3d(cin, cout, kernel, bias=False)
         self.norm = nn.BatchNorm3d(cout)
-        self.act = nn.PReLU(cout, init=PRELU_INIT) if activation == "prelu" else nn.ReLU()
+        self.act = nn.PReLU(cout, init=PRELU_INIT) if activation == "prelu" else nn.ReLU(inplace=True)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         norm = self.norm
