@@ -434,6 +434,8 @@ def _run_tiles(net: torch.nn.Module, image: np.ndarray, plan: TilePlan, out_star
     pin = device.type == "cuda"
     buffer = torch.empty((min(batch_size, len(tiles)), image.shape[0], *plan.input_shape), dtype=torch.float32,
                          pin_memory=pin)
+    if not pin:  # fill the net's layout directly (CUDA copies from a pinned contiguous buffer)
+        buffer = buffer.contiguous(memory_format=memory_format)
     weights = gaussian_weights(plan.tile_shape) if plan.blended else None
     box_shape = out.shape[1:]
     emit(on_event, C.EVENT_PROGRESS, stage="infer", done=0, total=n_batches)
