@@ -10,6 +10,7 @@ are written by this script from the files on disk (those git tracks or would tra
 
     python Testing/update_cmake_lists.py           # rewrite the blocks
     python Testing/update_cmake_lists.py --check   # exit 1 and name the differences
+    python Testing/update_cmake_lists.py --tracked # only files git tracks (before a commit)
 
 The consistency test (Testing/slicer/test_slicer_packaging.py) uses the same functions.
 """
@@ -31,17 +32,18 @@ IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".orig", ".rej", "~")
 
 
-def moduleFiles(moduleDir: Path) -> list[str]:
+def moduleFiles(moduleDir: Path, trackedOnly: bool = False) -> list[str]:
     """Files under a module folder that ship with it, as sorted POSIX paths relative to it.
 
-    Uses git (tracked files plus untracked files that are not ignored) when the folder is in a
-    work tree, so ignored build output never counts; otherwise walks the folder and skips
-    caches and build output.
+    Uses git (tracked files plus untracked files that are not ignored; only tracked ones with
+    ``trackedOnly``) when the folder is in a work tree, so ignored build output never counts;
+    otherwise walks the folder and skips caches and build output.
     """
     moduleDir = Path(moduleDir).resolve()
+    untracked = [] if trackedOnly else ["--others", "--exclude-standard"]
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", "."],
+            ["git", "ls-files", "--cached", *untracked, "-z", "--", "."],
             cwd=moduleDir, capture_output=True, check=True, text=True).stdout
         files = [moduleDir / name for name in listed.split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
@@ -58,9 +60,9 @@ def moduleFiles(moduleDir: Path) -> list[str]:
     return sorted(result)
 
 
-def engineLists(moduleDir: Path) -> tuple[list[str], list[str]]:
+def engineLists(moduleDir: Path, trackedOnly: bool = False) -> tuple[list[str], list[str]]:
     """(scripts, resources) of the engine package inside the module folder."""
-    files = [f for f in moduleFiles(moduleDir) if f.startswith(ENGINE_PACKAGE + "/")]
+    files = [f for f in moduleFiles(moduleDir, trackedOnly) if f.startswith(ENGINE_PACKAGE + "/")]
     return [f for f in files if f.endswith(".py")], [f for f in files if not f.endswith(".py")]
 
 
@@ -98,8 +100,8 @@ def cmakeList(text: str, variable: str, moduleName: str) -> list[str]:
     return [token.replace("${MODULE_NAME}", moduleName) for token in match.group("body").split()]
 
 
-def updatedText(cmakeFile: Path, moduleDir: Path) -> str:
-    scripts, resources = engineLists(moduleDir)
+def updatedText(cmakeFile: Path, moduleDir: Path, trackedOnly: bool = False) -> str:
+    scripts, resources = engineLists(moduleDir, trackedOnly)
     text = cmakeFile.read_text(encoding="utf-8")
     text = replaceBlock(text, "ENGINE_SCRIPTS", scripts)
     return replaceBlock(text, "ENGINE_RESOURCES", resources)
@@ -108,11 +110,13 @@ def updatedText(cmakeFile: Path, moduleDir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report whether the lists are current")
+    parser.add_argument("--tracked", action="store_true",
+                        help="list only files git tracks (what a clean clone has; use before committing)")
     args = parser.parse_args(argv)
     moduleDir = REPO / ENGINE_MODULE
     cmakeFile = moduleDir / "CMakeLists.txt"
     current = cmakeFile.read_text(encoding="utf-8")
-    updated = updatedText(cmakeFile, moduleDir)
+    updated = updatedText(cmakeFile, moduleDir, trackedOnly=args.tracked)
     if updated == current:
         print(f"{cmakeFile.relative_to(REPO)}: engine lists are current")
         return 0

@@ -6,7 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-from slicer import util as sutil
+
+pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
+
+from slicer import util as sutil  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 

@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import slicer
-import vtk
-from slicer import util as sutil
 
-from AsymSegLib import scene as S
+pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
+
+import SimpleITK as sitk  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from slicer import util as sutil  # noqa: E402
+from AsymSegLib import scene as S  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 

@@ -8,12 +8,14 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from slicer import util as sutil
 
-from AsymSegLib import progress
-from AsymSegLib import scene as S
-from AsymSegTrainingLib import export, params, series
+pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
+
+import SimpleITK as sitk  # noqa: E402
+from slicer import util as sutil  # noqa: E402
+from AsymSegLib import progress  # noqa: E402
+from AsymSegLib import scene as S  # noqa: E402
+from AsymSegTrainingLib import export, params, series  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
