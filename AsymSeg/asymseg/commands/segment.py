@@ -180,7 +180,7 @@ def _summary_line(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.events import json_safe
-    from asymseg.infer.cases import segment_case
+    from asymseg.infer.cases import segment_cases
     from asymseg.infer.engine import resolve_device
     from asymseg.io import case_files_from_args
     from asymseg.modelfile import load_model
@@ -215,24 +215,23 @@ def run(args: argparse.Namespace, ctx) -> int:
     model = load_model(args.model, device="cpu" if resolved.type == "cpu" else resolved)
     jsonl = ctx.progress == "jsonl"
     renderer = ctx.renderer()
-    results: list[dict[str, Any]] = []
+
+    def on_case(result: dict[str, Any]) -> None:
+        if jsonl:
+            line = {"event": C.EVENT_DONE, **result}
+            if world > 1:
+                line.update(rank=rank, world_size=world)
+            ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
+            ctx.stdout.flush()
+        elif not args.json:
+            renderer.close()
+            ctx.stdout.write(_summary_line(result) + "\n")
+
     try:
-        for index, files in enumerate(cases):
-            ctx.cancel.check()
-            out = outputs[index] if batch else outputs
-            result = segment_case(model, files, out, reference=args.reference, evaluate=args.evaluate,
-                                  device=device, tile=args.tile, batch_size=args.batch_size, amp=args.amp,
-                                  on_event=renderer, cancel=ctx.cancel)
-            results.append(result)
-            if jsonl:
-                line = {"event": C.EVENT_DONE, **result}
-                if world > 1:
-                    line.update(rank=rank, world_size=world)
-                ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
-                ctx.stdout.flush()
-            elif not args.json:
-                renderer.close()
-                ctx.stdout.write(_summary_line(result) + "\n")
+        results = segment_cases(model, cases, outputs if batch else [outputs],
+                                references=[args.reference] * len(cases), evaluate=args.evaluate, device=device,
+                                tile=args.tile, batch_size=args.batch_size, amp=args.amp, on_event=renderer,
+                                cancel=ctx.cancel, on_case=on_case)
     finally:
         renderer.close()
     summary: dict[str, Any] = {"model": str(model.path), "cases": results,

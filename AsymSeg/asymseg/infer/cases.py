@@ -228,7 +228,9 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
 
 
 def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence[OutputPaths] | str | os.PathLike[str],
-                  *, probabilities: bool = False, logits: bool = False, evaluate: bool = False, device: str = "auto",
+                  *, probabilities: bool = False, logits: bool = False,
+                  references: Sequence[str | os.PathLike[str] | None] | None = None, evaluate: bool = False,
+                  device: str = "auto",
                   tile: int | Sequence[int] | None = None, batch_size: int | None = None, amp: str = "auto",
                   on_event: EventCallback | None = None, cancel: CancelToken | None = None,
                   on_case: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -239,7 +241,8 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
         case_files: the cases.
         outputs: one :class:`OutputPaths` per case, or a folder (created if missing) that gets
             ``<case_id>_seg.nii.gz`` (+ ``_prob``, ``_dz`` when ``probabilities``/``logits``).
-        evaluate: score each case against its own label file.
+        references: one reference label map (or None) per case to score against.
+        evaluate: score each case without a reference against its own label file.
         device, tile, batch_size, amp, on_event, cancel: as for :func:`segment_case`.
         on_case: called with each case's result as soon as it is written.
 
@@ -269,14 +272,17 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
         paths = list(outputs)
         if len(paths) != len(case_files):
             raise InputError(f"{len(paths)} output sets given for {len(case_files)} cases")
+    refs = list(references) if references is not None else [None] * len(case_files)
+    if len(refs) != len(case_files):
+        raise InputError(f"{len(refs)} references given for {len(case_files)} cases")
     results = []
-    for index, (files, out) in enumerate(zip(case_files, paths)):
+    for index, (files, out, ref) in enumerate(zip(case_files, paths, refs)):
         if cancel is not None:
             cancel.check()
         emit(on_event, C.EVENT_START, stage="case", done=index, total=len(case_files), case_id=files.case_id,
              message=f"case {index + 1}/{len(case_files)}: {files.case_id}")
-        result = segment_case(model, files, out, evaluate=evaluate, device=device, tile=tile, batch_size=batch_size,
-                              amp=amp, on_event=on_event, cancel=cancel)
+        result = segment_case(model, files, out, reference=ref, evaluate=evaluate, device=device, tile=tile,
+                              batch_size=batch_size, amp=amp, on_event=on_event, cancel=cancel)
         results.append(result)
         if on_case is not None:
             on_case(result)
