@@ -127,3 +127,19 @@ def test_the_cli_reports_a_config_error_in_one_line_with_exit_2(cli, tmp_path):
     lines = result.err.strip().splitlines()
     assert len(lines) == 1
     assert str(path) in lines[0] and "techniques[1]" in lines[0]
+
+
+def test_case_folders_on_the_command_line_replace_the_config_data(tmp_path):
+    folders = [tmp_path / name for name in "abcde"]
+    config = load_experiment_config("brats2015-pair", train_cases=folders[:1], test_cases=folders[1:2])
+    assert config.phantom is None
+    assert config.train_cases == (str(folders[0]),) and config.test_cases == (str(folders[1]),)
+    assert config.target == {"label_convention": "brats2015"}
+    smoke = load_experiment_config("smoke", train_cases=folders[:4], test_cases=folders[4:])
+    assert smoke.phantom is None and smoke.pool_size == 4
+    with pytest.raises(InputError, match=r"smoke \(bundled config\): train_sizes: 4 cases requested but the pool has 2"):
+        load_experiment_config("smoke", train_cases=folders[:2], test_cases=folders[4:])
+    with pytest.raises(InputError, match="--train-case and --test-case go together"):
+        load_experiment_config("smoke", train_cases=[tmp_path / "a"])
+    with pytest.raises(InputError, match=r"brats2015-pair \(bundled config\): phantom: give either phantom"):
+        load_experiment_config("brats2015-pair")

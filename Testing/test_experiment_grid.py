@@ -6,7 +6,7 @@ import pytest
 
 from asymseg.errors import InputError
 from asymseg.experiment import ExperimentConfig, build_cells, cell_subset, dry_run, select_cells, subset_order
-from asymseg.experiment.grid import cell_spec, cost_model, spec_hash, updates_per_iteration
+from asymseg.experiment.grid import cell_spec, cost_model, spec_hash, updates_per_iteration, work_per_iteration
 
 NET = {"normal_features": [4, 4], "lowres_features": [4, 4], "fc_features": [8], "dropout": [0.0, 0.0]}
 
@@ -86,18 +86,20 @@ def test_updates_per_iteration_count_the_extra_steps():
     assert updates_per_iteration("a-at") == 2
     assert updates_per_iteration("a-mixup") == 2
     assert updates_per_iteration("combo") == 3
+    assert work_per_iteration("ce") == 1 and work_per_iteration("a-at") == 3 and work_per_iteration("combo") == 4
 
 
 def test_cost_model_prefers_measured_cells_over_the_config_estimate():
     config = _config(estimate={"seconds_per_update": 2.0, "seconds_per_case": 3.0})
     assert cost_model(config).seconds_per_update == 2.0 and not cost_model(config).measured
-    finished = [{"timing": {"train_seconds": 10.0, "updates": 100, "infer_seconds": 8.0, "cases_inferred": 4}},
-                {"timing": {"train_seconds": 30.0, "updates": 100, "infer_seconds": 8.0, "cases_inferred": 4}}]
+    finished = [{"timing": {"train_seconds": 10.0, "work": 100, "infer_seconds": 8.0, "cases_inferred": 4}},
+                {"timing": {"train_seconds": 30.0, "work": 100, "infer_seconds": 8.0, "cases_inferred": 4}}]
     costs = cost_model(config, finished)
     assert costs.measured and costs.seconds_per_update == pytest.approx(0.2) and costs.seconds_per_case == 2.0
     cells = build_cells(config)
     combo = next(c for c in cells if c.technique == "combo" and c.n_train == 2)
-    assert costs.cell_seconds(config, combo, n_test=3) == pytest.approx(10 * 3 * 0.2 + (2 + 3) * 2.0)
+    # combo: clean (1) + adversarial (2: direction and update) + mixup (1) = 4 passes per iteration
+    assert costs.cell_seconds(config, combo, n_test=3) == pytest.approx(10 * 4 * 0.2 + (2 + 3) * 2.0)
 
 
 def test_dry_run_plans_every_selected_cell_without_writing_data(tmp_path):

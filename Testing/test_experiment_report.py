@@ -53,8 +53,8 @@ def test_markdown_table_shows_percentages_with_sd_and_every_cell_group():
     assert text.startswith("# Results: t\n\nnote line\n")
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 4                                  # header + one row per (size, technique)
-    assert "| 2 | 0.50 | ce | 2 | 60.0 ± 14.1 | 50.0 ± 14.1 | 90.0 ± 0.0 | -2.00 ± 1.41 |" in text
-    assert "| 4 | 1.00 | ce | 1 | 80.0 | 80.0 | 90.0 | -0.50 |" in text
+    assert "| 2 | 0.50 | ce | 2 | 60.0 ± 14.1 | 50.0 ± 14.1 | 90.0 ± 0.0 | -2.00 ± 1.41 | +0.10 ± 0.00 |" in text
+    assert "| 4 | 1.00 | ce | 1 | 80.0 | 80.0 | 90.0 | -0.50 | +0.10 |" in text
     assert "| 4 | 1.00 | a-focal | 1 | n/a | n/a | n/a | n/a |" in text
 
 
@@ -70,3 +70,16 @@ def test_metrics_figure_has_dsc_sensitivity_precision_with_one_line_per_techniqu
 def test_asymmetric_variants_share_their_family_colour_and_are_dashed():
     assert technique_style("a-focal")["color"] == technique_style("focal")["color"]
     assert technique_style("a-focal")["linestyle"] == "--" and technique_style("focal")["linestyle"] == "-"
+
+
+def test_findings_give_the_numbers_behind_the_paper_questions():
+    from asymseg.experiment.report import findings
+
+    rows = [_row(2, "focal", 0, 0.4, 0.3, 0.8, -4.0), _row(4, "focal", 0, 0.7, 0.7, 0.85, -1.0),
+            _row(2, "a-focal", 0, 0.5, 0.5, 0.7, -2.0), _row(4, "a-focal", 0, 0.72, 0.75, 0.8, -0.5)]
+    lines = findings(rows, ["focal", "a-focal"])
+    assert "  - focal: sensitivity -40.0, precision -5.0 (sensitivity falls more)" in lines
+    assert "  - a-focal: 2: -2.00, 4: -0.50" in lines
+    assert "  - a-focal - focal: 2: +10.0, 4: +2.0" in lines
+    text = results_markdown(rows, ["focal", "a-focal"], title="t")
+    assert "## Numbers behind the paper's questions" in text

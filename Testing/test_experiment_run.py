@@ -85,6 +85,20 @@ def test_a_second_run_recomputes_nothing(smoke_run, cli):
     assert {p: p.stat().st_mtime_ns for p in results} == before
 
 
+def test_report_only_rewrites_the_table_from_finished_cells(smoke_run, tmp_path, cli):
+    source, _ = smoke_run
+    out = tmp_path / "exp"
+    shutil.copytree(source, out)
+    (out / "results.csv").unlink()
+    shutil.rmtree(out / "cells" / "n04_ce_s0")
+    result = cli("experiment", "--config", "smoke", "--out", out, "--report-only", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["ran"] == [] and summary["missing"] == ["n04_ce_s0"] and summary["cells_in_table"] == 3
+    with open(out / "results.csv", newline="") as handle:
+        assert [r["cell"] for r in csv.DictReader(handle)] == ["n02_ce_s0", "n02_a-focal_s0", "n04_a-focal_s0"]
+
+
 def test_a_crashed_or_outdated_cell_is_redone_and_only_that_one(smoke_run, tmp_path):
     source, _ = smoke_run
     out = tmp_path / "exp"

@@ -8,10 +8,17 @@
 
 from asymseg.experiment.config import ExperimentConfig, PhantomData, bundled_configs, load_experiment_config
 from asymseg.experiment.grid import Cell, build_cells, cell_subset, select_cells, subset_order
-from asymseg.experiment.runner import ExperimentResult, PlannedCell, dry_run, dry_run_lines, run_experiment
+from asymseg.experiment.runner import (
+    ExperimentResult,
+    PlannedCell,
+    dry_run,
+    dry_run_lines,
+    report_only,
+    run_experiment,
+)
 
 __all__ = [
     "Cell", "ExperimentConfig", "ExperimentResult", "PhantomData", "PlannedCell", "build_cells",
-    "bundled_configs", "cell_subset", "dry_run", "dry_run_lines", "load_experiment_config", "run_experiment",
+    "bundled_configs", "cell_subset", "dry_run", "dry_run_lines", "load_experiment_config", "report_only", "run_experiment",
     "select_cells", "subset_order",
 ]

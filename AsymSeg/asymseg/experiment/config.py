@@ -281,7 +281,8 @@ class _Parser:
         has_phantom = d.get("phantom") is not None
         has_cases = bool(d.get("train_cases")) or bool(d.get("test_cases"))
         if has_phantom == has_cases:
-            raise self.fail("phantom", "give either phantom (generated cases) or train_cases and test_cases")
+            raise self.fail("phantom", "give either phantom (generated cases) or train_cases and test_cases "
+                                       "(in the config, or --train-case/--test-case on the command line)")
         phantom = self.phantom(d["phantom"]) if has_phantom else None
         train_cases = test_cases = ()
         if has_cases:
@@ -429,8 +430,29 @@ def _read_mapping(text: str, suffix: str, source: str) -> Any:
         raise InputError(f"{source}: invalid JSON: {err}") from err
 
 
-def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
-    """A bundled config by name (``smoke``, ``paper-mini``) or a JSON/YAML file.
+def _with_cases(data: Any, train_cases: Sequence[str | Path] | None,
+                test_cases: Sequence[str | Path] | None) -> Any:
+    """The config mapping with its data replaced by case folders given on the command line."""
+    if not train_cases and not test_cases:
+        return data
+    if not train_cases or not test_cases:
+        raise InputError("--train-case and --test-case go together: give both to replace the config's data")
+    if not isinstance(data, Mapping):
+        return data
+    out = {k: v for k, v in data.items() if k not in ("phantom", "train_cases", "test_cases")}
+    out["train_cases"] = [str(Path(p).expanduser().resolve()) for p in train_cases]
+    out["test_cases"] = [str(Path(p).expanduser().resolve()) for p in test_cases]
+    return out
+
+
+def load_experiment_config(name_or_path: str | Path, *, train_cases: Sequence[str | Path] | None = None,
+                           test_cases: Sequence[str | Path] | None = None) -> ExperimentConfig:
+    """A bundled config by name (``smoke``, ``paper-mini``, ``brats2015-pair``) or a JSON/YAML file.
+
+    Args:
+        name_or_path: the bundled name or the file.
+        train_cases, test_cases: case folders that replace the config's data (phantoms or case
+            lists); both or neither.
 
     Raises:
         InputError: no such file or bundled config, unreadable or invalid content.
@@ -444,7 +466,8 @@ def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
             if candidate.is_file():
                 source = f"{text_name} (bundled config)"
                 data = _read_mapping(candidate.read_text(encoding="utf-8"), suffix, source)
-                return ExperimentConfig.from_dict(data, source=source, base_dir=Path.cwd())
+                return ExperimentConfig.from_dict(_with_cases(data, train_cases, test_cases), source=source,
+                                                  base_dir=Path.cwd())
         raise InputError(f"{text_name}: no such config file or bundled config "
                          f"(bundled: {', '.join(bundled_configs()) or 'none'})")
     try:
@@ -454,4 +477,5 @@ def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the config file: {err}") from err
     data = _read_mapping(text, path.suffix.lower(), str(path))
-    return ExperimentConfig.from_dict(data, source=str(path), base_dir=path.resolve().parent)
+    return ExperimentConfig.from_dict(_with_cases(data, train_cases, test_cases), source=str(path),
+                                      base_dir=path.resolve().parent)

@@ -132,6 +132,11 @@ def select_cells(cells: Sequence[Cell], patterns: Sequence[str] | None) -> list[
     return [c for c in cells if c.index in chosen]
 
 
+#: Relative cost of each step of an iteration, in forward+backward passes of one batch: the
+#: adversarial step also computes the gradient that gives its direction.
+STEP_WORK: dict[str, int] = {"clean": 1, "adversarial": 2, "mixup": 1}
+
+
 def updates_per_iteration(technique: str, overrides: Mapping[str, Any] | None = None) -> int:
     """Optimiser updates per iteration: the clean step, plus the AT step, plus the mixup step."""
     from asymseg.techniques import get_technique
@@ -139,9 +144,17 @@ def updates_per_iteration(technique: str, overrides: Mapping[str, Any] | None = 
     return len(get_technique(technique, **dict(overrides or {})).steps)
 
 
+def work_per_iteration(technique: str, overrides: Mapping[str, Any] | None = None) -> int:
+    """Forward+backward passes per iteration (:data:`STEP_WORK` summed over the technique's steps)."""
+    from asymseg.techniques import get_technique
+
+    return sum(STEP_WORK.get(step, 1) for step in get_technique(technique, **dict(overrides or {})).steps)
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per optimiser update and per inferred case, measured or configured."""
+    """Seconds per unit of training work (one forward+backward pass of a batch, see
+    :func:`work_per_iteration`) and per inferred case, measured or configured."""
 
     seconds_per_update: float
     seconds_per_case: float
@@ -149,14 +162,14 @@ class CostModel:
 
     def cell_seconds(self, config: ExperimentConfig, cell: Cell, n_test: int) -> float:
         iterations = int(config.train.get("iterations", 1000))
-        updates = iterations * updates_per_iteration(cell.technique, config.technique_overrides.get(cell.technique))
-        return updates * self.seconds_per_update + (cell.n_train + n_test) * self.seconds_per_case
+        work = iterations * work_per_iteration(cell.technique, config.technique_overrides.get(cell.technique))
+        return work * self.seconds_per_update + (cell.n_train + n_test) * self.seconds_per_case
 
 
 def cost_model(config: ExperimentConfig, finished: Sequence[Mapping[str, Any]] = ()) -> CostModel:
     """Median measured costs of finished cells when there are any, else the config's ``estimate``."""
-    per_update = [r["timing"]["train_seconds"] / r["timing"]["updates"] for r in finished
-                  if r.get("timing", {}).get("updates")]
+    per_update = [r["timing"]["train_seconds"] / r["timing"]["work"] for r in finished
+                  if r.get("timing", {}).get("work")]
     per_case = [r["timing"]["infer_seconds"] / r["timing"]["cases_inferred"] for r in finished
                 if r.get("timing", {}).get("cases_inferred")]
     if per_update and per_case:

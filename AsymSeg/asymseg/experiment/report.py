@@ -95,17 +95,18 @@ def aggregate(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str]) -> l
     return out
 
 
-def _fmt(pair: tuple[float | None, float | None], scale: float, digits: int) -> str:
+def _fmt(pair: tuple[float | None, float | None], scale: float, digits: int, signed: bool = False) -> str:
     mean, sd = pair
     if mean is None:
         return "n/a"
-    text = f"{mean * scale:.{digits}f}"
+    text = f"{mean * scale:{'+' if signed else ''}.{digits}f}"
     return text if sd is None else f"{text} ± {sd * scale:.{digits}f}"
 
 
 def results_markdown(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str], *, title: str,
                      notes: Sequence[str] = ()) -> str:
-    """results.md: one table row per (training size, technique), mean ± sd over seeds."""
+    """results.md: one table row per (training size, technique), mean ± sd over seeds, then the
+    numbers behind the paper's questions (:func:`findings`)."""
     lines = [f"# {title}", ""]
     lines += [f"{n}" for n in notes]
     if notes:
@@ -119,11 +120,14 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str
         lines.append(
             f"| {e['n_train']} | {e['fraction']:.2f} | {e['technique']} | {e['seeds']} | "
             f"{_fmt(e['dsc'], 100, 1)} | {_fmt(e['sensitivity'], 100, 1)} | {_fmt(e['precision'], 100, 1)} | "
-            f"{_fmt(e['shift_rare'], 1, 2)} | {_fmt(e['shift_nonrare'], 1, 2)} | "
+            f"{_fmt(e['shift_rare'], 1, 2, True)} | {_fmt(e['shift_nonrare'], 1, 2, True)} | "
             f"{_fmt(e['test_rare_wrong_side'], 100, 1)} |")
     lines += ["", "Shifts are mean_test(dz) - mean_train(dz) of the rare-class decision variable "
               "dz = z_rare - max other logit, for ground-truth rare and non-rare voxels; negative rare "
               "shifts mean unseen rare voxels moved towards the boundary. Means ± sample sd over seeds.", ""]
+    found = findings(rows, techniques)
+    if found:
+        lines += ["## Numbers behind the paper's questions", "", *found, ""]
     return "\n".join(lines)
 
 
@@ -189,3 +193,54 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+#: (symmetric, asymmetric) technique pairs compared in the findings.
+SYMMETRIC_PAIRS: tuple[tuple[str, str], ...] = (("lm", "a-lm"), ("focal", "a-focal"), ("at", "a-at"),
+                                                ("mixup", "a-mixup"))
+
+
+def findings(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str]) -> list[str]:
+    """Plain numbers for the paper's three questions, as Markdown bullet lines (no interpretation).
+
+    1. From the largest to the smallest training set: change of test sensitivity vs precision.
+    2. The rare-class logit shift (test - train) at the smallest vs the largest training set.
+    3. Asymmetric minus symmetric DSC per pair and training-set size.
+    """
+    entries = {(e["n_train"], e["technique"]): e for e in aggregate(rows, techniques)}
+    sizes = sorted({n for n, _ in entries})
+    if not sizes:
+        return []
+    small, large = sizes[0], sizes[-1]
+    lines = []
+    if small != large:
+        lines.append(f"- Test sensitivity and precision from {large} to {small} training case(s) "
+                     "(percentage points, mean over seeds):")
+        for technique in techniques:
+            a, b = entries.get((large, technique)), entries.get((small, technique))
+            if not a or not b or None in (a["sensitivity"][0], b["sensitivity"][0], a["precision"][0],
+                                          b["precision"][0]):
+                continue
+            d_sens = 100 * (b["sensitivity"][0] - a["sensitivity"][0])
+            d_prec = 100 * (b["precision"][0] - a["precision"][0])
+            lines.append(f"  - {technique}: sensitivity {d_sens:+.1f}, precision {d_prec:+.1f} "
+                         f"({'sensitivity' if d_sens < d_prec else 'precision'} falls more)")
+    lines.append("- Rare-class logit shift mean_test(dz) - mean_train(dz)"
+                 + (f" at {small} vs {large} training case(s):" if small != large else ":"))
+    for technique in techniques:
+        parts = [f"{n}: {entries[(n, technique)]['shift_rare'][0]:+.2f}" for n in sorted({small, large})
+                 if (n, technique) in entries and entries[(n, technique)]["shift_rare"][0] is not None]
+        if parts:
+            lines.append(f"  - {technique}: " + ", ".join(parts))
+    pairs = [(s, a) for s, a in SYMMETRIC_PAIRS if s in techniques and a in techniques]
+    if pairs:
+        lines.append("- DSC of the asymmetric minus the symmetric variant (percentage points), per training-set size:")
+        for sym, asym in pairs:
+            parts = []
+            for n in sizes:
+                a, b = entries.get((n, asym)), entries.get((n, sym))
+                if a and b and a["dsc"][0] is not None and b["dsc"][0] is not None:
+                    parts.append(f"{n}: {100 * (a['dsc'][0] - b['dsc'][0]):+.1f}")
+            if parts:
+                lines.append(f"  - {asym} - {sym}: " + ", ".join(parts))
+    return lines

@@ -45,6 +45,7 @@ from asymseg.experiment.grid import (
     select_cells,
     spec_hash,
     updates_per_iteration,
+    work_per_iteration,
 )
 from asymseg.experiment.report import (
     cell_row,
@@ -323,7 +324,9 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
         _write_json(analysis_dir / "analysis.json", analysis.to_dict())
     first = analysis.classes[rare_names[0]]
     iterations = int(getattr(train_result, "iterations", None) or train_config.iterations)
-    updates = iterations * updates_per_iteration(cell.technique, config.technique_overrides.get(cell.technique))
+    overrides = config.technique_overrides.get(cell.technique)
+    updates = iterations * updates_per_iteration(cell.technique, overrides)
+    work = iterations * work_per_iteration(cell.technique, overrides)
     result = {
         "format": CELL_RESULT_FORMAT, "version": CELL_RESULT_VERSION, "status": "done",
         "cell": {"id": cell.id, "index": cell.index, "fraction": cell.fraction, "n_train": cell.n_train,
@@ -344,7 +347,7 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
             "file": "analysis/analysis.json",
         },
         "training": {"iterations": iterations, **_train_summary(train_result)},
-        "timing": {"train_seconds": train_seconds, "updates": updates, "infer_seconds": infer_seconds,
+        "timing": {"train_seconds": train_seconds, "updates": updates, "work": work, "infer_seconds": infer_seconds,
                    "cases_inferred": inferred, "total_seconds": time.perf_counter() - started},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -547,9 +550,43 @@ def dry_run_lines(config: ExperimentConfig, planned: Sequence[PlannedCell], cost
                      f"fraction={p.cell.fraction:.2f}  {state}")
     lines.append(f"estimated time to run: {total / 60:.1f} min ({total / 3600:.2f} h)"
                  + ("" if costs is None else f" from {'measured cells' if costs.measured else 'the config estimate'}: "
-                                              f"{costs.seconds_per_update:.3f} s/update, "
-                                              f"{costs.seconds_per_case:.2f} s/inferred case"))
+                                              f"{costs.seconds_per_update:.3f} s per training pass "
+                                              f"(forward+backward of a batch), {costs.seconds_per_case:.2f} s per "
+                                              f"inferred case"))
     return lines
+
+
+def expected_data(config: ExperimentConfig, out: Path) -> ExperimentData:
+    """The data :func:`prepare_data` gives, named without generating or reading any file."""
+    if config.phantom is None:
+        return ExperimentData(tuple(config.train_cases), tuple(config.test_cases),
+                              {"kind": "cases", "train_cases": list(config.train_cases),
+                               "test_cases": list(config.test_cases)})
+    from asymseg.phantom.generate import GENERATOR_VERSION
+    from asymseg.phantom.writer import case_id_for
+
+    p = config.phantom
+    pool = tuple(str(out / "data" / "train" / case_id_for(i)) for i in range(p.train))
+    test = tuple(str(out / "data" / "test" / case_id_for(p.train + i)) for i in range(p.test))
+    return ExperimentData(pool, test, {"kind": "phantom", "generator_version": GENERATOR_VERSION, **p.to_dict()})
+
+
+def report_only(config: ExperimentConfig, out_dir: str | os.PathLike[str]) -> ExperimentResult:
+    """Rewrite results.csv, results.md and the figures from the finished cells; train nothing.
+
+    Useful after a grid was split over several runs (``--cells``) or machines and the cell folders
+    were gathered into one experiment folder.
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(f"{out}: no experiment folder to report on")
+    cells = build_cells(config)
+    hashes = {p.cell.id: p.hash for p in plan(config, expected_data(config, out), out, cells)}
+    result = ExperimentResult(out, cells)
+    result.rows, result.files = write_report(config, out, cells, hashes)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def dry_run(config: ExperimentConfig, out_dir: str | os.PathLike[str], *,
@@ -559,18 +596,7 @@ def dry_run(config: ExperimentConfig, out_dir: str | os.PathLike[str], *,
     The training pool is named by position for phantom configs, so the plan needs no files.
     """
     out = Path(out_dir)
-    if config.phantom is not None:
-        from asymseg.phantom.generate import GENERATOR_VERSION
-        from asymseg.phantom.writer import case_id_for
-
-        p = config.phantom
-        pool = tuple(str(out / "data" / "train" / case_id_for(i)) for i in range(p.train))
-        test = tuple(str(out / "data" / "test" / case_id_for(p.train + i)) for i in range(p.test))
-        data = ExperimentData(pool, test, {"kind": "phantom", "generator_version": GENERATOR_VERSION, **p.to_dict()})
-    else:
-        data = ExperimentData(tuple(config.train_cases), tuple(config.test_cases),
-                              {"kind": "cases", "train_cases": list(config.train_cases),
-                               "test_cases": list(config.test_cases)})
+    data = expected_data(config, out)
     all_cells = build_cells(config)
     selected = {c.id for c in select_cells(all_cells, cells)}
     planned_all = plan(config, data, out, all_cells)
@@ -578,5 +604,5 @@ def dry_run(config: ExperimentConfig, out_dir: str | os.PathLike[str], *,
     return [p for p in planned_all if p.cell.id in selected], cost_model(config, [f for f in finished if f])
 
 
-__all__ = ["ExperimentResult", "PlannedCell", "dry_run", "dry_run_lines", "plan", "prepare_data", "run_cell",
-           "run_experiment", "write_report"]
+__all__ = ["ExperimentResult", "PlannedCell", "dry_run", "dry_run_lines", "expected_data", "plan", "prepare_data",
+           "report_only", "run_cell", "run_experiment", "write_report"]
