@@ -1,0 +1,1 @@
+"""Helpers shared by the robustness and security tests (broken inputs, models, guards)."""
