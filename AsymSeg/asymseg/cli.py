@@ -38,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
     "analyze",
     "experiment",
     "models",
+    "demo",
 )
 
 log = logging.getLogger("asymseg")
