@@ -100,7 +100,8 @@ def test_the_adversarial_step_trains_on_a_perturbation_of_norm_eps():
     assert len(seen) == 3
     assert torch.equal(seen[0], x)
     norms = (seen[2] - x).flatten(1).norm(dim=1).numpy()
-    np.testing.assert_allclose(norms, 3.0, rtol=1e-4)
+    # Samples with rare voxels get norm eps; the others have no rare direction and stay clean.
+    np.testing.assert_allclose(norms, [3.0, 3.0, 0.0, 0.0], rtol=1e-4, atol=1e-6)
 
 
 def test_an_iteration_is_repeatable_with_the_same_generators():

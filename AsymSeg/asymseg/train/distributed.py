@@ -30,7 +30,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -166,26 +165,18 @@ def all_mean(ctx: DistContext, values: Sequence[float], device: torch.device) ->
     return [float(v) / ctx.world_size for v in t.tolist()]
 
 
-def any_true(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    """True on every process when ``flag`` is True on any (e.g. a cancel request)."""
+def any_flags(ctx: DistContext, flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of a few flags over the processes (one all-reduce; identity in a single process).
+
+    Used once per iteration so every process takes the same stop decision (cancel, early stop).
+    """
     if not ctx.is_distributed:
-        return bool(flag)
+        return [bool(f) for f in flags]
     import torch.distributed as dist
 
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_tensor_device(ctx, device))
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=_tensor_device(ctx, device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def broadcast_object(ctx: DistContext, obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process (a JSON-like value; identity in a single process)."""
-    if not ctx.is_distributed:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj if ctx.rank == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    return [bool(v) for v in t.tolist()]
 
 
 def gather_tensors(ctx: DistContext, tensor: torch.Tensor, device: torch.device) -> list[torch.Tensor]:

@@ -351,14 +351,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def _agree(self, *flags: bool) -> list[bool]:
         """Element-wise OR of flags over the processes (one collective)."""
-        if not self.dist.is_distributed:
-            return [bool(f) for f in flags]
-        import torch.distributed as dist
-
-        device = self.device if self.dist.backend == "nccl" else torch.device("cpu")
-        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
+        return D.any_flags(self.dist, flags, self.device)
 
     def _cancelled(self) -> None:
         path = self.checkpoint()
