@@ -15,6 +15,17 @@ from asymseg.experiment import build_cells, load_experiment_config, run_experime
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One torch thread: on a shared 2-core machine, spinning OpenMP threads make tiny nets far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 

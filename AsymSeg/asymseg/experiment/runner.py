@@ -402,7 +402,7 @@ def write_report(config: ExperimentConfig, out_dir: Path, cells: Sequence[Cell],
     files["csv"] = out_dir / "results.csv"
     missing = [c.id for c in cells if c.id not in results]
     pool = config.pool_size
-    notes = [f"Config `{config.name}` ({config.source}); training pool {pool} case(s); "
+    notes = [f"Config `{config.name}` from {config.source}; training pool {pool} case(s); "
              f"{len(rows)} of {len(cells)} cell(s) finished.",
              f"Techniques: {', '.join(config.techniques)}; seeds: {', '.join(map(str, config.seeds))}; "
              f"training sets: {', '.join(str(n) for _, n in config.sizes())} case(s)."]
