@@ -109,3 +109,21 @@ def test_dry_run_plans_every_selected_cell_without_writing_data(tmp_path):
     assert not any(p.finished for p in planned)
     assert all(p.estimated_seconds > 0 for p in planned)
     assert not (tmp_path / "exp").exists()
+
+
+def test_dry_run_cli_prints_the_grid_and_the_estimate_without_creating_anything(cli, tmp_path):
+    import json
+
+    out = tmp_path / "exp"
+    text = cli("experiment", "--config", "paper-mini", "--out", out, "--dry-run")
+    assert text.code == 0, text.err
+    lines = text.out.splitlines()
+    assert lines[0].startswith("experiment paper-mini (config: paper-mini (bundled config)): 36 cell(s), 36 to run")
+    assert "n02_ce_s0" in lines[1] and "n12_combo_s0" in lines[36]
+    assert lines[-1].startswith("estimated time to run: ")
+    result = cli("experiment", "--config", "smoke", "--out", out, "--dry-run", "--json", "--cells", "*_ce_*")
+    data = json.loads(result.out)
+    assert [c["id"] for c in data["cells"]] == ["n02_ce_s0", "n04_ce_s0"]
+    assert data["cells"][1]["train_cases"][:2] == data["cells"][0]["train_cases"]
+    assert data["estimated_seconds"] > 0 and data["cost_model"]["measured"] is False
+    assert not out.exists()
