@@ -40,7 +40,13 @@ from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.target import TargetSpec, resolve_target
 from asymseg.train import distributed as D
-from asymseg.train.checkpoint import atomic_write_text, find_checkpoint, load_checkpoint, swap_in_directory
+from asymseg.train.checkpoint import (
+    atomic_write_text,
+    find_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    swap_in_directory,
+)
 from asymseg.train.config import TrainConfig, load_config
 from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
 from asymseg.train.loop import Trainer, TrainState
@@ -516,6 +522,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
             runlog = RunLog(run_dir, counts)
         if dist.is_main:
             writer.recover()
+            remove_stale_temporaries(output.parent, f".{output.name}.")
         trainer = Trainer(config=resolved, technique=technique, rare=rare, net=net, model=model,
                           optimizer=optimizer, sampler=sampler, sampler_rng=sampler_rng, generator=generator,
                           val_cases=val_cases, dist=dist, device=device, run_dir=run_dir, runlog=runlog,

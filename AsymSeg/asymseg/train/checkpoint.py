@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -91,6 +92,28 @@ def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     write_safetensors(plain, path)
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
+    """Remove the temporary folders ``<prefix><8 random characters>.tmp`` (``tempfile.mkdtemp``
+    names) that a writer killed mid-write (SIGKILL, power loss) left in ``folder``.
+
+    Only call this where no other writer of the same prefix can be working (one run per run
+    folder, one run per output model).
+
+    Returns:
+        The folders removed.
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}[a-z0-9_]{{8}}\.tmp$")
+    removed = []
+    if Path(folder).is_dir():
+        for entry in Path(folder).iterdir():
+            if pattern.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    if removed:
+        log.info("removed %d unfinished temporary folder(s) of an interrupted write in %s", len(removed), folder)
+    return removed
 
 
 def swap_in_directory(tmp_dir: Path, final: Path, old: Path) -> None:
@@ -179,6 +202,7 @@ def save_checkpoint(run_dir: str | Path, *, weights: Mapping[str, torch.Tensor],
     opt_tensors, opt_rest = split_optimizer_state(optimizer)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **dict(state), "optimizer": opt_rest}
     text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True)
+    remove_stale_temporaries(run_dir, ".checkpoint.")
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir))
     try:
         _save_tensors(tmp / _WEIGHTS, weights)
