@@ -6,7 +6,8 @@
 - ``finetune`` killed with SIGKILL at random moments (seeded), K times in a row, each time resumed:
   after every kill the run folder holds a loadable checkpoint whose iteration never goes back, the
   output model (when one was written) loads and its SHA256 verifies, and the next resume starts
-  training. A final resume runs to completion. Zero corrupt runs.
+  training. A final resume runs to completion and leaves no half-written temporary folder.
+  Zero corrupt runs.
 """
 
 from __future__ import annotations
@@ -167,3 +168,6 @@ def test_repeated_sigkill_during_finetune_always_leaves_a_resumable_run_and_an_i
     assert summary["status"] == "done" and summary["iterations"] == history[-1] + 3
     assert load_checkpoint(run_dir).iteration == history[-1] + 3
     assert load_model(output).card.provenance["status"] == "done"
+    # Folders half-written by killed writers are cleared by the next run; none is left at the end.
+    litter = [p for p in B.listing(tmp_path) if p.endswith((".tmp", ".old"))]
+    assert litter == [], litter
