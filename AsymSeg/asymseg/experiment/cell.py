@@ -22,6 +22,7 @@ from asymseg.events import CancelToken, Event, EventCallback, emit, json_safe
 from asymseg.experiment.config import ExperimentConfig, training_fields
 from asymseg.experiment.data import ExperimentData
 from asymseg.experiment.grid import Cell, updates_per_iteration, work_per_iteration
+from asymseg.target import TargetSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,12 @@ class PlannedCell:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Strict JSON, written atomically."""
     atomic_write_bytes(path, (json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or not JSON (e.g. cut short by a crash)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -69,7 +72,8 @@ class CaseCache:
         self.channels = tuple(channels)
         self._cases: dict[str, Any] = {}
 
-    def get(self, folder: str):
+    def get(self, folder: str) -> Any:
+        """The :class:`asymseg.io.Case` of a folder, loaded with the model's channels on first use."""
         if folder not in self._cases:
             from asymseg.io import discover_case, load_case
 
@@ -91,6 +95,7 @@ def _tagged(on_event: EventCallback | None, cell: Cell) -> EventCallback | None:
 
 
 def _mean_metrics(per_case: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Mean of each headline metric over the test cases where it is defined."""
     out = {}
     for key in HEADLINE_METRICS:
         values = [float(c[key]) for c in per_case if c.get(key) is not None]
@@ -98,8 +103,26 @@ def _mean_metrics(per_case: Sequence[Mapping[str, Any]]) -> dict[str, float | No
     return out
 
 
-def _evaluate(net, case, target, rare_indices: Sequence[int], *, device: str, tile, cancel) -> tuple[dict, np.ndarray]:
-    """Metrics of the rare-class mask and the logits of one case."""
+def _undefined(per_case: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Test cases where a headline metric is undefined (e.g. precision of an empty prediction)."""
+    return {key: sum(1 for c in per_case if c.get(key) is None) for key in HEADLINE_METRICS}
+
+
+def _evaluate(net: Any, case: Any, target: TargetSpec, rare_indices: Sequence[int], *, device: str,
+              tile: tuple[int, int, int] | None, cancel: CancelToken | None) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of the rare-class mask and the logits of one case.
+
+    Args:
+        net: the trained network (``LoadedModel.net``).
+        case: a loaded :class:`asymseg.io.Case` with its label.
+        target: the model's target.
+        rare_indices: indices of the rare classes; their union is the evaluated mask.
+        device, tile, cancel: passed to :func:`asymseg.infer.predict_volume`.
+
+    Returns:
+        (per-case metrics with ``case_id`` and, for several rare classes, ``per_class``;
+        logits ``(K, D, H, W)`` float32).
+    """
     from asymseg.infer import predict_volume
     from asymseg.metrics import case_metrics
 
@@ -123,7 +146,6 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
              *, logit_figure: bool, on_event: EventCallback | None, cancel: CancelToken | None) -> dict[str, Any]:
     """Train, evaluate and analyse one cell; write its result.json last. Returns the result."""
     from asymseg.modelfile import load_model
-    from asymseg.target import TargetSpec
     from asymseg.train import finetune
     from asymseg.train.config import TrainConfig
 
@@ -142,9 +164,7 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
     train_seconds = time.perf_counter() - started
 
     loaded = load_model(cell_dir / "model")
-    card = loaded.card
-    target_data = card["target"] if isinstance(card, Mapping) else card.target
-    target = target_data if isinstance(target_data, TargetSpec) else TargetSpec.from_dict(target_data)
+    target = loaded.card.target
     rare_indices = [i for i, r in enumerate(target.rare) if r]
     rare_names = [target.names[i] for i in rare_indices]
     tile = tuple(config.evaluate["tile"]) if config.evaluate.get("tile") else None
@@ -183,7 +203,7 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
     else:
         write_json(analysis_dir / "analysis.json", analysis.to_dict())
     first = analysis.classes[rare_names[0]]
-    iterations = int(getattr(train_result, "iterations", None) or train_config.iterations)
+    iterations = int(train_result.iterations)
     overrides = config.technique_overrides.get(cell.technique)
     updates = iterations * updates_per_iteration(cell.technique, overrides)
     work = iterations * work_per_iteration(cell.technique, overrides)
@@ -194,7 +214,8 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
         "hash": planned.hash,
         "train_cases": [Path(f).name for f in planned.train_cases],
         "test_cases": [Path(f).name for f in data.test],
-        "metrics": {"mean": _mean_metrics(per_case_metrics), "per_case": per_case_metrics},
+        "metrics": {"mean": _mean_metrics(per_case_metrics), "undefined": _undefined(per_case_metrics),
+                    "per_case": per_case_metrics},
         "analysis": {
             "class": rare_names[0],
             "shift_rare": first["shift"]["rare"], "shift_nonrare": first["shift"]["nonrare"],
@@ -215,24 +236,12 @@ def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentDat
     return result
 
 
+#: TrainResult fields kept in a cell's result.json (the full history stays in the run folder).
+TRAIN_SUMMARY_KEYS = ("status", "total_iterations", "best_iteration", "best_metrics", "last_losses", "seconds",
+                      "train_seconds")
+
+
 def _train_summary(train_result: Any) -> dict[str, Any]:
-    """JSON-safe fields of a TrainResult (whatever it carries)."""
-    if train_result is None:
-        return {}
-    if hasattr(train_result, "to_dict"):
-        data = train_result.to_dict()
-    elif hasattr(train_result, "__dataclass_fields__"):
-        data = {k: getattr(train_result, k) for k in train_result.__dataclass_fields__}
-    else:
-        return {}
-    keep = {}
-    for key, value in data.items():
-        if key == "iterations":
-            continue
-        value = json_safe(value)
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            value = str(value)
-        keep[key] = value
-    return keep
+    """The JSON-safe summary of an ``asymseg.train.TrainResult``."""
+    data = train_result.to_dict()
+    return {key: json_safe(data.get(key)) for key in TRAIN_SUMMARY_KEYS}

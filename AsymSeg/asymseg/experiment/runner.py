@@ -130,6 +130,10 @@ def write_report(config: ExperimentConfig, out_dir: Path, cells: Sequence[Cell],
              f"training sets: {', '.join(str(n) for _, n in config.sizes())} case(s)."]
     if missing:
         notes.append(f"Not finished: {', '.join(missing)}.")
+    undefined = sum(results[c]["metrics"].get("undefined", {}).get("precision", 0) for c in results)
+    if undefined:
+        notes.append(f"Precision is averaged over the test cases where it is defined; {undefined} case "
+                     "evaluation(s) had an empty prediction (no precision; sensitivity 0, DSC 0).")
     figures_dir = out_dir / "figures"
     if rows:
         title = f"{config.name}: test metrics vs training-set fraction"
