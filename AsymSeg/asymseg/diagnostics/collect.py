@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +83,13 @@ def case_samples(
     return samples
 
 
-def _resolve_model(model: Any):
-    """A loaded model (net + card) from a LoadedModel, a path or a registry name."""
+def _resolve_model(model: Any) -> Any:
+    """A loaded model (``asymseg.modelfile.LoadedModel``) from itself, a model folder or a registry name."""
     if hasattr(model, "net") and hasattr(model, "card"):
         return model
     from asymseg.modelfile import load_model
 
     return load_model(model)
-
-
-def _card_field(card: Any, key: str) -> Any:
-    return card[key] if isinstance(card, Mapping) else getattr(card, key)
 
 
 def _load(case: Any, channels: Sequence[str]):
@@ -148,7 +144,6 @@ def analyze_model(
         Cancelled: the token was cancelled.
     """
     from asymseg.infer import predict_volume
-    from asymseg.target import TargetSpec
 
     if not train_cases or not test_cases:
         raise InputError("analyze needs at least one training case and one test case")
@@ -156,9 +151,8 @@ def analyze_model(
         raise InputError(f"--max-nonrare must be >= 1, got {max_nonrare}")
     loaded = _resolve_model(model)
     card = loaded.card
-    target_data = _card_field(card, "target")
-    target = target_data if isinstance(target_data, TargetSpec) else TargetSpec.from_dict(target_data)
-    channels = tuple(_card_field(card, "channels"))
+    target = card.target
+    channels = tuple(card.channels)
     rare_names = [n for n, r in zip(target.names, target.rare) if r]
     groups = {"train": list(train_cases), "test": list(test_cases)}
     total = sum(len(v) for v in groups.values())
@@ -198,7 +192,7 @@ def analyze_model(
                  message=f"{group} case {case.case_id}: {rare_count} rare voxel(s)", case_id=case.case_id)
     meta = {
         "model": str(getattr(loaded, "path", "") or ""),
-        "architecture": _card_get(card, "architecture"),
+        "architecture": card.architecture,
         "target": target.to_dict(),
         "channels": list(channels),
         "cases": case_ids,
@@ -215,10 +209,3 @@ def analyze_model(
 def _describe(case: Any) -> str:
     """A case folder as a string, or the id of an already loaded case."""
     return str(case.case_id) if hasattr(case, "case_id") else str(Path(case))
-
-
-def _card_get(card: Any, key: str) -> Any:
-    try:
-        return _card_field(card, key)
-    except (KeyError, AttributeError):
-        return None
