@@ -81,6 +81,9 @@ def test_each_cell_records_metrics_analysis_and_its_training_cases(smoke_run):
     assert numbers["shift"]["rare"] == small["analysis"]["shift_rare"]
     assert numbers["groups"]["train"]["cases"] == 2 and numbers["groups"]["test"]["cases"] == 2
     assert (out / "cells" / "n02_ce_s0" / "model").is_dir()
+    # figures.logit_cells asks for the diagnostic's figure of n02_ce_s0 only
+    assert (out / "cells" / "n02_ce_s0" / "analysis" / "logits.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "cells" / "n04_ce_s0" / "analysis" / "logits.png").exists()
 
 
 def test_a_second_run_recomputes_nothing(smoke_run, cli):
