@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Event kinds of the engine's JSON-lines protocol (the engine's constants.EVENT_*; repeated here
-# because the Slicer side never imports the engine).
+# because the Slicer side never imports the engine; a test checks that both lists agree).
 EVENT_START = "start"
 EVENT_PROGRESS = "progress"
 EVENT_ITERATION = "iteration"
@@ -30,7 +30,7 @@ EVENT_CANCELLED = "cancelled"
 EVENT_FAILED = "failed"
 TERMINAL_EVENTS = frozenset({EVENT_DONE, EVENT_CANCELLED, EVENT_FAILED})
 
-# Exit codes of ``python -m asymseg`` (the engine's constants.EXIT_*).
+# Exit codes of ``python -m asymseg`` (the engine's constants.EXIT_*, checked by the same test).
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -99,7 +99,8 @@ class ProgressEvent:
         return " ".join(parts)
 
 
-def _asCount(value: Any) -> int | None:
+def asCount(value: Any) -> int | None:
+    """A whole number from a JSON value (``3`` or ``3.0``), else None (booleans, fractions, text, NaN)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -136,8 +137,8 @@ def parseLine(line: str, stream: str = "stdout") -> ProgressEvent | None:
             return ProgressEvent(
                 kind=kind,
                 stage=stage if isinstance(stage, str) else None,
-                done=_asCount(obj.pop("done", None)),
-                total=_asCount(obj.pop("total", None)),
+                done=asCount(obj.pop("done", None)),
+                total=asCount(obj.pop("total", None)),
                 message=message if isinstance(message, str) else None,
                 data=obj,
                 stream=stream,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from AsymSegLib.progress import (EVENT_CHECKPOINT, EVENT_DONE, EVENT_ITERATION, EVENT_START, EVENT_VALIDATION,
-                                 ProgressEvent, formatDuration)
+                                 ProgressEvent, asCount, formatDuration)
 
 #: Validation metrics plotted, with their curve titles.
 VALIDATION_CURVES: dict[str, str] = {"dsc": "DSC", "sensitivity": "Sensitivity", "precision": "Precision"}
@@ -80,12 +80,12 @@ class TrainingProgress:
         changed: set[str] = set()
         data = event.data
         if event.kind == EVENT_START:
-            total = _asInt(data.get("iterations")) or event.total
+            total = asCount(data.get("iterations")) or event.total
             if total:
                 self.total = total
                 changed.add("progress")
         elif event.kind == EVENT_ITERATION:
-            iteration = event.done if event.done is not None else _asInt(data.get("iteration"))
+            iteration = event.done if event.done is not None else asCount(data.get("iteration"))
             if iteration is None:
                 return changed
             if event.total:
@@ -99,7 +99,7 @@ class TrainingProgress:
             changed.add("progress")
         elif event.kind == EVENT_VALIDATION:
             means = _meanMetrics(data)
-            iteration = _asInt(data.get("iteration"))
+            iteration = asCount(data.get("iteration"))
             if iteration is None:
                 iteration = event.done if event.done is not None else self.done
             if means:
@@ -157,12 +157,3 @@ class TrainingProgress:
         return ([float(i) for i in self.validationIterations],
                 {title: list(self.validation[key]) for key, title in VALIDATION_CURVES.items()})
 
-
-def _asInt(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    return None

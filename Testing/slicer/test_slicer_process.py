@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -73,6 +75,39 @@ def test_error_line_and_exit_codes_are_described():
     assert progress.formatDuration(75) == "1 min 15 s"
     assert progress.formatDuration(3725) == "1 h 02 min"
     assert progress.formatDuration(None) == "?"
+
+
+def test_counts_are_whole_numbers_only():
+    assert [progress.asCount(v) for v in (3, 3.0, 0, -2)] == [3, 3, 0, -2]
+    assert [progress.asCount(v) for v in (True, 2.5, "3", None, float("nan"), float("inf"))] == [None] * 6
+
+
+def test_event_kinds_and_exit_codes_mirror_the_engine_constants():
+    """The Slicer side repeats the engine's protocol names (it never imports the engine): keep them equal."""
+    constants = pytest.importorskip("asymseg.constants")
+
+    def names(module, prefix):  # the single values, not the sets and tables built from them
+        return {name: value for name, value in vars(module).items()
+                if name.startswith(prefix) and isinstance(value, (int, str))}
+
+    assert names(progress, "EVENT_") == names(constants, "EVENT_")
+    assert set(names(progress, "EVENT_").values()) == constants.EVENT_KINDS
+    assert names(progress, "EXIT_") == names(constants, "EXIT_")
+    assert set(progress.EXIT_CODE_MEANINGS) == set(names(constants, "EXIT_").values())
+    assert progress.TERMINAL_EVENTS == {constants.EVENT_DONE, constants.EVENT_CANCELLED, constants.EVENT_FAILED}
+
+
+def test_a_line_the_engine_renders_parses_back_to_the_same_event_fields():
+    """ProgressEvent mirrors the engine's Event field by field; the JSON line carries them across."""
+    events = pytest.importorskip("asymseg.events")
+    engineFields = [f.name for f in dataclasses.fields(events.Event)]
+    assert [f.name for f in dataclasses.fields(progress.ProgressEvent)][:len(engineFields)] == engineFields
+    stream = io.StringIO()
+    events.JsonlRenderer(stream)(events.Event("iteration", stage="train", done=3, total=10, message="step 3",
+                                              data={"loss_clean": 0.5}))
+    parsed = progress.parseLine(stream.getvalue())
+    assert [getattr(parsed, name) for name in engineFields] == ["iteration", "train", 3, 10, "step 3",
+                                                                {"loss_clean": 0.5}]
 
 
 def test_engine_environment_puts_the_engine_first_and_hides_gpus_when_forced():
