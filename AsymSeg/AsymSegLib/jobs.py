@@ -1,5 +1,7 @@
-"""One segmentation run: scene -> files -> ``asymseg segment`` -> scene.
+"""Engine runs from the scene; here the segmentation run: scene -> files -> ``asymseg segment`` -> scene.
 
+:class:`EngineJob` is what every run shares (a temporary folder, the engine subprocess, cancel,
+the blocking :meth:`EngineJob.run`); AsymSegTrainingLib's fine-tuning job builds on it too.
 :class:`SegmentationJob` writes the channel volumes (and a reference, if any) to a temporary
 folder with exact geometry, starts the engine, and, once it has finished, imports the label map
 as a named, coloured segment, the optional probability map, the metrics table and the logit
@@ -15,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 from slicer import util as sutil
@@ -92,17 +95,108 @@ class SegmentationResult:
     device: str | None = None
 
 
-class SegmentationJob:
+ResultT = TypeVar("ResultT")
+
+
+class EngineJob(Generic[ResultT]):
+    """An engine run from the scene: inputs in a temporary folder, the engine in a subprocess.
+
+    Subclasses write their inputs and return the engine arguments in :meth:`prepare`, name the
+    device in :attr:`device` and build their result in :meth:`finish` (which ends with
+    :meth:`cleanup`). Call :meth:`start`, :meth:`finish` and the subclass's ``poll`` from the GUI
+    thread; :meth:`run` does all in one call.
+
+    Args:
+        scene: the vtkMRMLScene.
+        segmentationsLogic: the Segmentations module logic.
+        processFactory: creates the :class:`~AsymSegLib.process.EngineProcess` (tests and the
+            modules pass one configured with the right interpreter).
+        workDirectory: parent of the temporary folder (default: the system's).
+        keepFiles: keep the temporary folder (for debugging).
+    """
+
+    def __init__(self, scene, segmentationsLogic, processFactory: Callable[[], EngineProcess] = EngineProcess,
+                 workDirectory: str | Path | None = None, keepFiles: bool = False) -> None:
+        self.scene = scene
+        self.segmentationsLogic = segmentationsLogic
+        self.process = processFactory()
+        self.workDirectory = workDirectory
+        self.keepFiles = keepFiles
+        self.folder: Path | None = None
+
+    @property
+    def device(self) -> str:
+        """The device: "auto", "cpu" or "cuda" ("cpu" hides every GPU from the engine)."""
+        raise NotImplementedError
+
+    def prepare(self) -> list[str]:
+        """Write the inputs to a temporary folder; returns the engine arguments (GUI thread)."""
+        raise NotImplementedError
+
+    def finish(self) -> ResultT:
+        """The run's result once the engine has finished (GUI thread); removes the temporary folder."""
+        raise NotImplementedError
+
+    def _makeFolder(self, prefix: str) -> Path:
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=self.workDirectory))
+        return self.folder
+
+    def start(self, launcher: Launcher | None = None) -> None:
+        """Write the inputs and start the engine (GUI thread); returns at once.
+
+        Raises:
+            ValueError, OSError: the inputs could not be written or the engine could not start;
+                the temporary folder is removed first.
+        """
+        try:
+            args = self.prepare()
+            self.process.start(args, forceCpu=self.device == "cpu", launcher=launcher)
+        except Exception:
+            self.cleanup()
+            raise
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    def cancel(self) -> None:
+        """Ask the engine to stop (it is killed after the grace period)."""
+        self.process.cancel()
+
+    def run(self, timeout: float | None = None,
+            onEvent: Callable[[ProgressEvent], None] | None = None) -> ResultT:
+        """Start, wait and finish in one call (scripts, batch use, tests)."""
+        self.start()
+
+        def handle(event: ProgressEvent) -> None:
+            self._follow(event)
+            if onEvent is not None:
+                onEvent(event)
+
+        try:
+            self.process.wait(timeout=timeout, onEvent=handle)
+        except BaseException:
+            self.process.kill()
+            self.process.close()
+            self.cleanup()
+            raise
+        return self.finish()
+
+    def _follow(self, event: ProgressEvent) -> None:
+        """Called by :meth:`run` with each event before ``onEvent`` (a subclass may keep track)."""
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (unless ``keepFiles``)."""
+        if self.folder is not None and not self.keepFiles:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SegmentationJob(EngineJob[SegmentationResult]):
     """A segmentation run in an engine subprocess.
 
     Args:
         request: the :class:`SegmentationRequest`.
-        scene: the vtkMRMLScene.
-        segmentationsLogic: the Segmentations module logic.
-        processFactory: creates the :class:`~AsymSegLib.process.EngineProcess` (tests and the
-            module pass one configured with the right interpreter).
-        workDirectory: parent of the temporary folder (default: the system's).
-        keepFiles: keep the temporary folder (for debugging).
+        scene, segmentationsLogic, processFactory, workDirectory, keepFiles: see :class:`EngineJob`.
 
     Example (blocking, e.g. from the Python console)::
 
@@ -114,13 +208,8 @@ class SegmentationJob:
                  processFactory: Callable[[], EngineProcess] = EngineProcess,
                  workDirectory: str | Path | None = None, keepFiles: bool = False) -> None:
         request.check()
+        super().__init__(scene, segmentationsLogic, processFactory, workDirectory, keepFiles)
         self.request = request
-        self.scene = scene
-        self.segmentationsLogic = segmentationsLogic
-        self.process = processFactory()
-        self.workDirectory = workDirectory
-        self.keepFiles = keepFiles
-        self.folder: Path | None = None
         self.paths: dict[str, Path] = {}
         self._referenceArray: np.ndarray | None = None
         self.lastProgress: ProgressEvent | None = None
@@ -130,10 +219,14 @@ class SegmentationJob:
     def referenceVolume(self):
         return next(iter(self.request.volumes.values()))
 
+    @property
+    def device(self) -> str:
+        return self.request.device
+
     def prepare(self) -> list[str]:
         """Write the inputs to a temporary folder; returns the engine arguments (GUI thread)."""
         request = self.request
-        self.folder = Path(tempfile.mkdtemp(prefix="asymseg-segment-", dir=self.workDirectory))
+        self._makeFolder("asymseg-segment-")
         args = ["segment", "--model", request.model]
         for channel, node in request.volumes.items():
             path = S.writeVolume(node, self.folder / f"input_{channel}{S.EXCHANGE_EXTENSION}")
@@ -158,15 +251,6 @@ class SegmentationJob:
         args += ["--device", request.device, "--progress", "jsonl", *request.extraArguments]
         return args
 
-    def start(self, launcher: Launcher | None = None) -> None:
-        """Write the inputs and start the engine (GUI thread); returns at once."""
-        args = self.prepare()
-        try:
-            self.process.start(args, forceCpu=self.request.device == "cpu", launcher=launcher)
-        except Exception:
-            self.cleanup()
-            raise
-
     def poll(self) -> list[ProgressEvent]:
         """New events since the last call (no blocking)."""
         events = self.process.poll()
@@ -174,14 +258,6 @@ class SegmentationJob:
             if event.fraction is not None:
                 self.lastProgress = event
         return events
-
-    @property
-    def finished(self) -> bool:
-        return self.process.finished
-
-    def cancel(self) -> None:
-        """Ask the engine to stop (it is killed after the grace period)."""
-        self.process.cancel()
 
     def finish(self) -> SegmentationResult:
         """Import the results into the scene once the engine has finished (GUI thread).
@@ -196,24 +272,6 @@ class SegmentationJob:
             return self._importResults(engineResult)
         finally:
             self.cleanup()
-
-    def run(self, timeout: float | None = None,
-            onEvent: Callable[[ProgressEvent], None] | None = None) -> SegmentationResult:
-        """Start, wait and finish in one call (scripts, batch use, tests)."""
-        self.start()
-        try:
-            self.process.wait(timeout=timeout, onEvent=onEvent)
-        except BaseException:
-            self.process.kill()
-            self.process.close()
-            self.cleanup()
-            raise
-        return self.finish()
-
-    def cleanup(self) -> None:
-        """Remove the temporary folder (unless ``keepFiles``)."""
-        if self.folder is not None and not self.keepFiles:
-            shutil.rmtree(self.folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ results
     def _importResults(self, engineResult: EngineResult) -> SegmentationResult:

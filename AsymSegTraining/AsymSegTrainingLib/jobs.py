@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from AsymSegLib import models, plots
-from AsymSegLib.process import EngineProcess, EngineResult, Launcher
+from AsymSegLib.jobs import EngineJob
+from AsymSegLib.process import EngineProcess, EngineResult
 from AsymSegLib.progress import ProgressEvent
 
 from AsymSegTrainingLib.export import FOREGROUND_LABEL, SceneCase, exportTrainingCase
@@ -47,8 +46,11 @@ class TrainingResult:
         return self.engine.succeeded
 
 
-class TrainingJob:
+class TrainingJob(EngineJob[TrainingResult]):
     """A fine-tuning run in an engine subprocess.
+
+    :meth:`cancel` asks the engine to stop: it finishes its step and keeps its checkpoint and best
+    model.
 
     Args:
         parameters: the run's :class:`TrainingParameters` (case folders from disk go in
@@ -66,8 +68,6 @@ class TrainingJob:
                  processFactory: Callable[[], EngineProcess] = EngineProcess,
                  workDirectory: str | Path | None = None) -> None:
         self.parameters = parameters
-        self.scene = scene
-        self.segmentationsLogic = segmentationsLogic
         self.sceneTrainCases = list(sceneTrainCases)
         self.sceneValCases = list(sceneValCases)
         ids = [c.caseId for c in self.sceneTrainCases + self.sceneValCases]
@@ -76,17 +76,19 @@ class TrainingJob:
             raise ValueError(f"case ids must be unique: {', '.join(duplicates)} used twice")
         for case in self.sceneTrainCases + self.sceneValCases:
             case.check()
-        self.process = processFactory()
-        self.workDirectory = workDirectory
-        self.folder: Path | None = None
+        super().__init__(scene, segmentationsLogic, processFactory, workDirectory)
         self.progress = TrainingProgress()
         self.lossPlot: plots.PlotNodes | None = None
         self.validationPlot: plots.PlotNodes | None = None
         self.effectiveParameters: TrainingParameters | None = None
 
+    @property
+    def device(self) -> str:
+        return self.parameters.device
+
     def prepare(self) -> list[str]:
         """Export the scene cases and build the engine arguments (GUI thread)."""
-        self.folder = Path(tempfile.mkdtemp(prefix="asymseg-finetune-", dir=self.workDirectory))
+        self._makeFolder("asymseg-finetune-")
         trainFolders = [str(exportTrainingCase(c, self.folder / "train", self.segmentationsLogic, self.scene))
                         for c in self.sceneTrainCases]
         valFolders = [str(exportTrainingCase(c, self.folder / "val", self.segmentationsLogic, self.scene))
@@ -100,15 +102,6 @@ class TrainingJob:
             p, trainCases=list(p.trainCases) + trainFolders, valCases=list(p.valCases) + valFolders,
             foregroundLabels=foreground)
         return self.effectiveParameters.asArgList()
-
-    def start(self, launcher: Launcher | None = None) -> None:
-        """Export the cases and start the engine (GUI thread); returns at once."""
-        try:
-            args = self.prepare()
-            self.process.start(args, forceCpu=self.parameters.device == "cpu", launcher=launcher)
-        except Exception:
-            self.cleanup()
-            raise
 
     def poll(self) -> tuple[list[ProgressEvent], set[str]]:
         """New events and what they changed ({"progress", "losses", "validation"})."""
@@ -136,14 +129,6 @@ class TrainingJob:
     def _title(self) -> str:
         return Path(str(self.parameters.outputModel)).name
 
-    @property
-    def finished(self) -> bool:
-        return self.process.finished
-
-    def cancel(self) -> None:
-        """Ask the engine to stop: it finishes its step, keeps its checkpoint and best model."""
-        self.process.cancel()
-
     def finish(self) -> TrainingResult:
         """The outcome once the engine has finished; removes the exported cases."""
         try:
@@ -154,28 +139,8 @@ class TrainingJob:
         finally:
             self.cleanup()
 
-    def run(self, timeout: float | None = None,
-            onEvent: Callable[[ProgressEvent], None] | None = None) -> TrainingResult:
-        """Start, wait and finish in one call (scripts, tests)."""
-        self.start()
-
-        def handle(event: ProgressEvent) -> None:
-            self.progress.update(event)
-            if onEvent is not None:
-                onEvent(event)
-
-        try:
-            self.process.wait(timeout=timeout, onEvent=handle)
-        except BaseException:
-            self.process.kill()
-            self.process.close()
-            self.cleanup()
-            raise
-        return self.finish()
-
-    def cleanup(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+    def _follow(self, event: ProgressEvent) -> None:
+        self.progress.update(event)
 
     def _modelPath(self, engineResult: EngineResult) -> Path | None:
         done = engineResult.doneEvent

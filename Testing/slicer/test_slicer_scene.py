@@ -13,6 +13,7 @@ import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
 from slicer import util as sutil  # noqa: E402
+from AsymSegLib import jobs  # noqa: E402
 from AsymSegLib import scene as S  # noqa: E402
 
 pytestmark = pytest.mark.slicer
@@ -258,3 +259,17 @@ def test_segments_for_model_classes():
         (1, "Necrosis", "Necrosis"), (2, "Oedema", "Oedema"), (3, "EnhancingTumour", "Enhancing tumour")]
     assert specs[0].terminology == S.TUMOUR_CORE_TERMINOLOGY and specs[1].terminology is None
     assert len({s.color for s in specs}) == 3
+
+
+# ------------------------------------------------------------------------------ jobs
+def test_a_job_whose_inputs_cannot_be_written_raises_and_leaves_no_temporary_folder(mrml, oblique, tmp_path):
+    node, _, _ = oblique
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    request = jobs.SegmentationRequest(volumes={"flair": node}, model="starter", outputSegmentation=segmentation)
+    job = jobs.SegmentationJob(request, mrml.scene, mrml.segmentations, workDirectory=tmp_path)
+    with pytest.raises(ValueError, match="under the transform 'shift'"):
+        job.start()
+    assert job.folder is not None and not job.folder.exists()
+    assert list(tmp_path.iterdir()) == [] and not job.process.started
