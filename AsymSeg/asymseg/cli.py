@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         stderr.write(f"asymseg {args.command}: cancelled\n")
         return C.EXIT_CANCELLED
     except MemoryError:
-        stderr.write(f"asymseg {args.command}: error: out of memory\n")
+        advice = "free memory or lower --tile" if hasattr(args, "tile") else "free memory"
+        stderr.write(f"asymseg {args.command}: error: out of memory; {advice}\n")
         return C.EXIT_RESOURCES
     except OSError as err:
         if args.debug:

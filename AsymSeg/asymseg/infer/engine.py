@@ -152,6 +152,11 @@ def resolve_memory_format(memory_format: str, net: torch.nn.Module, device: torc
     return torch.contiguous_format
 
 
+#: Lower-case fragments of RuntimeError texts that mean an allocation failed. oneDNN reports a
+#: scratchpad it cannot allocate as "could not create a primitive" (seen under RLIMIT_AS).
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "failed to allocate", "could not create a primitive")
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """True for CUDA out-of-memory errors and CPU allocator failures."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
@@ -161,7 +166,7 @@ def is_out_of_memory(err: BaseException) -> bool:
         return True
     if isinstance(err, RuntimeError):
         text = str(err).lower()
-        return any(s in text for s in ("out of memory", "can't allocate memory", "failed to allocate"))
+        return any(s in text for s in _OOM_TEXTS)
     return False
 
 
@@ -348,6 +353,7 @@ def run_with_oom_retry(attempt: Callable[[torch.device, Triple], T], *, device: 
     Raises:
         ResourceError: the smallest tiles ran out of memory on the last device.
     """
+    first = tuple(tile)
     while True:
         try:
             return attempt(device, tile), device, tile
@@ -370,7 +376,9 @@ def run_with_oom_retry(attempt: Callable[[torch.device, Triple], T], *, device: 
             device, tile = fallback_device, new_tile  # type: ignore[assignment]
             fallback_device = None
         else:
-            raise ResourceError(f"out of memory on {device} even with {_fmt(tile)} tiles ({reason})")
+            tried = f", lowered automatically from {_fmt(first)}" if tuple(tile) != first else ""
+            raise ResourceError(f"out of memory on {device} even with {_fmt(tile)} tiles (the smallest{tried}): "
+                                f"free memory or use a machine with more ({reason})")
         log.warning("%s", message)
         if retries is not None:
             retries.append(message)

@@ -129,6 +129,17 @@ def _itk_reason(err: Exception, path: Path) -> str:
     return text[:240]
 
 
+#: Lower-case fragments of ITK exception texts that mean an allocation failed, not a bad file.
+_ITK_ALLOCATION_TEXTS = ("bad_alloc", "memoryallocationerror", "failed to allocate memory")
+
+
+def _check_allocation(err: Exception, path: Path, what: str) -> None:
+    """Raise ResourceError when ITK's exception is an allocation failure (out of memory)."""
+    text = str(err).lower()
+    if any(fragment in text for fragment in _ITK_ALLOCATION_TEXTS):
+        raise ResourceError(f"{path}: out of memory while {what}; free memory") from err
+
+
 def _is_zero_spacing(reason: str) -> bool:
     lower = reason.lower()
     return "spacing" in lower and ("zero" in lower or "(0)" in lower)
@@ -156,6 +167,7 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
         with _native_stderr_to_log(path) as said:
             reader.ReadImageInformation()
     except RuntimeError as err:
+        _check_allocation(err, path, f"reading the {role} image")
         reason = _with_native(_itk_reason(err, path), said)
         if _is_zero_spacing(reason):
             raise InputError(f"{path}: {role} image spacing has a zero axis") from err
@@ -173,6 +185,7 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
         with _native_stderr_to_log(path) as said:
             image = reader.Execute()
     except RuntimeError as err:
+        _check_allocation(err, path, f"reading the {role} image")
         if _is_zero_spacing(_itk_reason(err, path)):
             raise InputError(f"{path}: {role} image spacing has a zero axis") from err
         raise InputError(f"{path}: cannot read {role} image: {_with_native(_itk_reason(err, path), said)}") from err
@@ -331,6 +344,7 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
                 sitk.WriteImage(image, str(tmp), _COMPRESSED_WRITE[ext])
             problem = nifti_problem(tmp) if ext in (".nii", ".nii.gz") else None
         except RuntimeError as err:
+            _check_allocation(err, path, "writing the image")
             problem = _itk_reason(err, tmp)
         if problem is not None:
             if _out_of_space(tmp):
