@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from asymseg import constants as C
 from helpers import broken as B
 
 COMMANDS = ("segment", "finetune", "evaluate", "analyze")
+HELPERS = Path(__file__).resolve().parent / "helpers"
 TINY_NET = {"normal_features": [4, 4], "lowres_features": [4, 4], "fc_features": [8], "dropout": [0.0, 0.0]}
 
 
@@ -77,6 +79,11 @@ class Spec:
         keep: for failures: entries of ``watch`` that may stay (they existed before, or are the
             run folder of an interrupted fine-tuning, which holds no model).
         limits: resource limits for the subprocess, e.g. {resource.RLIMIT_FSIZE: 5000}.
+        memory_mb: run through helpers/memory_limit.py: address space limited to what the process
+            maps after its imports plus this many MiB.
+        logs: fragments of log lines (WARNING ...) that must appear besides the result.
+        warnings: WARNING log lines (the automatic tile fallback) may come before the single
+            error line; they are not counted.
         check: an extra check of the result (exit 0 rows).
     """
 
@@ -87,6 +94,9 @@ class Spec:
     expect: tuple[str, ...] = ()
     keep: tuple[str, ...] = ()
     limits: dict = field(default_factory=dict)
+    memory_mb: float | None = None
+    logs: tuple[str, ...] = ()
+    warnings: bool = False
     check: Callable | None = None
 
 
@@ -373,6 +383,43 @@ def out_of_disk(ws, tmp):
     }
 
 
+def _memory_workspace(ws: Workspace) -> tuple[Path, Path, Path]:
+    """A 64^3 case (brain box about 48^3), a second one, and a wider tiny model, made once: a
+    48^3 tile of this model needs tens of MiB of activations, a 24^3 tile a few."""
+    from asymseg.modelfile import create_model, save_model
+    from asymseg.phantom import write_phantom_cases
+    from asymseg.target import TargetSpec
+
+    root = ws.root / "memory"
+    if not root.exists():
+        write_phantom_cases(root / "cases", 2, size=(64, 64, 64), seed=3)
+        net, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.tumour_core("brats2017"), seed=1,
+                                 name="wide", normal_features=[16, 16], lowres_features=[16, 16], fc_features=[64],
+                                 dropout=[0.0, 0.0])
+        save_model(root / "wide", net, card)
+    return root / "cases" / "phantom_000", root / "cases" / "phantom_001", root / "wide"
+
+
+def tile_too_large(ws, tmp):
+    """--tile 64 with 40 MiB to spare: the first tiles do not fit, halved ones do (automatic fallback)."""
+    case, _, model = _memory_workspace(ws)
+    out = out_dir(tmp)
+    return {"segment": Spec(segment(ws, tmp, case, "--probabilities", "--tile", "64", model=model), 0, watch=(out,),
+                            expect=("seg.nii.gz", "seg_prob.nii.gz"), memory_mb=40, logs=("retrying with",),
+                            warnings=True)}
+
+
+def out_of_memory(ws, tmp):
+    """10 MiB to spare: not even the smallest tiles fit. Exit 4, one error line, no output."""
+    case, other, model = _memory_workspace(ws)
+    out = out_dir(tmp)
+    analysis = ["analyze", "--model", model, "--train-case", other, "--test-case", case, "--out", out / "analysis",
+                "--tile", "64", "--progress", "none"]
+    return {"segment": Spec(segment(ws, tmp, case, "--probabilities", "--tile", "64", model=model), 4,
+                            ("out of memory", "free memory"), (out,), memory_mb=10, warnings=True),
+            "analyze": Spec(analysis, 4, ("out of memory", "free memory"), (out,), memory_mb=10, warnings=True)}
+
+
 ROWS: dict[str, tuple[str, Callable]] = {
     "missing-file": ("missing file", missing_file),
     "truncated-nii-gz": ("truncated .nii.gz", file_row(B.FLAIR, B.truncate, "truncated")),
@@ -405,13 +452,16 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "output-read-only": ("output in a read-only location (sysfs)", unwritable("sysfs")),
     "output-wrong-kind": ("output: wrong file type, or a file/folder where the other is needed", unwritable("other")),
     "out-of-disk": ("running out of disk while writing (RLIMIT_FSIZE)", out_of_disk),
+    "tile-too-large": ("a tile too large for memory (automatic fallback)", tile_too_large),
+    "out-of-memory": ("out of memory even with the smallest tiles (RLIMIT_AS)", out_of_memory),
 }
 
 #: (row, command) pairs that run as a real subprocess: the rows where ITK prints to fd 2 itself,
 #: the resource limits, and one model refusal; the rest run in-process to keep the matrix fast.
 SUBPROCESS = {("header-without-data", "segment"), ("header-without-data", "evaluate"),
               ("pickle-checkpoint", "segment"), ("out-of-disk", "segment"), ("out-of-disk", "finetune"),
-              ("out-of-disk", "analyze")}
+              ("out-of-disk", "analyze"), ("tile-too-large", "segment"), ("out-of-memory", "segment"),
+              ("out-of-memory", "analyze")}
 
 #: Which commands each row applies to (the others are marked n/a in docs/ROBUSTNESS.md).
 APPLIES = {
@@ -430,6 +480,8 @@ APPLIES = {
     "output-read-only": ("segment", "finetune", "analyze"),
     "output-wrong-kind": ("segment", "finetune", "analyze"),
     "out-of-disk": ("segment", "finetune", "analyze"),
+    "tile-too-large": ("segment",),
+    "out-of-memory": ("segment", "analyze"),
 }
 
 CELLS = [pytest.param(row, cmd, id=f"{row}-{cmd}",
@@ -441,6 +493,11 @@ CELLS = [pytest.param(row, cmd, id=f"{row}-{cmd}",
 def _run_subprocess(spec: Spec, tmp: Path):
     from conftest import run_asymseg
 
+    if spec.memory_mb is not None:
+        proc = subprocess.run([sys.executable, str(HELPERS / "memory_limit.py"), str(spec.memory_mb), "--threads", "1",
+                               *map(str, spec.argv)], capture_output=True, text=True, timeout=300, cwd=tmp,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"})
+        return proc.returncode, proc.stdout, proc.stderr
     limits = dict(spec.limits)
 
     def preexec():
@@ -469,11 +526,14 @@ def test_bad_input_matrix(row, command, ws, tmp_path, cli, capfd):
     if row == "output-read-only" and not os.path.isdir("/sys/kernel"):
         pytest.skip("needs Linux sysfs (read-only even for root)")
     spec = ROWS[row][1](ws, tmp_path)[command]
-    if (row, command) in SUBPROCESS or spec.limits:
+    if (row, command) in SUBPROCESS or spec.limits or spec.memory_mb is not None:
         code, out, err = _run_subprocess(spec, tmp_path)
     else:
         code, out, err = _run_in_process(spec, cli, capfd)
     lines = [line for line in err.splitlines() if line.strip()]
+    for fragment in spec.logs:  # expected log lines (the automatic tile fallback) come before the result
+        assert any(line.startswith("WARNING ") and fragment in line for line in lines), err
+    lines = [line for line in lines if not (spec.warnings and line.startswith("WARNING "))]
     if spec.code == 0:
         assert code == 0, err
         assert not [line for line in lines if "error" in line.lower()], err
