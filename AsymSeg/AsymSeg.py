@@ -8,8 +8,6 @@ Slicer application lives in the Qt-free AsymSegLib package.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,17 +23,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, jobs, models, process, sampledata, scene
+from AsymSegLib import channels, install, jobs, models, sampledata, scene
+from AsymSegLib.logicsupport import EngineLogicMixin
 
 #: The channels the panel offers, in display order (a model uses some of them).
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
 #: BRATS 2015 tumour-core labels: the default foreground of a labelmap reference.
 DEFAULT_REFERENCE_LABELS = "1,3,4"
-
-
-def pythonSlicerExecutable() -> str:
-    """The interpreter for engine subprocesses: PythonSlicer inside Slicer, else this Python."""
-    return shutil.which("PythonSlicer") or sys.executable
 
 
 def parseLabelValues(text: str) -> list[int] | None:
@@ -413,8 +407,11 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class AsymSegLogic(ScriptedLoadableModuleLogic):
+class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
     """Segmentation without the GUI: usable from the Python console and scripts.
+
+    The interpreter, engine processes, model list, first-use installs and ``runEngine`` come
+    from :class:`AsymSegLib.logicsupport.EngineLogicMixin` (``AsymSegLogic(pythonExecutable=...)``).
 
     Example::
 
@@ -422,43 +419,10 @@ class AsymSegLogic(ScriptedLoadableModuleLogic):
         result = logic.segment({"flair": flairNode, "t1c": t1cNode}, model="starter")
     """
 
-    def __init__(self, pythonExecutable: str | None = None) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.pythonExecutable = pythonExecutable or pythonSlicerExecutable()
-
     def getParameterNode(self):
         return AsymSegParameterNode(super().getParameterNode())
 
-    def newEngineProcess(self) -> process.EngineProcess:
-        return process.EngineProcess(pythonExecutable=self.pythonExecutable)
-
-    @staticmethod
-    def consoleLauncher():
-        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None.
-
-        Without it (or without psutil) the Lib runner starts the process in its own session and
-        reads it on a thread; the widget polls both the same way from a QTimer.
-        """
-        import inspect
-
-        launch = getattr(slicer.util, "launchConsoleProcess", None)
-        if launch is None or "blocking" not in inspect.signature(launch).parameters:
-            return None
-        if not process.havePsutil():
-            return None  # its process shares Slicer's group: only psutil can stop its whole tree
-
-        def launcher(command, environment, onLine, onExit):
-            changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}
-            return launch(command, updateEnvironment=changed, blocking=False,
-                          logCallback=onLine, completedCallback=onExit)
-
-        return launcher
-
     # ------------------------------------------------------------------ models and inputs
-    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
-        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
-        return models.listModelsOrScan(self.pythonExecutable)
-
     def importModel(self, path: str) -> str:
         return models.importModel(path, self.pythonExecutable)
 
@@ -470,12 +434,6 @@ class AsymSegLogic(ScriptedLoadableModuleLogic):
             byName.setdefault(node.GetName(), node)
         assignment = channels.assignChannels(list(channelNames), list(byName))
         return {channel: (byName[name] if name is not None else None) for channel, name in assignment.items()}
-
-    @staticmethod
-    def ensureDependencies(confirm) -> install.DependencyReport:
-        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``."""
-        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension,
-                                          install.pipInstallWithSlicer)
 
     # ------------------------------------------------------------------ segmentation
     def createSegmentationJob(self, request: jobs.SegmentationRequest) -> jobs.SegmentationJob:
@@ -516,17 +474,6 @@ class AsymSegLogic(ScriptedLoadableModuleLogic):
             probabilityVolume=probabilityVolume, referenceLabelValues=referenceLabelValues,
             metricsTable=metricsTable, device=device)
         return self.createSegmentationJob(request).run(timeout=timeout, onEvent=onEvent)
-
-    def runEngine(self, args, timeout: float | None = None) -> process.EngineResult:
-        """Run any ``asymseg`` command and wait; raises EngineError on failure."""
-        proc = self.newEngineProcess()
-        proc.start(args)
-        try:
-            result = proc.wait(timeout=timeout)
-        finally:
-            proc.close()
-        result.raiseIfFailed()
-        return result
 
     @staticmethod
     def showResults(request: jobs.SegmentationRequest, result: jobs.SegmentationResult) -> None:

@@ -7,8 +7,6 @@ subprocess (``asymseg finetune``); the Qt-free pieces live in AsymSegTrainingLib
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
@@ -23,7 +21,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, models, process
+from AsymSegLib import channels, install, models
+from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegTrainingLib import export, jobs, params
 
 #: Channels the panel offers for scene cases.
@@ -57,11 +56,6 @@ TRAINING_LAYOUT = """
 """
 #: Seconds between plot refreshes while training.
 PLOT_REFRESH_SECONDS = 1.0
-
-
-def pythonSlicerExecutable() -> str:
-    """The interpreter for engine subprocesses: PythonSlicer inside Slicer, else this Python."""
-    return shutil.which("PythonSlicer") or sys.executable
 
 
 def caseIdFromName(name: str, taken) -> str:
@@ -356,8 +350,7 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._appendLog(_("Cancelling: the engine finishes its step and keeps its best model..."))
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
-            install.ensureDependencies(lambda text: slicer.util.confirmOkCancelDisplay(text),
-                                       install.installTorchWithPyTorchExtension, install.pipInstallWithSlicer)
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
             p = self._parameterNode
             model = self._selectedModel()
             parameters = params.TrainingParameters(
@@ -441,45 +434,15 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class AsymSegTrainingLogic(ScriptedLoadableModuleLogic):
-    """Fine-tuning without the GUI: usable from the Python console and scripts."""
+class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
+    """Fine-tuning without the GUI: usable from the Python console and scripts.
 
-    def __init__(self, pythonExecutable: str | None = None) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.pythonExecutable = pythonExecutable or pythonSlicerExecutable()
+    The interpreter, engine processes, model list, first-use installs and ``runEngine`` come
+    from :class:`AsymSegLib.logicsupport.EngineLogicMixin`.
+    """
 
     def getParameterNode(self):
         return AsymSegTrainingParameterNode(super().getParameterNode())
-
-    def newEngineProcess(self) -> process.EngineProcess:
-        return process.EngineProcess(pythonExecutable=self.pythonExecutable)
-
-    @staticmethod
-    def consoleLauncher():
-        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None.
-
-        Without it (or without psutil) the Lib runner starts the process in its own session and
-        reads it on a thread; the widget polls both the same way from a QTimer.
-        """
-        import inspect
-        import os
-
-        launch = getattr(slicer.util, "launchConsoleProcess", None)
-        if launch is None or "blocking" not in inspect.signature(launch).parameters:
-            return None
-        if not process.havePsutil():
-            return None  # its process shares Slicer's group: only psutil can stop its whole tree
-
-        def launcher(command, environment, onLine, onExit):
-            changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}
-            return launch(command, updateEnvironment=changed, blocking=False,
-                          logCallback=onLine, completedCallback=onExit)
-
-        return launcher
-
-    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
-        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
-        return models.listModelsOrScan(self.pythonExecutable)
 
     def createTrainingJob(self, parameters: params.TrainingParameters, sceneTrainCases=(),
                           sceneValCases=()) -> jobs.TrainingJob:
@@ -539,12 +502,10 @@ class AsymSegTrainingTest(ScriptedLoadableModuleTest):
             return
         logic = AsymSegTrainingLogic()
         folder = Path(slicer.util.tempDirectory("AsymSegTrainingTest"))
-        for args in (["phantom", "--out", folder / "cases", "--cases", "2", "--size", "32", "--seed", "5"],
-                     ["models", "create", "--architecture", "deepmedic", "--channels", "flair,t1c",
-                      "--out", folder / "base"]):
-            proc = logic.newEngineProcess()
-            proc.start(args)
-            proc.wait(timeout=600).raiseIfFailed()
+        logic.runEngine(["phantom", "--out", folder / "cases", "--cases", "2", "--size", "32", "--seed", "5"],
+                        timeout=600)
+        logic.runEngine(["models", "create", "--architecture", "deepmedic", "--channels", "flair,t1c",
+                         "--out", folder / "base"], timeout=600)
         trainFolder, valFolder = sorted(p for p in (folder / "cases").iterdir() if p.is_dir())
         caseId = trainFolder.name
         flair = slicer.util.loadVolume(str(trainFolder / f"{caseId}_flair.nii.gz"))

@@ -7,7 +7,9 @@ through files, the ``python -m asymseg`` command line and its JSON-lines progres
 Modules:
     channels: assign scene volumes to a model's input channels by name.
     install: first-use dependency checks (torch via the PyTorch extension, pip requirements).
-    jobs: a segmentation run (inputs to files, engine subprocess, results into the scene).
+    jobs: engine runs from the scene (the shared EngineJob) and the segmentation run (inputs to
+        files, engine subprocess, results into the scene).
+    logicsupport: the engine side the module Logic classes share (interpreter, processes, installs).
     models: the model registry through ``asymseg models list --json`` and model cards.
     plots: plot series and chart nodes (logit distribution, training curves).
     process: the engine subprocess runner (non-blocking polling, blocking wait, cancel).

@@ -100,6 +100,7 @@ def _standIns() -> dict[str, types.ModuleType]:
 
     class ScriptedLoadableModuleLogic:
         def __init__(self, parent=None):
+            super().__init__()  # cooperative, as Slicer's is
             name = type(self).__name__
             self.moduleName = name[: -len("Logic")] if name.endswith("Logic") else name
 

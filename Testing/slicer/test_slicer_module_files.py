@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
 
 from slicer import util as sutil  # noqa: E402
+from AsymSegLib import logicsupport  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -41,19 +42,22 @@ def test_reference_label_text_is_parsed(moduleFile):
     assert module.PANEL_CHANNELS == ("flair", "t1c", "t1", "t2")
 
 
-def test_logic_uses_the_given_interpreter_and_its_processes(moduleFile):
-    module = moduleFile("AsymSeg")
-    logic = module.AsymSegLogic(pythonExecutable=sys.executable)
+@pytest.mark.parametrize("moduleName", ["AsymSeg", "AsymSegTraining"])
+def test_logic_uses_the_given_interpreter_and_its_processes(moduleFile, moduleName):
+    logicClass = getattr(moduleFile(moduleName), f"{moduleName}Logic")
+    logic = logicClass(pythonExecutable=sys.executable)
     proc = logic.newEngineProcess()
     assert proc.pythonExecutable == sys.executable
-    assert module.pythonSlicerExecutable()  # PythonSlicer inside Slicer, this Python here
+    assert logicsupport.pythonSlicerExecutable()  # PythonSlicer inside Slicer, this Python here
+    assert logicClass().pythonExecutable == logicsupport.pythonSlicerExecutable()
+    assert logic.moduleName == moduleName  # ScriptedLoadableModuleLogic.__init__ ran too
     result = logic.runEngine(["--version"], timeout=120)
     assert result.succeeded
 
 
-def test_the_slicer_5_12_console_launcher_is_offered_when_available(moduleFile):
-    module = moduleFile("AsymSeg")
-    launcher = module.AsymSegLogic.consoleLauncher()
+@pytest.mark.parametrize("moduleName", ["AsymSeg", "AsymSegTraining"])
+def test_the_slicer_5_12_console_launcher_is_offered_when_available(moduleFile, moduleName):
+    launcher = getattr(moduleFile(moduleName), f"{moduleName}Logic").consoleLauncher()
     # slicer-core ships Slicer's util.py, whose launchConsoleProcess has blocking=False (5.12+)
     assert callable(launcher)
 

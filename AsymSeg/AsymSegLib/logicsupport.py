@@ -1,0 +1,81 @@
+"""What the Logic classes of AsymSeg and AsymSegTraining share: the engine interpreter and processes.
+
+:class:`EngineLogicMixin` goes before ``ScriptedLoadableModuleLogic`` in a module Logic's bases
+(``class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic)``); it gives the Logic its
+interpreter, engine processes, the Slicer 5.12 console launcher, the model list, first-use
+installs and a blocking engine call. Qt-free: it imports under slicer-core.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+
+from slicer import util as sutil
+
+from AsymSegLib import install, models, process
+
+
+def pythonSlicerExecutable() -> str:
+    """The interpreter for engine subprocesses: PythonSlicer inside Slicer, else this Python."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class EngineLogicMixin:
+    """The engine side of a module Logic (see the module docstring for where it goes).
+
+    Args:
+        pythonExecutable: the interpreter for engine subprocesses (default:
+            :func:`pythonSlicerExecutable`).
+    """
+
+    def __init__(self, pythonExecutable: str | None = None) -> None:
+        self.pythonExecutable = pythonExecutable or pythonSlicerExecutable()
+        super().__init__()
+
+    def newEngineProcess(self) -> process.EngineProcess:
+        return process.EngineProcess(pythonExecutable=self.pythonExecutable)
+
+    @staticmethod
+    def consoleLauncher() -> process.Launcher | None:
+        """``slicer.util.launchConsoleProcess(blocking=False)`` as a launcher (Slicer 5.12+), else None.
+
+        Without it (or without psutil) the Lib runner starts the process in its own session and
+        reads it on a thread; the widget polls both the same way from a QTimer.
+        """
+        launch = getattr(sutil, "launchConsoleProcess", None)
+        if launch is None or "blocking" not in inspect.signature(launch).parameters:
+            return None
+        if not process.havePsutil():
+            return None  # its process shares Slicer's group: only psutil can stop its whole tree
+
+        def launcher(command, environment, onLine, onExit):
+            changed = {k: v for k, v in environment.items() if os.environ.get(k) != v}
+            return launch(command, updateEnvironment=changed, blocking=False,
+                          logCallback=onLine, completedCallback=onExit)
+
+        return launcher
+
+    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
+        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
+        return models.listModelsOrScan(self.pythonExecutable)
+
+    @staticmethod
+    def ensureDependencies(confirm: Callable[[str], bool]) -> install.DependencyReport:
+        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``."""
+        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension,
+                                          install.pipInstallWithSlicer)
+
+    def runEngine(self, args: Sequence[object], timeout: float | None = None) -> process.EngineResult:
+        """Run any ``asymseg`` command and wait; raises EngineError on failure."""
+        proc = self.newEngineProcess()
+        proc.start(args)
+        try:
+            result = proc.wait(timeout=timeout)
+        finally:
+            proc.close()
+        result.raiseIfFailed()
+        return result
