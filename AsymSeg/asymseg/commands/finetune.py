@@ -225,6 +225,26 @@ def _summary_text(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_output_folders(config) -> None:
+    """Refuse an output model or run folder that cannot be created, before any case is loaded."""
+    from asymseg.errors import InputError
+    from asymseg.train.api import default_run_dir, resolve_output
+
+    if not config.output_model:
+        return
+    output = resolve_output(str(config.output_model))
+    run_dir = Path(config.run_dir).expanduser().absolute() if config.run_dir \
+        else default_run_dir(str(config.output_model))
+    for path, option in ((output, "--output-model"), (run_dir, "--run-dir")):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: {option} must be a folder, but this is a file")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise InputError(f"{path}: cannot create the {option} folder: {parent} is a file, not a folder")
+                break
+
+
 def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.errors import Cancelled, InputError
     from asymseg.events import json_safe
@@ -244,6 +264,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         config = load_run_config(args.resume, {k: overrides[k] for k in allowed})
     else:
         config = load_config(args.config, overrides)
+    _check_output_folders(config)
     renderer = ctx.renderer()
     try:
         result = finetune(config, on_event=renderer, cancel=ctx.cancel, resume=bool(args.resume),
