@@ -13,7 +13,6 @@ from typing import Optional, Union
 
 import qt
 import slicer
-import vtk
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
                     vtkMRMLTableNode)
 from slicer.i18n import tr as _
@@ -23,8 +22,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, jobs, models, sampledata, scene
+from AsymSegLib import channels, install, jobs, models, sampledata, scene, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
+from AsymSegLib.widgetsupport import PanelWidgetMixin
 
 #: The channels the panel offers, in display order (a model uses some of them).
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
@@ -124,8 +124,12 @@ class AsymSegParameterNode:
 #
 
 
-class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: wires the .ui to the parameter node and runs jobs through the Logic."""
+class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires the .ui to the parameter node and runs jobs through the Logic.
+
+    Parameter-node wiring, cleanup and job polling come from
+    :class:`AsymSegLib.widgetsupport.PanelWidgetMixin`.
+    """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -172,51 +176,25 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.refreshModels()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.process.kill()
-        self.removeObservers()
-
     def enter(self) -> None:
         self.initializeParameterNode()
         if self._modelsFolderChanged():
             self.refreshModels()  # e.g. a model fine-tuned in AsymSegTraining
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
             self._job.process.kill()
         self.setParameterNode(None)
 
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     # ------------------------------------------------------------------ parameter node
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         self.autoAssignChannels(overwrite=False)
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
     def _selectedModel(self) -> models.ModelInfo | None:
-        index = self.ui.modelSelector.currentIndex
-        return self._models[index] if 0 <= index < len(self._models) else None
+        return widgetsupport.selectedModel(self.ui.modelSelector, self._models)
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
+    def _checkCanRun(self, caller=None, event=None) -> None:
         if self._job is not None:
             self.ui.applyButton.enabled = True
             return
@@ -258,16 +236,8 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}). "
                                   "Missing packages are installed on the first Apply.").format(problem=problem))
         self._modelsFolderChanged()
-        selector = self.ui.modelSelector
-        wasBlocked = selector.blockSignals(True)
-        selector.clear()
-        for model in self._models:
-            selector.addItem(model.title)
-            selector.setItemData(selector.count - 1, model.tooltip(), qt.Qt.ToolTipRole)
-        names = [m.name for m in self._models]
-        selector.setCurrentIndex(names.index(wanted) if wanted in names else (0 if names else -1))
-        selector.blockSignals(wasBlocked)
-        self.onModelSelected(selector.currentIndex)
+        widgetsupport.fillModelSelector(self.ui.modelSelector, self._models, wanted, qt.Qt.ToolTipRole)
+        self.onModelSelected(self.ui.modelSelector.currentIndex)
 
     def onModelSelected(self, index: int) -> None:
         model = self._selectedModel()
@@ -280,7 +250,7 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelName = model.name
             self.ui.modelSelector.toolTip = model.tooltip()
         self.autoAssignChannels(overwrite=False)
-        self._checkCanApply()
+        self._checkCanRun()
 
     def autoAssignChannels(self, overwrite: bool) -> None:
         """Fill the channel selectors from volume names (only empty ones unless ``overwrite``)."""
@@ -367,39 +337,30 @@ class AsymSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.outputsCollapsibleButton, self.ui.evaluationCollapsibleButton):
             widget.enabled = not running
         if not running:
-            self._checkCanApply()
+            self._checkCanRun()
 
     def _appendLog(self, text: str) -> None:
         if text:
             self.ui.logTextEdit.appendPlainText(text)
 
-    def _onTimer(self) -> None:
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
+    def _showProgress(self, job: jobs.SegmentationJob) -> None:
         for event in job.poll():
             if event.kind == "log" or event.message or event.isTerminal:
                 self._appendLog(event.text())
             if event.fraction is not None:
                 self.ui.progressBar.value = int(1000 * event.fraction)
                 self.ui.progressBar.setFormat(f"{event.stage or ''} %p%".strip())
-        if not job.finished:
+
+    def _showOutcome(self, job: jobs.SegmentationJob) -> None:
+        if job.process.result().cancelled:
+            job.cleanup()
+            self._appendLog(_("Cancelled."))
             return
-        self._timer.stop()
-        self._job = None
-        try:
-            if job.process.result().cancelled:
-                job.cleanup()
-                self._appendLog(_("Cancelled."))
-                return
-            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-                result = job.finish()
-                self._appendLog(_("Finished in {seconds:.1f} s on {device}.").format(
-                    seconds=result.engine.seconds, device=result.device or "?"))
-                self.logic.showResults(job.request, result)
-        finally:
-            self._setRunning(False)
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            result = job.finish()
+            self._appendLog(_("Finished in {seconds:.1f} s on {device}.").format(
+                seconds=result.engine.seconds, device=result.device or "?"))
+            self.logic.showResults(job.request, result)
 
 
 #

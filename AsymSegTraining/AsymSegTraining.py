@@ -12,7 +12,6 @@ from typing import Annotated, Optional, Union
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -21,8 +20,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, models
+from AsymSegLib import channels, install, models, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
+from AsymSegLib.widgetsupport import PanelWidgetMixin
 from AsymSegTrainingLib import export, jobs, params
 
 #: Channels the panel offers for scene cases.
@@ -129,8 +129,12 @@ class AsymSegTrainingParameterNode:
 #
 
 
-class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: cases, settings, Start/Cancel, progress and live plots."""
+class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: cases, settings, Start/Cancel, progress and live plots.
+
+    Parameter-node wiring, cleanup and job polling come from
+    :class:`AsymSegLib.widgetsupport.PanelWidgetMixin`.
+    """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -188,19 +192,8 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.refreshModels()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.process.kill()
-        self.removeObservers()
-
     def enter(self) -> None:
         self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
@@ -210,25 +203,15 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._refreshCaseLists()
         self.setParameterNode(None)
 
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     # ------------------------------------------------------------------ parameter node
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanStart)
+        super().setParameterNode(inputParameterNode)
+        if self._parameterNode:  # the combo boxes filled in setup are not bound: show the node's choice
             self._selectText(self.ui.techniqueSelector, self._parameterNode.technique)
             self._selectText(self.ui.labelConventionSelector, self._parameterNode.labelConvention)
-            self._checkCanStart()
 
     @staticmethod
     def _selectText(comboBox, text: str) -> None:
@@ -236,7 +219,7 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index >= 0:
             comboBox.setCurrentIndex(index)
 
-    def _checkCanStart(self, caller=None, event=None) -> None:
+    def _checkCanRun(self, caller=None, event=None) -> None:
         if self._job is not None:
             self.ui.startButton.enabled = True
             return
@@ -252,8 +235,7 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ models and settings
     def _selectedModel(self) -> models.ModelInfo | None:
-        index = self.ui.baseModelSelector.currentIndex
-        return self._models[index] if 0 <= index < len(self._models) else None
+        return widgetsupport.selectedModel(self.ui.baseModelSelector, self._models)
 
     def refreshModels(self) -> None:
         wanted = self._parameterNode.baseModelName if self._parameterNode else ""
@@ -262,16 +244,8 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if problem:
                 self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}).")
                                 .format(problem=problem))
-        selector = self.ui.baseModelSelector
-        wasBlocked = selector.blockSignals(True)
-        selector.clear()
-        for model in self._models:
-            selector.addItem(model.title)
-            selector.setItemData(selector.count - 1, model.tooltip(), qt.Qt.ToolTipRole)
-        names = [m.name for m in self._models]
-        selector.setCurrentIndex(names.index(wanted) if wanted in names else (0 if names else -1))
-        selector.blockSignals(wasBlocked)
-        self.onBaseModelSelected(selector.currentIndex)
+        widgetsupport.fillModelSelector(self.ui.baseModelSelector, self._models, wanted, qt.Qt.ToolTipRole)
+        self.onBaseModelSelected(self.ui.baseModelSelector.currentIndex)
 
     def onBaseModelSelected(self, index: int) -> None:
         model = self._selectedModel()
@@ -281,7 +255,7 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.setVisible(channel in needed)
         if model is not None and self._parameterNode is not None:
             self._parameterNode.baseModelName = model.name
-        self._checkCanStart()
+        self._checkCanRun()
 
     def onTechniqueSelected(self, index: int) -> None:
         technique = self.ui.techniqueSelector.currentText
@@ -339,7 +313,7 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     names = ", ".join(f"{c}={n.GetName()}" for c, n in case.volumes.items())
                     listWidget.addItem(_("scene: {id} ({names}; {labels})").format(
                         id=case.caseId, names=names, labels=case.labels.GetName()))
-        self._checkCanStart()
+        self._checkCanRun()
 
     # ------------------------------------------------------------------ running
     def onStartButton(self, checked=False) -> None:
@@ -380,19 +354,15 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.advancedCollapsibleButton):
             widget.enabled = not running
         if not running:
-            self._checkCanStart()
+            self.refreshModels()  # a finished run adds its model; this also updates the Start button
 
     def _appendLog(self, text: str) -> None:
         if text:
             self.ui.trainingLogTextEdit.appendPlainText(text)
 
-    def _onTimer(self) -> None:
+    def _showProgress(self, job: jobs.TrainingJob) -> None:
         import time
 
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
         events, changed = job.poll()
         for event in events:
             if event.kind not in ("iteration", "progress"):
@@ -408,25 +378,19 @@ class AsymSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.showTrainingPlots(job)
             self._pendingChanges = set()
             self._lastPlotRefresh = now
-        if not job.finished:
-            return
-        self._timer.stop()
-        self._job = None
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
-                result = job.finish()
-                self.logic.showTrainingPlots(job)
-                if result.succeeded:
-                    self.ui.statusLabel.text = _("Model saved: {path}. It is listed in the AsymSeg module.").format(
-                        path=result.modelPath or self._parameterNode.outputModelName)
-                elif result.engine.cancelled:
-                    self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}").format(
-                        path=result.modelPath or _("none written"))
-                else:
-                    result.engine.raiseIfFailed()
-        finally:
-            self._setRunning(False)
-            self.refreshModels()
+
+    def _showOutcome(self, job: jobs.TrainingJob) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+            result = job.finish()
+            self.logic.showTrainingPlots(job)
+            if result.succeeded:
+                self.ui.statusLabel.text = _("Model saved: {path}. It is listed in the AsymSeg module.").format(
+                    path=result.modelPath or self._parameterNode.outputModelName)
+            elif result.engine.cancelled:
+                self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}").format(
+                    path=result.modelPath or _("none written"))
+            else:
+                result.engine.raiseIfFailed()
 
 
 #

@@ -17,4 +17,5 @@ Modules:
     sampledata: the BraTS sample cases for the SampleData module.
     scene: volume nodes <-> files with exact geometry, segmentation import and export.
     tables: the metrics table node.
+    widgetsupport: what the module widgets share (parameter-node wiring, job polling, model lists).
 """

@@ -119,6 +119,12 @@ def _standIns() -> dict[str, types.ModuleType]:
         def __init__(self, parent=None):
             raise RuntimeError("module widgets need the Slicer application")
 
+        def setup(self):  # Slicer's adds the developer section
+            pass
+
+        def cleanup(self):  # Slicer's does nothing: a widget's own cleanup must come first
+            pass
+
     class ScriptedLoadableModuleTest:
         pass
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
 
 from slicer import util as sutil  # noqa: E402
-from AsymSegLib import logicsupport  # noqa: E402
+from AsymSegLib import logicsupport, widgetsupport  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -60,6 +60,16 @@ def test_the_slicer_5_12_console_launcher_is_offered_when_available(moduleFile, 
     launcher = getattr(moduleFile(moduleName), f"{moduleName}Logic").consoleLauncher()
     # slicer-core ships Slicer's util.py, whose launchConsoleProcess has blocking=False (5.12+)
     assert callable(launcher)
+
+
+@pytest.mark.parametrize("moduleName", ["AsymSeg", "AsymSegTraining"])
+def test_widgets_use_the_shared_panel_methods_and_provide_what_they_call(moduleFile, moduleName):
+    widget = getattr(moduleFile(moduleName), f"{moduleName}Widget")
+    for name in ("cleanup", "exit", "onSceneEndClose", "_onTimer"):
+        assert getattr(widget, name) is getattr(widgetsupport.PanelWidgetMixin, name), name
+    for name in ("setup", "enter", "initializeParameterNode", "onSceneStartClose", "refreshModels",
+                 "_checkCanRun", "_showProgress", "_showOutcome", "_setRunning", "_appendLog"):
+        assert name in vars(widget), f"{moduleName}Widget lacks {name}"
 
 
 def test_training_case_ids_are_folder_safe_and_unique(moduleFile):
