@@ -21,6 +21,7 @@ global random state is left as it was.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from asymseg import constants as C
-from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError
+from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError, ResourceError
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.target import TargetSpec, resolve_target
 from asymseg.train import distributed as D
@@ -344,6 +345,12 @@ class ModelWriter:
                     shutil.copyfile(path, folder / name)
             self.recover()
             swap_in_directory(folder, self.output, self.old)
+        except (ResourceError, OSError) as err:
+            # Name the model folder, not the temporary one the failure happened in.
+            if isinstance(err, ResourceError) or err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise ResourceError(f"{self.output}: cannot write the model: out of disk space or over the file "
+                                    "size limit") from err
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return self.output
