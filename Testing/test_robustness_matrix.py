@@ -376,7 +376,7 @@ def out_of_disk(ws, tmp):
         # the label map (~1 kB) fits, the probability map does not: neither may stay.
         "segment": Spec(segment(ws, tmp, ws.case, "--probabilities"), 4, ("seg_prob.nii.gz", "file size limit"),
                         (out,), limits={resource.RLIMIT_FSIZE: 4000}),
-        "finetune": Spec(finetune(ws, tmp, ws.case), 4, ("model.safetensors", "file size limit"), (out,),
+        "finetune": Spec(finetune(ws, tmp, ws.case), 4, ("out/model: cannot write the model", "file size limit"), (out,),
                          keep=("model.run",), limits={resource.RLIMIT_FSIZE: 4000}),
         "analyze": Spec(analyze(ws, tmp, ws.case), 4, ("analysis", "File too large"), (out,),
                         limits={resource.RLIMIT_FSIZE: 4000}),
