@@ -99,13 +99,18 @@ def test_segment_imports_segment_probability_metrics_and_logit_plot(mrml, phanto
     assert mrml.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 1  # the reference only
 
 
+def segmentationJob(mrml, caseFolder, model, **jobOptions):
+    """A CPU segmentation job for a phantom case, into a new empty segmentation node."""
+    flair, t1c, _ = loadCase(mrml, caseFolder)
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    request = jobs.SegmentationRequest(volumes={"flair": flair, "t1c": t1c}, model=str(model),
+                                       outputSegmentation=segmentation, device="cpu")
+    return jobs.SegmentationJob(request, mrml.scene, mrml.segmentations, **jobOptions), segmentation
+
+
 def test_engine_error_is_one_line_and_leaves_the_scene_unchanged(mrml, phantomData):
     folder, cases = phantomData
-    flair, t1c, _ = loadCase(mrml, cases[0])
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
-    request = jobs.SegmentationRequest(volumes={"flair": flair, "t1c": t1c}, model=str(folder / "no-such-model"),
-                                       outputSegmentation=segmentation, device="cpu")
-    job = jobs.SegmentationJob(request, mrml.scene, mrml.segmentations)
+    job, segmentation = segmentationJob(mrml, cases[0], folder / "no-such-model")
     with pytest.raises(process.EngineError, match="no-such-model") as info:
         job.run(timeout=300)
     assert info.value.returnCode in (2, 3) and "\n" not in str(info.value)
@@ -115,12 +120,8 @@ def test_engine_error_is_one_line_and_leaves_the_scene_unchanged(mrml, phantomDa
 
 def test_cancel_stops_the_engine_and_leaves_no_process_behind(mrml, phantomData):
     folder, cases = phantomData
-    flair, t1c, _ = loadCase(mrml, cases[1])
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
-    request = jobs.SegmentationRequest(volumes={"flair": flair, "t1c": t1c}, model=str(folder / "model"),
-                                       outputSegmentation=segmentation, device="cpu")
-    job = jobs.SegmentationJob(request, mrml.scene, mrml.segmentations,
-                               processFactory=lambda: process.EngineProcess(gracePeriod=5.0))
+    job, segmentation = segmentationJob(mrml, cases[1], folder / "model",
+                                        processFactory=lambda: process.EngineProcess(gracePeriod=5.0))
     job.start()
     tree = {job.process.pid}
     deadline = time.monotonic() + 120

@@ -9,23 +9,19 @@ import pytest
 
 pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
 
-from slicer import util as sutil  # noqa: E402
 from AsymSegLib import logicsupport, widgetsupport  # noqa: E402
+from mrmlhelpers import addVolume  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
-
-def addVolume(scene, name):
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    sutil.updateVolumeFromArray(node, np.zeros((2, 2, 2), np.float32))
-    return node
+VOXELS = np.zeros((2, 2, 2), np.float32)
 
 
 def test_asymseg_logic_assigns_scene_volumes_to_model_channels(mrml, moduleFile):
     module = moduleFile("AsymSeg")
-    flair = addVolume(mrml.scene, "Flair_subtrMeanDivStd")
-    t1c = addVolume(mrml.scene, "T1c_subtrMeanDivStd")
-    addVolume(mrml.scene, "brainmask")
+    flair = addVolume(mrml.scene, VOXELS, np.eye(4), "Flair_subtrMeanDivStd")
+    t1c = addVolume(mrml.scene, VOXELS, np.eye(4), "T1c_subtrMeanDivStd")
+    addVolume(mrml.scene, VOXELS, np.eye(4), "brainmask")
     volumes = [mrml.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode") for i in range(3)]
     assignment = module.AsymSegLogic.assignVolumes(["flair", "t1c", "t2"], volumes)
     assert assignment == {"flair": flair, "t1c": t1c, "t2": None}

@@ -15,6 +15,7 @@ import vtk  # noqa: E402
 from slicer import util as sutil  # noqa: E402
 from AsymSegLib import jobs  # noqa: E402
 from AsymSegLib import scene as S  # noqa: E402
+from mrmlhelpers import addVolume  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -31,14 +32,6 @@ def obliqueMatrix(spacing=(0.7, 1.1, 2.5), origin=(10.3, -20.1, 5.05), degrees=(
     matrix[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
     matrix[:3, 3] = origin
     return matrix
-
-
-def addVolume(scene, array, matrix, name="vol", labelmap=False):
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
-    sutil.updateVolumeFromArray(node, array)
-    node.SetIJKToRASMatrix(sutil.vtkMatrixFromArray(matrix))
-    node.CreateDefaultDisplayNodes()
-    return node
 
 
 @pytest.fixture

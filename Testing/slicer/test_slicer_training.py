@@ -16,6 +16,7 @@ from slicer import util as sutil  # noqa: E402
 from AsymSegLib import progress  # noqa: E402
 from AsymSegLib import scene as S  # noqa: E402
 from AsymSegTrainingLib import export, params, series  # noqa: E402
+from mrmlhelpers import addVolume  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -142,21 +143,17 @@ def test_status_text_shows_the_eta_while_running():
 
 
 # ------------------------------------------------------------------------------ case export
-def addVolume(scene, array, name, spacing=(1.0, 1.0, 2.0), labelmap=False):
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
-    sutil.updateVolumeFromArray(node, array)
+def addCaseVolume(scene, array, name, spacing=(1.0, 1.0, 2.0), labelmap=False):
     matrix = np.diag([*spacing, 1.0])
     matrix[:3, 3] = (5.0, -3.0, 1.5)
-    node.SetIJKToRASMatrix(sutil.vtkMatrixFromArray(matrix))
-    node.CreateDefaultDisplayNodes()
-    return node
+    return addVolume(scene, array, matrix, name, labelmap=labelmap)
 
 
 @pytest.fixture
 def sceneCase(mrml):
     rng = np.random.default_rng(2)
-    flair = addVolume(mrml.scene, rng.normal(size=(5, 7, 9)).astype(np.float32), "pat1 FLAIR")
-    t1c = addVolume(mrml.scene, rng.normal(size=(5, 7, 9)).astype(np.float32), "pat1 T1c")
+    flair = addCaseVolume(mrml.scene, rng.normal(size=(5, 7, 9)).astype(np.float32), "pat1 FLAIR")
+    t1c = addCaseVolume(mrml.scene, rng.normal(size=(5, 7, 9)).astype(np.float32), "pat1 T1c")
     labels = np.zeros((5, 7, 9), np.int16)
     labels[1:3, 2:5, 3:7] = 1
     labels[4, 6, 8] = 2
@@ -195,7 +192,7 @@ def test_export_refuses_bad_ids_mismatched_grids_and_existing_folders(mrml, scen
     with pytest.raises(ValueError, match="case id 'pat 1'"):
         export.exportTrainingCase(export.SceneCase("pat 1", case.volumes, case.labels), tmp_path,
                                   mrml.segmentations, mrml.scene)
-    other = addVolume(mrml.scene, np.zeros((5, 7, 9), np.float32), "T1c resliced", spacing=(1.0, 1.0, 1.0))
+    other = addCaseVolume(mrml.scene, np.zeros((5, 7, 9), np.float32), "T1c resliced", spacing=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match=r"T1c resliced \(t1c\) is not on the grid of pat1 FLAIR"):
         export.exportTrainingCase(export.SceneCase("p2", {"flair": case.volumes["flair"], "t1c": other},
                                                    case.labels), tmp_path, mrml.segmentations, mrml.scene)
@@ -209,7 +206,7 @@ def test_export_refuses_bad_ids_mismatched_grids_and_existing_folders(mrml, scen
 
 def test_labelmap_cases_use_the_chosen_label_values_and_nrrd_keeps_geometry(mrml, sceneCase, tmp_path):
     case, labels = sceneCase
-    labelNode = addVolume(mrml.scene, labels, "pat1 labelmap", labelmap=True)
+    labelNode = addCaseVolume(mrml.scene, labels, "pat1 labelmap", labelmap=True)
     labelCase = export.SceneCase("pat1lm", case.volumes, labelNode, labelValues=[2])
     folder = export.exportTrainingCase(labelCase, tmp_path, mrml.segmentations, mrml.scene, extension=".nrrd")
     seg = sitk.ReadImage(str(folder / "pat1lm_seg.nrrd"))
