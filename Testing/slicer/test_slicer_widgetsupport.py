@@ -14,7 +14,6 @@ import pytest
 
 pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
 
-import slicer  # noqa: E402
 from slicer import util as sutil  # noqa: E402
 from AsymSegLib import jobs, process, widgetsupport  # noqa: E402
 from AsymSegLib.models import ModelInfo  # noqa: E402
@@ -69,7 +68,8 @@ def test_model_selector_is_refilled_silently_and_keeps_the_wanted_model():
     selector = ComboBox()
     widgetsupport.fillModelSelector(selector, MODELS, "mine", TOOLTIP_ROLE)
     assert selector.items == ["starter (bundled)", "mine (user)"]
-    assert selector.itemData == {(0, TOOLTIP_ROLE): "DeepMedic\nChannels: flair, t1c", (1, TOOLTIP_ROLE): "Channels: flair"}
+    assert selector.itemData == {(0, TOOLTIP_ROLE): "DeepMedic\nChannels: flair, t1c",
+                                 (1, TOOLTIP_ROLE): "Channels: flair"}
     assert selector.currentIndex == 1 and widgetsupport.selectedModel(selector, MODELS) is MODELS[1]
     widgetsupport.fillModelSelector(selector, MODELS, "gone", TOOLTIP_ROLE)
     assert selector.currentIndex == 0 and selector.count == 2  # refilled, not appended
