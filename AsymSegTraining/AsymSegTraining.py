@@ -261,8 +261,11 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         technique = self.ui.techniqueSelector.currentText
         if self._parameterNode is None or not technique:
             return
-        self._parameterNode.technique = technique
-        self._parameterNode.fgFraction = params.defaultFgFraction(technique)
+        if self._parameterNode.technique != technique:
+            # A new preset brings its own sampling default; re-selecting the stored preset (e.g. when
+            # a saved scene is loaded) keeps the fraction the user chose.
+            self._parameterNode.technique = technique
+            self._parameterNode.fgFraction = params.defaultFgFraction(technique)
         self.ui.techniqueSelector.toolTip = params.TECHNIQUE_PRESETS.get(technique, "")
 
     def onLabelConventionSelected(self, index: int) -> None:
