@@ -457,9 +457,9 @@ ROWS: dict[str, tuple[str, Callable]] = {
 }
 
 #: (row, command) pairs that run as a real subprocess: the rows where ITK prints to fd 2 itself,
-#: the resource limits, and one model refusal; the rest run in-process to keep the matrix fast.
+#: and the resource limits; the rest run in-process to keep the matrix fast.
 SUBPROCESS = {("header-without-data", "segment"), ("header-without-data", "evaluate"),
-              ("pickle-checkpoint", "segment"), ("out-of-disk", "segment"), ("out-of-disk", "finetune"),
+              ("out-of-disk", "segment"), ("out-of-disk", "finetune"),
               ("out-of-disk", "analyze"), ("tile-too-large", "segment"), ("out-of-memory", "segment"),
               ("out-of-memory", "analyze")}
 

@@ -201,7 +201,8 @@ def test_models_import_refuses_unsafe_archives_and_leaves_nothing(ws, tmp_path, 
     assert not (home.parent.parent / "escaped.txt").exists()
     after = [p for p in B.listing(tmp_path) if p not in before]
     assert after in ([], ["home", "home/models"]), after  # the user folder may be created, empty
-    assert cli("models", "list", "--json").out.count('"name"') == 0
+    listed = json.loads(cli("models", "list", "--json").out)["models"]
+    assert [m["name"] for m in listed if m["source"] == "user"] == []
 
 
 def test_a_clean_archive_imports_and_verifies(ws, tmp_path, home, cli):
