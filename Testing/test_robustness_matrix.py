@@ -349,7 +349,8 @@ def unwritable(where: str):
         blocker.write_text("a regular file\n")
         out = out_dir(tmp)
         if where == "under-a-file":
-            targets = {"segment": blocker / "out.nii.gz", "finetune": blocker / "model", "analyze": blocker / "analysis"}
+            targets = {"segment": blocker / "out.nii.gz", "finetune": blocker / "model",
+                       "analyze": blocker / "analysis"}
             names = ("file.txt",)
         elif where == "sysfs":
             targets = {c: Path("/sys/kernel") / f"asymseg-test-{c}{'.nii.gz' if c == 'segment' else ''}"
@@ -376,8 +377,8 @@ def out_of_disk(ws, tmp):
         # the label map (~1 kB) fits, the probability map does not: neither may stay.
         "segment": Spec(segment(ws, tmp, ws.case, "--probabilities"), 4, ("seg_prob.nii.gz", "file size limit"),
                         (out,), limits={resource.RLIMIT_FSIZE: 4000}),
-        "finetune": Spec(finetune(ws, tmp, ws.case), 4, ("out/model: cannot write the model", "file size limit"), (out,),
-                         keep=("model.run",), limits={resource.RLIMIT_FSIZE: 4000}),
+        "finetune": Spec(finetune(ws, tmp, ws.case), 4, ("out/model: cannot write the model", "file size limit"),
+                         (out,), keep=("model.run",), limits={resource.RLIMIT_FSIZE: 4000}),
         "analyze": Spec(analyze(ws, tmp, ws.case), 4, ("analysis", "File too large"), (out,),
                         limits={resource.RLIMIT_FSIZE: 4000}),
     }
@@ -443,10 +444,13 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "label-fits-no-convention": ("label values that fit no convention", label_no_convention),
     "no-tumour": ("case without any tumour", no_tumour),
     "wrong-channels": ("wrong number of channels for the model", wrong_channels),
-    "unknown-model": ("unknown model name", model_row(lambda m, t: "no-such-model", ("no-such-model", "unknown model"))),
+    "unknown-model": ("unknown model name",
+                      model_row(lambda m, t: "no-such-model", ("no-such-model", "unknown model"))),
     "card-invalid-json": ("model card with invalid JSON", model_row(_bad_json, ("model.json", "invalid JSON"))),
-    "card-version": ("model card with an unknown format version", model_row(_version, ("model.json", "format_version"))),
-    "weights-sha256": ("weights whose SHA256 does not match", model_row(_sha, ("model.safetensors", "SHA256 mismatch"))),
+    "card-version": ("model card with an unknown format version",
+                     model_row(_version, ("model.json", "format_version"))),
+    "weights-sha256": ("weights whose SHA256 does not match",
+                       model_row(_sha, ("model.safetensors", "SHA256 mismatch"))),
     "pickle-checkpoint": ("a pickle checkpoint", model_row(_pickle, ("model.pt", "pickle checkpoints are refused"))),
     "output-under-a-file": ("output path under a regular file", unwritable("under-a-file")),
     "output-read-only": ("output in a read-only location (sysfs)", unwritable("sysfs")),

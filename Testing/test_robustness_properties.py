@@ -188,7 +188,8 @@ def test_inference_equals_one_forward_pass_for_any_tile_and_mask(tiny_net, shape
     rng = np.random.default_rng(seed)
     image = rng.standard_normal((2, *shape)).astype(np.float32)
     mask = np.zeros(shape, bool)
-    box = tuple(slice(int(c * n), max(int(c * n) + 1, int(min(1.0, c + e) * n))) for c, e, n in zip(corner, extent, shape))
+    box = tuple(slice(int(c * n), max(int(c * n) + 1, int(min(1.0, c + e) * n)))
+                for c, e, n in zip(corner, extent, shape))
     mask[box] = True
     prediction = predict_volume(tiny_net, image, mask, tile=tile, device="cpu", return_logits=True)
     expected = _direct(tiny_net, image)
