@@ -36,8 +36,11 @@ def _check_demo_folder(out: Path, stdout: str, *, model_name: str) -> dict:
     assert set(np.unique(sitk.GetArrayFromImage(seg)).tolist()) <= {0, 1}
     assert f"{model_name} on {starter['case_id']}: DSC {starter['dsc']:.3f}" in stdout
     # Both fine-tuned models, their held-out metrics, logit shifts and figures.
-    header = next(line for line in lines if line.split() == list(DEMO_TECHNIQUES))
-    assert header
+    assert any(line.split() == ["starter", *DEMO_TECHNIQUES] for line in lines)
+    assert set(starter["per_case"]) == set(result["cases"]["test"])
+    assert starter["per_case"][starter["case_id"]]["dsc"] == starter["dsc"]
+    for case_id in result["cases"]["test"]:
+        assert (out / "starter" / f"{case_id}_seg.nii.gz").is_file()
     for technique, entry in result["techniques"].items():
         assert Path(entry["model"]) == (out / "models" / technique).resolve()
         assert (out / "models" / technique / "model.safetensors").is_file()
@@ -54,7 +57,8 @@ def _check_demo_folder(out: Path, stdout: str, *, model_name: str) -> dict:
         row = next(line for line in lines if line.strip().startswith(label))
         signed = key.endswith("shift")
         expected = [f"{result['techniques'][t][key]:{'+.3f' if signed else '.3f'}}" for t in DEMO_TECHNIQUES]
-        assert row.split()[-len(DEMO_TECHNIQUES):] == expected
+        starter_cell = "n/a" if signed else f"{starter['mean'][key]:.3f}"
+        assert row.split()[-len(DEMO_TECHNIQUES) - 1:] == [starter_cell, *expected]
     return result
 
 

@@ -3,8 +3,8 @@
 Steps (all on the CPU unless a GPU is available; nothing is downloaded):
 
 1. write phantom cases (FLAIR + T1c): ``train_cases`` for fine-tuning, ``test_cases`` held out;
-2. segment the first held-out case with the starter model and score it (DSC, sensitivity,
-   precision);
+2. segment the held-out cases with the starter model and score them (DSC, sensitivity,
+   precision; the first case is reported on its own, the mean is the baseline column);
 3. fine-tune the starter model on the training phantoms twice, with ``ce`` and with ``combo``
    (the asymmetric combination), in short runs with the same seed;
 4. evaluate both fine-tuned models on the held-out phantoms and run the logit diagnostic
@@ -14,7 +14,7 @@ Output folder layout::
 
     OUT/demo.json                     the results (also returned as :class:`DemoResult`)
     OUT/cases/phantom_000 ...         the phantom cases and phantom.json
-    OUT/starter/<case>_seg.nii.gz     the starter model's segmentation of the first held-out case
+    OUT/starter/<case>_seg.nii.gz     the starter model's segmentations of the held-out cases
     OUT/models/ce, OUT/models/combo   the fine-tuned models (model.json + model.safetensors)
     OUT/runs/ce, OUT/runs/combo       their training logs and checkpoints
     OUT/eval/ce, OUT/eval/combo       their segmentations of the held-out cases
@@ -73,7 +73,7 @@ class DemoSettings:
     size: int = 64
     train_cases: int = 2
     test_cases: int = 3
-    iterations: int = 16
+    iterations: int = 24
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
@@ -104,7 +104,8 @@ class DemoResult:
         out_dir: the output folder (absolute).
         model: the starting model's name and folder.
         cases: ``{"train": [...], "test": [...]}`` phantom case ids.
-        starter: the starting model on the first held-out case: ``case_id`` and metrics.
+        starter: the starting model on the first held-out case (``case_id``, its metrics and
+            ``segmentation``), and on all of them (``mean``, ``per_case``).
         techniques: technique -> ``{"dsc", "sensitivity", "precision"}`` (means over the held-out
             cases), ``"per_case"``, ``"rare_shift"`` and ``"nonrare_shift"`` (mean dz held-out minus
             training), ``"model"``, ``"figure"``, ``"train_seconds"``.
@@ -126,13 +127,14 @@ class DemoResult:
                           "seconds": self.seconds})
 
     def table(self) -> list[str]:
-        """The fine-tuned models side by side, one line per metric."""
-        names = list(self.techniques)
+        """The starting model and the fine-tuned models side by side, one line per metric."""
+        names = ["starter", *self.techniques]
+        columns = {"starter": dict(self.starter.get("mean") or {}), **self.techniques}
         rows = [f"{'':<22}" + "".join(f"{n:>10}" for n in names)]
         labels = {"dsc": "DSC", "sensitivity": "sensitivity", "precision": "precision",
                   "rare_shift": "tumour logit shift", "nonrare_shift": "background shift"}
         for key, label in labels.items():
-            cells = "".join(f"{_fmt(self.techniques[n].get(key), signed=key.endswith('shift')):>10}" for n in names)
+            cells = "".join(f"{_fmt(columns[n].get(key), signed=key.endswith('shift')):>10}" for n in names)
             rows.append(f"{label:<22}{cells}")
         return rows
 
@@ -215,7 +217,7 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings | None = No
         Cancelled: ``cancel`` was set.
     """
     from asymseg.diagnostics import analyze_model
-    from asymseg.infer.cases import OutputPaths, segment_case, segment_cases
+    from asymseg.infer.cases import segment_cases
     from asymseg.io import discover_case
     from asymseg.modelfile import load_model
     from asymseg.phantom import write_phantom_cases
@@ -238,13 +240,13 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings | None = No
     train_ids, test_ids = [Path(p).name for p in train_dirs], [Path(p).name for p in test_dirs]
 
     cancel.check()
-    first = discover_case(test_dirs[0])
-    _step(on_event, 2, f"segmenting {first.case_id} with {starter.card.name}")
-    (out / "starter").mkdir()
-    starter_run = segment_case(
-        starter, first, OutputPaths.in_folder(out / "starter", first.case_id, probabilities=True),
-        evaluate=True, device=settings.device, on_event=on_event, cancel=cancel)
-    starter_metrics = {k: starter_run["metrics"].get(k) for k in METRICS}
+    test_files = [discover_case(p) for p in test_dirs]
+    first = test_files[0]
+    _step(on_event, 2, f"segmenting {', '.join(test_ids)} with {starter.card.name}")
+    starter_runs = segment_cases(starter, test_files, out / "starter", probabilities=True, evaluate=True,
+                                 device=settings.device, on_event=on_event, cancel=cancel)
+    starter_per_case = {r["case_id"]: {k: r["metrics"].get(k) for k in METRICS} for r in starter_runs}
+    starter_metrics = starter_per_case[first.case_id]
     emit(on_event, C.EVENT_LOG, stage="demo", message=f"{starter.card.name} on {first.case_id}: " + ", ".join(
         f"{k} {_fmt(v)}" for k, v in starter_metrics.items()))
     del starter
@@ -252,9 +254,10 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings | None = No
     result = DemoResult(
         out_dir=out, model={"name": resolve_name(model_dir), "path": str(model_dir)},
         cases={"train": train_ids, "test": test_ids},
-        starter={"case_id": first.case_id, **starter_metrics, "segmentation": starter_run["outputs"]["labels"]},
+        starter={"case_id": first.case_id, **starter_metrics, "segmentation": starter_runs[0]["outputs"]["labels"],
+                 "mean": {k: _mean([m[k] for m in starter_per_case.values()]) for k in METRICS},
+                 "per_case": starter_per_case},
         settings=asdict(settings))
-    test_files = [discover_case(p) for p in test_dirs]
     for index, technique in enumerate(DEMO_TECHNIQUES):
         cancel.check()
         _step(on_event, 3 + index, f"{technique}: fine-tuning on {', '.join(train_ids)} ({settings.iterations} "

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--note", default=None, help="a note on the compute (e.g. other load on the machine)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "init_seed": 2015,
         "compute": {"seconds": seconds, "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "device": device,
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) visible"},
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) visible",
+                    **({"note": args.note} if args.note else {})},
         "license_note": LICENSE_NOTE,
         "cite": CITATIONS,
     }

@@ -2,7 +2,7 @@
 # Train the bundled starter model (asymseg-starter-deepmedic) from scratch.
 #
 #   recipes/starter/train.sh [--smoke] [--work DIR] [--data DIR] [--device auto|cpu|cuda]
-#                            [--threads N] [--install]
+#                            [--threads N] [--note TEXT] [--install]
 #
 # Stages (settings in pretrain.json and finetune.json beside this script):
 #   1. 18 phantom cases, 96^3 voxels, FLAIR + T1c (16 for training, 2 for validation);
@@ -12,6 +12,7 @@
 #   4. write the model card (data, technique, iterations, validation, licence) and verify it.
 # --smoke runs the same commands at toy scale (4 phantoms of 32^3, 2 iterations per stage, and
 # the fine-tuning validated on a phantom) to check the chain in a few minutes.
+# --note TEXT is recorded in the card's provenance.compute (e.g. other load on the machine).
 # --install copies the result into AsymSeg/asymseg/models/asymseg-starter-deepmedic.
 # Everything else is written under --work (default ${TMPDIR:-/tmp}/asymseg-starter).
 set -euo pipefail
@@ -25,6 +26,7 @@ DEVICE="auto"
 THREADS=""
 SMOKE=0
 INSTALL=0
+NOTE=""
 if [[ -x "$REPO/.venv/bin/python" ]]; then PY="${PY:-$REPO/.venv/bin/python}"; else PY="${PY:-python3}"; fi
 
 while [[ $# -gt 0 ]]; do
@@ -35,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --data) DATA="$2"; shift ;;
     --device) DEVICE="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
+    --note) NOTE="$2"; shift ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "train.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -92,7 +95,8 @@ T3=$(stamp)
 "$PY" "$HERE/finalize.py" --name "$NAME" --phantoms "$WORK/phantoms" --device "$DEVICE" --pretrained "$WORK/pretrained" --finetuned "$WORK/finetuned" \
   --pretrain-result "$WORK/pretrain-result.json" --finetune-result "$WORK/finetune-result.json" \
   --seconds "phantoms=$((T1 - T0)),pretrain=$((T2 - T1)),finetune=$((T3 - T2))" \
-  ${THREADS:+--threads "$THREADS"} $([[ $SMOKE -eq 1 ]] && echo --smoke) --out "$WORK/$NAME"
+  ${THREADS:+--threads "$THREADS"} ${NOTE:+--note "$NOTE"} $([[ $SMOKE -eq 1 ]] && echo --smoke) \
+  --out "$WORK/$NAME"
 asymseg models show "$WORK/$NAME"
 
 if [[ $INSTALL -eq 1 ]]; then

@@ -62,8 +62,9 @@ def _report(result) -> str:
         f"{result.model['name']} on {starter['case_id']}: DSC {starter['dsc']:.3f}, "
         f"sensitivity {_num(starter['sensitivity'])}, precision {_num(starter['precision'])}",
         "",
-        f"fine-tuned on {len(result.cases['train'])} phantoms ({cfg['iterations']} iterations of "
-        f"{cfg['batch_size']} patches each), mean over {len(result.cases['test'])} held-out phantom(s):",
+        f"mean over {len(result.cases['test'])} held-out phantom(s): the starter model as it is, and fine-tuned "
+        f"on {len(result.cases['train'])} phantoms with ce and with combo ({cfg['iterations']} iterations of "
+        f"{cfg['batch_size']} patches each):",
         *("  " + row for row in result.table()),
         "  (logit shift: mean dz = z_tumour - z_background on held-out minus training cases;",
         "   a large negative tumour shift is the overfitting the asymmetric techniques reduce)",
