@@ -29,16 +29,16 @@ from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
 
 #: Subcommand modules under asymseg.commands, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
+    "demo",
     "info",
     "phantom",
-    "evaluate",
+    "models",
     "segment",
+    "evaluate",
     "finetune",
-    "bench",
     "analyze",
     "experiment",
-    "models",
-    "demo",
+    "bench",
 )
 
 log = logging.getLogger("asymseg")
@@ -66,12 +66,21 @@ def add_progress_argument(parser: argparse.ArgumentParser, default: str = "tqdm"
     )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in its help, except where there is nothing to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asymseg",
         description="Brain-tumour segmentation for small data with asymmetric losses "
         "(Li, Kamnitsas & Glocker, MICCAI 2019).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asymseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -12,7 +12,7 @@ from asymseg.errors import InputError
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
+    from asymseg.cli import HelpFormatter, add_progress_argument
     from asymseg.diagnostics.collect import DEFAULT_MAX_NONRARE
 
     parser = subparsers.add_parser(
@@ -23,7 +23,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "mask, for ground-truth rare and non-rare voxels (Li, Kamnitsas & Glocker 2019, Fig. 2/4). Writes "
         "analysis.json (counts, means, quantiles, wrong-side fractions, shifts test - train, histograms, "
         "per-case numbers) and logits.png to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, help="model folder or registry name")
     parser.add_argument("--train-case", action="append", metavar="DIR", default=None,

@@ -11,13 +11,14 @@ import argparse
 import importlib
 
 from asymseg import constants as C
+from asymseg.cli import HelpFormatter
 
 #: Benchmark topics, each a module ``asymseg.bench.<topic>``; topics whose module is not
 #: installed are left out of the parser.
 TOPICS: tuple[str, ...] = ("losses", "inference", "training")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the option help; the module docstring kept as written."""
 
 
@@ -26,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "bench",
         help="benchmarks: losses, inference (needs the 'bench' extra)",
         description=__doc__.splitlines()[0] + " Benchmarks measure against a reference run on the same machine.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     topics = parser.add_subparsers(dest="topic", metavar="TOPIC", required=True)
     for name in TOPICS:

@@ -10,7 +10,7 @@ from asymseg import constants as C
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
+    from asymseg.cli import HelpFormatter, add_progress_argument
     from asymseg.demo import STARTER_MODEL, DemoSettings
 
     defaults = DemoSettings()
@@ -20,7 +20,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "fine-tune the starter model on two phantoms with ce and with the asymmetric combination (combo) in "
         "short runs; evaluate both on held-out phantoms side by side with the tumour logit shift of the "
         "logit diagnostic; write its figures. The last line names the output folder. Nothing is downloaded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"),
                         help="output folder (created; an earlier demo folder is replaced)")

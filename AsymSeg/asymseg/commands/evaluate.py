@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from asymseg import constants as C
+from asymseg.cli import HelpFormatter
 
 #: Rows of the human-readable table: (key, label, format).
 _ROWS = (
@@ -35,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "in {0, 1} are used as they are; label maps (e.g. BraTS labels) become the tumour core of the label "
         "convention (guessed when unambiguous). Empty masks follow the BraTS rules: both empty gives DSC 1 "
         "and HD95 0; one empty gives DSC 0 and HD95 373.13 mm.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--prediction", required=True, metavar="PATH", help="predicted mask or label map")
     parser.add_argument("--reference", required=True, metavar="PATH", help="reference mask or label map")

@@ -10,7 +10,7 @@ from asymseg import constants as C
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
+    from asymseg.cli import HelpFormatter, add_progress_argument
 
     parser = subparsers.add_parser(
         "experiment",
@@ -21,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "not recomputed, so an interrupted run continues where it stopped. Bundled configs: smoke, "
         "paper-mini, brats2015-pair (give --train-case and --test-case). On a busy machine, "
         "`asymseg --threads 1 experiment ...` is often faster.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", required=True,
                         help="bundled config name (smoke, paper-mini, brats2015-pair) or a JSON/YAML file")

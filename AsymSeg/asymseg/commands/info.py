@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from asymseg import constants as C
+from asymseg.cli import HelpFormatter
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Describe a case: which files were found for each channel (generic, BraTS 2017-2021 "
         "and BraTS 2023+ names), the label values, the brain mask (file or derived from the background), "
         "the geometry, and the tumour-core voxels under the label convention (guessed when unambiguous).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_case_arguments(parser, multiple=False, positional=True)
     add_target_arguments(parser)

@@ -9,6 +9,7 @@ from typing import Any
 
 from asymseg import constants as C
 from asymseg.errors import InputError
+from asymseg.cli import HelpFormatter
 
 #: Default target of ``models create``: binary tumour core in the BraTS 2017-2021 labels {1, 4}.
 DEFAULT_CONVENTION = "brats2017"
@@ -36,7 +37,7 @@ def _label_list(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = subparsers.add_parser(
         "models", help="list, show, import, export and create models",
         description="Models are folders with model.json (the card) and model.safetensors (the weights). "

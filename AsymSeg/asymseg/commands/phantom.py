@@ -58,7 +58,7 @@ def parse_channels(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
+    from asymseg.cli import HelpFormatter, add_progress_argument
 
     parser = subparsers.add_parser(
         "phantom",
@@ -66,7 +66,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Write N deterministic synthetic cases in BraTS 2017-2021 naming "
         "(<id>/<id>_flair.nii.gz, _t1ce, _t1, _t2, _seg; labels 0, 1 necrosis, 2 oedema, 4 enhancing) "
         "and a phantom.json describing each case.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--cases", required=True, type=int, help="number of cases to write")

@@ -27,7 +27,7 @@ from asymseg.errors import InputError
 log = logging.getLogger(__name__)
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
+    from asymseg.cli import HelpFormatter, add_progress_argument
     from asymseg.io import add_case_arguments
 
     parser = subparsers.add_parser(
@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--logits writes the decision variable dz = z_rare - max(other logits) (z_fg - z_bg for a binary "
         "model) and, for models with more than two classes, one logit file per class named "
         "<dz stem>_<class><ext>. Under torchrun (WORLD_SIZE > 1) each rank takes every WORLD_SIZE-th case.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, metavar="NAME|DIR",
                         help="model directory or a name from 'asymseg models list'")
