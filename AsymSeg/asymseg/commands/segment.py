@@ -15,9 +15,11 @@ Distributed batches: under ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` takes t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,33 @@ def _check_output_file(path: Path, option: str) -> None:
             if not parent.is_dir():
                 raise InputError(f"{path}: cannot write {option} here: {parent} is a file, not a folder")
             break
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def configure_malloc() -> bool:
+    """Keep freed memory in the process heap (glibc only), a process-wide setting for commands.
+
+    glibc serves large blocks (every activation of a big tile) with ``mmap`` and returns them
+    on free, so each forward pass faults in its memory again page by page: a quarter of the CPU
+    time of a DeepMedic tile went to the kernel. With ``mmap`` off and a high trim threshold the
+    same memory is reused: no page faults, peak RSS about 5% higher. Skipped off Linux, on other
+    C libraries, and when the user set ``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES``.
+
+    Returns:
+        True when the setting was applied.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ or "GLIBC_TUNABLES" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+    except (OSError, AttributeError):
+        return False
+    log.debug("malloc: mmap off, trim threshold 2 GiB (%s)", "applied" if applied else "refused")
+    return applied
 
 
 def _make_parent(path: Path) -> None:
@@ -185,6 +214,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.io import case_files_from_args
     from asymseg.modelfile import load_model
 
+    configure_malloc()
     if args.tile is not None and args.tile < 1:
         raise InputError(f"--tile must be >= 1, got {args.tile}")
     if args.batch_size is not None and args.batch_size < 1:
