@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers.engine import run_asymseg
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BRATS = REPO.parent / "shared" / "data" / "brats2015"
@@ -44,16 +44,6 @@ def cli():
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
-
-
-def run_asymseg(*args: object, timeout: float = 600, env: dict | None = None,
-                **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m asymseg ARGS`` as a real subprocess (text mode, captured output)."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "asymseg", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, **kwargs)
 
 
 @pytest.fixture

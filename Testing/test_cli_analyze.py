@@ -18,7 +18,7 @@ CORE = (1, 4)  # BraTS 2017-2021 tumour core, the phantoms' convention
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Three 32^3 phantom cases and an untrained tiny DeepMedic made with ``asymseg models create``."""
-    from conftest import run_asymseg
+    from helpers.engine import run_asymseg
 
     root = tmp_path_factory.mktemp("analyze")
     cases = write_phantom_cases(root / "cases", 3, size=(32, 32, 32), seed=5)

@@ -496,7 +496,7 @@ CELLS = [pytest.param(row, cmd, id=f"{row}-{cmd}",
 
 # -- running a cell -------------------------------------------------------------------------------------
 def _run_subprocess(spec: Spec, tmp: Path):
-    from conftest import run_asymseg
+    from helpers.engine import run_asymseg
 
     if spec.memory_mb is not None:
         proc = subprocess.run([sys.executable, str(HELPERS / "memory_limit.py"), str(spec.memory_mb), "--threads", "1",
