@@ -59,12 +59,15 @@ def test_create_with_hparams_and_foreground_labels(cli, tmp_path, home):
 
 def test_text_list_show_path_export(cli, tmp_path, home):
     assert cli("models", "path").out.strip() == str(home / "models")
-    assert cli("models", "list").out.startswith("no models")
+    before = [line.split() for line in cli("models", "list").out.splitlines()[1:] if line and not line.startswith("(")]
+    assert before and all(row[1] == "bundled" for row in before)  # an empty user folder: bundled models only
     assert cli("models", "create", "--architecture", "unet", "--channels", "flair", "--hparam", "depth=2",
                "--hparam", "training_output_size=8", "--out", tmp_path / "m").code == 0
     assert cli("models", "import", tmp_path / "m").code == 0
     r = cli("models", "list")
-    assert r.code == 0 and r.out.splitlines()[1].split()[:4] == ["m", "user", "unet", "flair"]
+    rows = [line.split() for line in r.out.splitlines()[1:] if line and not line.startswith("(")]
+    assert r.code == 0 and [row[:4] for row in rows if row[1] == "user"] == [["m", "user", "unet", "flair"]]
+    assert len(rows) == len(before) + 1
     r = cli("models", "export", "m", "--out", tmp_path / "m.zip")
     assert r.code == 0, r.err
     assert sorted(zipfile.ZipFile(tmp_path / "m.zip").namelist()) == ["m/model.json", "m/model.safetensors"]
