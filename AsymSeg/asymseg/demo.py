@@ -73,7 +73,7 @@ class DemoSettings:
     size: int = 64
     train_cases: int = 2
     test_cases: int = 3
-    iterations: int = 24
+    iterations: int = 20
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
