@@ -114,12 +114,18 @@ def configure_malloc() -> bool:
     on free, so each forward pass faults in its memory again page by page: a quarter of the CPU
     time of a DeepMedic tile went to the kernel. With ``mmap`` off and a high trim threshold the
     same memory is reused: no page faults, peak RSS about 5% higher. Skipped off Linux, on other
-    C libraries, and when the user set ``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES``.
+    C libraries, when the user set ``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES``, and when the
+    process runs under an address-space limit (RLIMIT_AS): there, freed tiles must go back to
+    the system so the out-of-memory retry with smaller tiles can fit in the fragmented heap.
 
     Returns:
         True when the setting was applied.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ or "GLIBC_TUNABLES" in os.environ:
+        return False
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
