@@ -377,7 +377,7 @@ class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
     Example::
 
         logic = slicer.modules.asymseg.widgetRepresentation().self().logic  # or AsymSegLogic()
-        result = logic.segment({"flair": flairNode, "t1c": t1cNode}, model="starter")
+        result = logic.segment({"flair": flairNode, "t1c": t1cNode}, model="asymseg-starter-deepmedic")
     """
 
     def getParameterNode(self):
