@@ -11,6 +11,7 @@ from asymseg.errors import Cancelled, InputError, ResourceError
 from asymseg.events import CancelToken
 from asymseg.infer import predict_volume
 from asymseg.infer.engine import ActivationModel, default_tile, is_out_of_memory, run_with_oom_retry
+from asymseg.infer.memory import cheapest_exact_tile, tile_cost
 from asymseg.infer.tiling import round_up
 from asymseg.nets import build_network
 
@@ -321,7 +322,6 @@ def test_default_tile_fits_the_budget_and_grows_with_it():
 
 
 def test_cheapest_exact_tile_fits_the_budget_and_costs_no_more_than_cubes():
-    from asymseg.infer.engine import _tile_cost, cheapest_exact_tile
     from asymseg.infer.tiling import plan_exact_tiles
 
     net = make_net("deepmedic", narrow=False, channels=4)
@@ -333,12 +333,12 @@ def test_cheapest_exact_tile_fits_the_budget_and_costs_no_more_than_cubes():
         plan = plan_exact_tiles((0, 0, 0), region, tile=tile, multiple=3, context=net.context)
         return len(plan) * net.flops(net.input_shape(plan.tile_shape)), plan
 
-    best = cheapest_exact_tile(model, region, multiple=3, budget_bytes=budget, max_tile=160, cost=_tile_cost(net))
+    best = cheapest_exact_tile(model, region, multiple=3, budget_bytes=budget, max_tile=160, cost=tile_cost(net))
     cube = default_tile(model, region, multiple=3, budget_bytes=budget, max_tile=160)
     best_flops, plan = total_flops(best)
     assert plan.tile_shape == best and model.peak_bytes(best) <= budget
     assert best_flops <= total_flops(cube)[0]
     # With no memory limit one tile per axis would do, but max_tile caps the edge.
     free = cheapest_exact_tile(model, (40, 50, 60), multiple=3, budget_bytes=10 ** 12, max_tile=160,
-                               cost=_tile_cost(net))
+                               cost=tile_cost(net))
     assert free == (42, 51, 60)

@@ -37,24 +37,30 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from asymseg import constants as C
-from asymseg.errors import InputError, ModelError, ResourceError
+from asymseg.errors import InputError, ModelError
 from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.infer.memory import ActivationModel, cheapest_exact_tile, default_tile, tile_cost
+from asymseg.infer.retry import format_tile, is_out_of_memory, run_with_oom_retry
 from asymseg.infer.tiling import (
-    MIN_TILE, Tile, TilePlan, Triple, as_triple, clip_to, gaussian_weights, mask_box,
-    plan_exact_tiles, plan_overlap_tiles, round_down, round_up,
+    Tile, TilePlan, Triple, as_triple, clip_to, gaussian_weights, mask_box, plan_exact_tiles,
+    plan_overlap_tiles, round_down, round_up,
 )
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+__all__ = [
+    "AMP_MODES", "MEMORY_FORMATS", "ActivationModel", "Prediction", "cheapest_exact_tile", "default_tile",
+    "is_out_of_memory", "predict_volume", "resolve_amp", "resolve_device", "resolve_memory_format",
+    "run_with_oom_retry",
+]
 
 #: Activation memory one batch of tiles may use on the CPU (estimate, bytes). The interpreter,
 #: torch and a loaded 4-channel 240x240x155 case peak at about 0.85 GB, so this keeps the
@@ -65,10 +71,6 @@ CUDA_MEMORY_FRACTION = 0.5
 #: Largest output tile edge tried by default on the CPU and on CUDA.
 CPU_MAX_TILE = 160
 CUDA_MAX_TILE = 256
-#: Peak memory of one forward pass / its largest activation, measured as the growth of the
-#: peak RSS on the CPU (torch 2.13, eval mode): 4.4 for DeepMedic (72^3 and 96^3 tiles), 4.75
-#: for its TMI configuration, 7 for the U-Net, whose skip connections stay alive.
-ACTIVATION_PEAK_FACTOR = {"exact": 4.8, "blended": 7.5}
 #: Overlap between neighbouring tiles for nets whose tiles are not exact.
 BLEND_OVERLAP = 0.5
 #: Depth slices per chunk when turning logits into probabilities (bounds temporary memory).
@@ -152,244 +154,6 @@ def resolve_memory_format(memory_format: str, net: torch.nn.Module, device: torc
     return torch.contiguous_format
 
 
-#: Lower-case fragments of RuntimeError texts that mean an allocation failed. oneDNN reports a
-#: scratchpad it cannot allocate as "could not create a primitive" (seen under RLIMIT_AS).
-_OOM_TEXTS = ("out of memory", "can't allocate memory", "failed to allocate", "could not create a primitive")
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for CUDA out-of-memory errors and CPU allocator failures."""
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(err, oom):
-        return True
-    if isinstance(err, MemoryError):
-        return True
-    if isinstance(err, RuntimeError):
-        text = str(err).lower()
-        return any(s in text for s in _OOM_TEXTS)
-    return False
-
-
-# -- memory estimate -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ActivationModel:
-    """Sizes of a net's activations as a function of the output tile, for memory budgets.
-
-    Every module's output size along each axis is an affine function of the output tile
-    size along that axis (valid convolutions add a constant, pooling and strides divide), so two
-    small forward passes pin it down exactly. ``sizes[i]`` is ``(channels, offset, slope)`` of module
-    output ``i`` with per-axis ``offset``/``slope``.
-    """
-
-    sizes: tuple[tuple[int, tuple[float, ...], tuple[float, ...]], ...]
-    in_channels: int
-    context: int
-    peak_factor: float = ACTIVATION_PEAK_FACTOR["exact"]
-
-    @classmethod
-    def measure(cls, net: torch.nn.Module) -> ActivationModel:
-        """Record module output shapes for output tiles of 2 and 3 multiples.
-
-        The passes run on the meta device (shapes only, no arithmetic) through
-        ``torch.func.functional_call``, so the cost does not depend on the net's width; a net
-        with an operation that has no meta kernel is measured with real passes instead.
-        """
-        m = int(net.output_multiple)
-        shapes: list[list[tuple[int, ...]]] = []
-
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 5:
-                shapes[-1].append(tuple(output.shape[1:]))
-
-        # Every module, not only leaves: nets may call functional ops with their leaves' weights.
-        handles = [module.register_forward_hook(hook) for module in net.modules()]
-        was_training = net.training
-        try:
-            net.eval()
-            try:
-                shapes.clear()
-                _probe(net, shapes, m, meta=True)
-            except (RuntimeError, NotImplementedError, TypeError) as err:
-                log.debug("shape-only passes failed (%s); measuring with real passes", err)
-                shapes.clear()
-                _probe(net, shapes, m, meta=False)
-        finally:
-            for handle in handles:
-                handle.remove()
-            net.train(was_training)
-        sizes = []
-        for small, large in zip(*shapes):
-            slope = tuple((b - a) / m for a, b in zip(small[1:], large[1:]))
-            offset = tuple(a - s * 2 * m for a, s in zip(small[1:], slope))
-            sizes.append((int(small[0]), offset, slope))
-        kind = "exact" if getattr(net, "exact_tiling", False) else "blended"
-        return cls(tuple(sizes), int(net.in_channels), int(net.context), ACTIVATION_PEAK_FACTOR[kind])
-
-    def peak_bytes(self, output_shape: Sequence[int], batch_size: int = 1, dtype_bytes: int = 4) -> int:
-        """Estimated peak activation memory: ``peak_factor`` (:data:`ACTIVATION_PEAK_FACTOR`)
-        times the largest activation, plus the input batch (float32)."""
-        largest = 0.0
-        for channels, offset, slope in self.sizes:
-            voxels = math.prod(max(0.0, o + s * t) for o, s, t in zip(offset, slope, output_shape))
-            largest = max(largest, channels * voxels)
-        inputs = self.in_channels * math.prod(t + 2 * self.context for t in output_shape)
-        return int(batch_size * (self.peak_factor * largest * dtype_bytes + 4 * inputs))
-
-
-def _probe(net: torch.nn.Module, shapes: list[list[tuple[int, ...]]], m: int, *, meta: bool) -> None:
-    """Forward passes for output tiles of 2m and 3m voxels per edge, shapes recorded by hooks."""
-    from torch.func import functional_call
-
-    first = next(iter(net.parameters()), None)
-    device = torch.device("meta") if meta else (first.device if first is not None else torch.device("cpu"))
-    state = None
-    if meta:
-        state = {name: torch.empty_like(value, device="meta")
-                 for name, value in [*net.named_parameters(), *net.named_buffers()]}
-    for t in (2 * m, 3 * m):
-        shapes.append([])
-        x = torch.zeros((1, net.in_channels, *net.input_shape((t, t, t))), device=device)
-        with torch.inference_mode():
-            if state is not None:
-                functional_call(net, state, (x,))
-            else:
-                net(x)
-
-
-def default_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
-                 max_tile: int, dtype_bytes: int = 4) -> Triple:
-    """The largest output tile edge (a multiple of ``multiple``) whose activations fit the budget.
-
-    The edge is capped at ``max_tile`` and at the region (rounded up to the multiple), then
-    lowered until :meth:`ActivationModel.peak_bytes` of that tile fits ``budget_bytes``.
-    """
-    m = int(multiple)
-    cap = [max(m, min(round_down(max_tile, m), round_up(int(n), m))) for n in region]
-    floor_edge = max(m, round_up(MIN_TILE, m))
-    edge = max(cap)
-    while edge > floor_edge and model.peak_bytes([min(edge, c) for c in cap], 1, dtype_bytes) > budget_bytes:
-        edge -= m
-    return tuple(max(min(edge, c), min(floor_edge, c)) for c in cap)  # type: ignore[return-value]
-
-
-def cheapest_exact_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
-                        max_tile: int, cost: Callable[[Triple], float], dtype_bytes: int = 4) -> Triple:
-    """The exact-plan tile shape that covers ``region`` at the least total cost within the budget.
-
-    Per axis, splitting the region into n balanced tiles gives an edge of
-    ``round_up(ceil(L / n), multiple)``; every combination of a few tile counts per axis is
-    priced as ``tiles * cost(tile)`` (the FLOPs of one tile, halo included) and the cheapest one
-    whose :meth:`ActivationModel.peak_bytes` fits ``budget_bytes`` is chosen. Falls back to
-    :func:`default_tile` when no combination fits.
-    """
-    import itertools
-
-    m = int(multiple)
-    largest = max(m, round_down(max_tile, m))
-    options = []
-    for length in region:
-        length = int(length)
-        first = -(-length // largest)
-        choices: dict[int, int] = {}
-        for n in range(first, first + 8):
-            edge = max(m, round_up(-(-length // n), m))
-            choices.setdefault(edge, -(-length // edge))
-        options.append(sorted(choices.items(), reverse=True))
-    best: tuple[float, Triple] | None = None
-    for combo in itertools.product(*options):
-        shape = tuple(edge for edge, _ in combo)
-        if model.peak_bytes(shape, 1, dtype_bytes) > budget_bytes:
-            continue
-        total = math.prod(n for _, n in combo) * cost(shape)  # type: ignore[arg-type]
-        if best is None or total < best[0]:
-            best = (total, shape)  # type: ignore[assignment]
-    if best is None:
-        return default_tile(model, region, multiple=m, budget_bytes=budget_bytes, max_tile=max_tile,
-                            dtype_bytes=dtype_bytes)
-    return best[1]
-
-
-def _tile_cost(net: torch.nn.Module) -> Callable[[Triple], float]:
-    """FLOPs of one tile from the architecture when the net can count them, else its input volume."""
-    context = int(net.context)
-    if hasattr(net, "flops"):
-        def flops(shape: Triple) -> float:
-            try:
-                return float(net.flops(net.input_shape(shape)))
-            except NotImplementedError:
-                return float(math.prod(s + 2 * context for s in shape))
-        return flops
-    return lambda shape: float(math.prod(s + 2 * context for s in shape))
-
-
-def halve_tile(tile: Sequence[int], multiple: int) -> Triple:
-    """Half of each tile edge, rounded down to ``multiple`` and not below :data:`MIN_TILE`."""
-    floor_edge = max(multiple, round_up(MIN_TILE, multiple))
-    return tuple(max(floor_edge, round_down(int(t) // 2, multiple)) for t in tile)  # type: ignore[return-value]
-
-
-# -- the out-of-memory retry loop --------------------------------------------------------------------
-def run_with_oom_retry(attempt: Callable[[torch.device, Triple], T], *, device: torch.device, tile: Triple,
-                       multiple: int, fallback_device: torch.device | None = None,
-                       fallback_tile: Callable[[], Triple] | None = None,
-                       on_event: EventCallback | None = None, retries: list[str] | None = None
-                       ) -> tuple[T, torch.device, Triple]:
-    """Call ``attempt(device, tile)``; on out-of-memory halve the tiles, then change device.
-
-    Args:
-        attempt: runs the whole job with the given device and tile edge; may raise an
-            out-of-memory error (see :func:`is_out_of_memory`); other errors propagate.
-        device: the first device.
-        tile: the first tile edges (D, H, W).
-        multiple: tile edges stay multiples of it.
-        fallback_device: where to go once the smallest tiles fail (None: nowhere).
-        fallback_tile: the tile edges to start with on the fallback device.
-        on_event: receives a ``log`` event per retry.
-        retries: if given, a message per retry is appended to it.
-
-    Returns:
-        ``(result, device, tile)`` of the attempt that succeeded.
-
-    Raises:
-        ResourceError: the smallest tiles ran out of memory on the last device.
-    """
-    first = tuple(tile)
-    while True:
-        try:
-            return attempt(device, tile), device, tile
-        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled
-            if not is_out_of_memory(err):
-                raise
-            reason = " ".join(str(err).split())[:200] or type(err).__name__
-        # Outside the except block, so the failed attempt's tensors can be freed.
-        if device.type == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        smaller = halve_tile(tile, multiple)
-        if smaller != tuple(tile):
-            message = (f"out of memory on {device} with {_fmt(tile)} tiles; retrying with {_fmt(smaller)} "
-                       f"tiles ({reason})")
-            tile = smaller
-        elif fallback_device is not None and fallback_device != device:
-            new_tile = fallback_tile() if fallback_tile is not None else tuple(tile)
-            message = (f"out of memory on {device} even with {_fmt(tile)} tiles; falling back to "
-                       f"{fallback_device} with {_fmt(new_tile)} tiles ({reason})")
-            device, tile = fallback_device, new_tile  # type: ignore[assignment]
-            fallback_device = None
-        else:
-            tried = f", lowered automatically from {_fmt(first)}" if tuple(tile) != first else ""
-            raise ResourceError(f"out of memory on {device} even with {_fmt(tile)} tiles (the smallest{tried}): "
-                                f"free memory or use a machine with more ({reason})")
-        log.warning("%s", message)
-        if retries is not None:
-            retries.append(message)
-        emit(on_event, C.EVENT_LOG, stage="infer", message=message, level="warning", device=str(device),
-             tile=list(tile))
-
-
-def _fmt(tile: Sequence[int]) -> str:
-    return "x".join(str(int(t)) for t in tile)
-
-
 # -- one tiled pass ------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _prepared(net: torch.nn.Module, device: torch.device, memory_format: torch.memory_format
@@ -458,8 +222,9 @@ def _run_tiles(net: torch.nn.Module, image: np.ndarray, plan: TilePlan, out_star
         with torch.inference_mode(), _autocast(device, amp_dtype):
             logits = net(x)
         if tuple(logits.shape[2:]) != plan.tile_shape:
-            raise ModelError(f"{getattr(net, 'architecture', type(net).__name__)}: a {_fmt(plan.input_shape)} "
-                             f"input gave a {_fmt(logits.shape[2:])} output, expected {_fmt(plan.tile_shape)}")
+            name = getattr(net, "architecture", type(net).__name__)
+            raise ModelError(f"{name}: a {format_tile(plan.input_shape)} input gave a "
+                             f"{format_tile(logits.shape[2:])} output, expected {format_tile(plan.tile_shape)}")
         logits = logits.float().cpu()
         del x
         for b, tile in enumerate(batch):
@@ -574,7 +339,7 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
         dtype_bytes = 2 if dev.type == "cuda" and amp_dtype is not None else 4
         if getattr(net, "exact_tiling", False):
             return cheapest_exact_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
-                                       cost=_tile_cost(net), dtype_bytes=dtype_bytes)
+                                       cost=tile_cost(net), dtype_bytes=dtype_bytes)
         return default_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
                             dtype_bytes=dtype_bytes)
 

@@ -259,3 +259,9 @@ def clip_to(start: Sequence[int], stop: Sequence[int], shape: Sequence[int]
         image.append(slice(lo, hi))
         local.append(slice(lo - a, hi - a))
     return tuple(image), tuple(local)
+
+
+def halve_tile(tile: Sequence[int], multiple: int) -> Triple:
+    """Half of each tile edge, rounded down to ``multiple`` and not below :data:`MIN_TILE`."""
+    floor_edge = max(multiple, round_up(MIN_TILE, multiple))
+    return tuple(max(floor_edge, round_down(int(t) // 2, multiple)) for t in tile)  # type: ignore[return-value]
