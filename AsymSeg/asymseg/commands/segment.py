@@ -113,7 +113,9 @@ def configure_malloc() -> bool:
     glibc serves large blocks (every activation of a big tile) with ``mmap`` and returns them
     on free, so each forward pass faults in its memory again page by page: a quarter of the CPU
     time of a DeepMedic tile went to the kernel. With ``mmap`` off and a high trim threshold the
-    same memory is reused: no page faults, peak RSS about 5% higher. Skipped off Linux, on other
+    same memory is reused: no page faults and about 25% less CPU time, but fragmentation raises
+    the peak RSS (DeepMedic on a 240x240x155 case: 1.54 -> 1.89 GB with 2 channels, 1.61 -> 1.76
+    GB with 4; ``asymseg bench inference``). Skipped off Linux, on other
     C libraries, when the user set ``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES``, and when the
     process runs under an address-space limit (RLIMIT_AS): there, freed tiles must go back to
     the system so the out-of-memory retry with smaller tiles can fit in the fragmented heap.
