@@ -127,3 +127,26 @@ def test_dry_run_cli_prints_the_grid_and_the_estimate_without_creating_anything(
     assert data["cells"][1]["train_cases"][:2] == data["cells"][0]["train_cases"]
     assert data["estimated_seconds"] > 0 and data["cost_model"]["measured"] is False
     assert not out.exists()
+
+
+def test_more_seeds_extend_a_grid_without_changing_the_cells_it_had(tmp_path, cli, capsys):
+    import json
+
+    from asymseg.experiment import load_experiment_config
+
+    one, _ = dry_run(load_experiment_config("smoke"), tmp_path / "exp")
+    three, _ = dry_run(load_experiment_config("smoke", seeds=[0, 4, 7]), tmp_path / "exp")
+    assert [p.cell.seed for p in three] == [0, 4, 7] * (len(one))
+    by_id = {p.cell.id: p for p in three}
+    for p in one:
+        assert by_id[p.cell.id].hash == p.hash and by_id[p.cell.id].train_cases == p.train_cases
+    assert by_id["n02_ce_s4"].hash != by_id["n02_ce_s0"].hash
+    result = cli("experiment", "--config", "smoke", "--seeds", "0,4", "--out", tmp_path / "exp", "--dry-run",
+                 "--json")
+    assert result.code == 0, result.err
+    assert [c["id"] for c in json.loads(result.out)["cells"]][:2] == ["n02_ce_s0", "n02_ce_s4"]
+    for bad in ("0,0", "1,-2", "x", ","):
+        with pytest.raises(SystemExit) as exit_:  # argparse usage error
+            cli("experiment", "--config", "smoke", "--seeds", bad, "--out", tmp_path / "exp", "--dry-run")
+        assert exit_.value.code == 2 and "argument --seeds" in capsys.readouterr().err, bad
+    assert not (tmp_path / "exp").exists()

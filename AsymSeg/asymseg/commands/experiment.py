@@ -31,6 +31,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "phantoms or case lists")
     parser.add_argument("--test-case", action="append", default=None, metavar="DIR",
                         help="test case folder (repeatable)")
+    parser.add_argument("--seeds", type=_seed_list, default=None, metavar="LIST",
+                        help="seeds that replace the config's, e.g. 0,1,2 (finished cells of the config's own "
+                             "seeds are kept, so this extends a finished run)")
     parser.add_argument("--cells", action="append", default=None, metavar="PATTERN",
                         help="run only these cells: an index (3), a range (0-5) or a glob on the cell id "
                              "(n04_*, *_a-focal_*); repeatable or comma-separated")
@@ -44,11 +47,23 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _seed_list(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2] (non-negative integers, no repeats)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, got {text!r}")
+    return seeds
+
+
 def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.events import json_safe
     from asymseg.experiment import dry_run, dry_run_lines, load_experiment_config, report_only, run_experiment
 
-    config = load_experiment_config(args.config, train_cases=args.train_case, test_cases=args.test_case)
+    config = load_experiment_config(args.config, train_cases=args.train_case, test_cases=args.test_case,
+                                    seeds=args.seeds)
     if args.dry_run:
         planned, costs = dry_run(config, args.out, cells=args.cells)
         if args.json:

@@ -176,29 +176,35 @@ def _read_mapping(text: str, suffix: str, source: str) -> Any:
         raise InputError(f"{source}: invalid JSON: {err}") from err
 
 
-def _with_cases(data: Any, train_cases: Sequence[str | Path] | None,
-                test_cases: Sequence[str | Path] | None) -> Any:
-    """The config mapping with its data replaced by case folders given on the command line."""
-    if not train_cases and not test_cases:
-        return data
-    if not train_cases or not test_cases:
+def _with_overrides(data: Any, train_cases: Sequence[str | Path] | None,
+                    test_cases: Sequence[str | Path] | None, seeds: Sequence[int] | None) -> Any:
+    """The config mapping with its data replaced by case folders, and its seeds by ``seeds``, given on the
+    command line (validated with the rest of the config)."""
+    if bool(train_cases) != bool(test_cases):
         raise InputError("--train-case and --test-case go together: give both to replace the config's data")
-    if not isinstance(data, Mapping):
+    if not isinstance(data, Mapping) or (not train_cases and seeds is None):
         return data
-    out = {k: v for k, v in data.items() if k not in ("phantom", "train_cases", "test_cases")}
-    out["train_cases"] = [str(Path(p).expanduser().resolve()) for p in train_cases]
-    out["test_cases"] = [str(Path(p).expanduser().resolve()) for p in test_cases]
+    out = dict(data)
+    if train_cases:
+        out = {k: v for k, v in out.items() if k not in ("phantom", "train_cases", "test_cases")}
+        out["train_cases"] = [str(Path(p).expanduser().resolve()) for p in train_cases]
+        out["test_cases"] = [str(Path(p).expanduser().resolve()) for p in test_cases or ()]
+    if seeds is not None:
+        out["seeds"] = list(seeds)
     return out
 
 
 def load_experiment_config(name_or_path: str | Path, *, train_cases: Sequence[str | Path] | None = None,
-                           test_cases: Sequence[str | Path] | None = None) -> ExperimentConfig:
+                           test_cases: Sequence[str | Path] | None = None,
+                           seeds: Sequence[int] | None = None) -> ExperimentConfig:
     """A bundled config by name (``smoke``, ``paper-mini``, ``brats2015-pair``) or a JSON/YAML file.
 
     Args:
         name_or_path: the bundled name or the file.
         train_cases, test_cases: case folders that replace the config's data (phantoms or case
             lists); both or neither.
+        seeds: seeds that replace the config's ``seeds`` (cells of seeds the config already had keep
+            their ids and hashes, so a finished run is extended, not recomputed).
 
     Raises:
         InputError: no such file or bundled config, unreadable or invalid content.
@@ -212,8 +218,8 @@ def load_experiment_config(name_or_path: str | Path, *, train_cases: Sequence[st
             if candidate.is_file():
                 source = f"{text_name} (bundled config)"
                 data = _read_mapping(candidate.read_text(encoding="utf-8"), suffix, source)
-                return ExperimentConfig.from_dict(_with_cases(data, train_cases, test_cases), source=source,
-                                                  base_dir=Path.cwd())
+                return ExperimentConfig.from_dict(_with_overrides(data, train_cases, test_cases, seeds),
+                                                  source=source, base_dir=Path.cwd())
         raise InputError(f"{text_name}: no such config file or bundled config "
                          f"(bundled: {', '.join(bundled_configs()) or 'none'})")
     try:
@@ -223,5 +229,5 @@ def load_experiment_config(name_or_path: str | Path, *, train_cases: Sequence[st
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the config file: {err}") from err
     data = _read_mapping(text, path.suffix.lower(), str(path))
-    return ExperimentConfig.from_dict(_with_cases(data, train_cases, test_cases), source=str(path),
+    return ExperimentConfig.from_dict(_with_overrides(data, train_cases, test_cases, seeds), source=str(path),
                                       base_dir=path.resolve().parent)
