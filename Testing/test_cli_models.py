@@ -88,3 +88,11 @@ def test_errors_exit_with_the_model_code_and_one_line(cli, tmp_path, home):
     r = cli("models", "create", "--architecture", "unet", "--channels", "brain", "--out", tmp_path / "x")
     assert r.code == C.EXIT_USAGE and "unknown channel name 'brain'" in r.err
     assert not (tmp_path / "x").exists()
+
+
+def test_show_counts_the_cases_of_each_training_stage(cli, home):
+    r = cli("models", "show", "asymseg-starter-deepmedic")
+    assert r.code == 0, r.err
+    line = next(line for line in r.out.splitlines() if line.startswith("training:"))
+    assert '"name": "combo"' in line and 'iterations {"pretrain":160,"finetune":40}' in line
+    assert "cases train 1, val 1, pretrain_train 16, pretrain_val 2," in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,26 @@ def run_show(args: argparse.Namespace, ctx) -> int:
         f"exact tiling {'yes' if geo['exact_tiling'] else 'no'}",
         f"channels:      {channels}",
         f"classes:       {classes}",
-        f"training:      technique {json.dumps(prov.get('technique'))}, iterations {prov.get('iterations', '-')}, "
-        f"{len(prov.get('data') or [])} case(s), base model {prov.get('base_model') or '-'}",
+        f"training:      technique {json.dumps(prov.get('technique'))}, iterations "
+        f"{json.dumps(prov.get('iterations', '-'), separators=(',', ':'))}, cases {_case_counts(prov.get('data'))}, "
+        f"base model {prov.get('base_model') or '-'}",
         f"weights:       {card['weights']['file']} sha256 {card['weights']['sha256'][:16]}... (verified)",
     ]
     if prov.get("validation"):
         lines.append(f"validation:    {json.dumps(prov['validation'], separators=(',', ':'))}")
     ctx.stdout.write("\n".join(lines) + "\n")
     return C.EXIT_OK
+
+
+def _case_counts(data: object) -> str:
+    """The training data of a card's provenance in a few words: ``train 1, val 1`` for the
+    ``{"train": [...], "val": [...]}`` that fine-tuning records, ``3`` for a plain list, ``-`` for none."""
+    if isinstance(data, Mapping):
+        parts = [f"{key} {len(value)}" for key, value in data.items() if isinstance(value, (list, tuple))]
+        return ", ".join(parts) or "-"
+    if isinstance(data, (list, tuple)):
+        return str(len(data))
+    return "-"
 
 
 def run_import(args: argparse.Namespace, ctx) -> int:
