@@ -72,6 +72,8 @@ class ModelInfo:
         if self.channels:
             lines.append("Channels: " + ", ".join(self.channels))
         technique = self.provenance.get("technique") if isinstance(self.provenance, Mapping) else None
+        if isinstance(technique, Mapping):  # cards record the resolved preset
+            technique = technique.get("name")
         if technique:
             lines.append(f"Technique: {technique}")
         if self.path is not None:
@@ -104,6 +106,8 @@ def modelInfoFromDict(entry: Mapping[str, Any], path: Path | None = None, source
     folder = Path(rawPath) if isinstance(rawPath, str) and rawPath else path
     target = entry.get("target") if isinstance(entry.get("target"), Mapping) else {}
     provenance = entry.get("provenance") if isinstance(entry.get("provenance"), Mapping) else {}
+    if isinstance(entry.get("technique"), str) and "technique" not in provenance:  # `models list --json`
+        provenance = {**provenance, "technique": entry["technique"]}
     classes = entry.get("classes")
     if not classes and isinstance(target.get("names"), list):
         classes = target["names"]

@@ -26,6 +26,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -100,9 +101,19 @@ class ModelInfo:
                 "architecture": card.architecture, "channels": list(card.channels),
                 "classes": list(card.target.names), "rare": list(card.target.rare),
                 "description": card.description, "created": card.created,
+                "technique": _technique_name(card.provenance),
             })
         out["error"] = self.error
         return out
+
+
+def _technique_name(provenance: Mapping[str, Any]) -> str | None:
+    """The preset a model was trained with, as its card's provenance records it (a name or the resolved
+    preset with its ``name``), or None."""
+    technique = provenance.get("technique") if isinstance(provenance, Mapping) else None
+    if isinstance(technique, Mapping):
+        technique = technique.get("name")
+    return technique if isinstance(technique, str) and technique else None
 
 
 def _scan(folder: Path, source: str) -> list[ModelInfo]:

@@ -54,9 +54,12 @@ def test_model_list_json_is_parsed_and_invalid_entries_are_left_out():
         {"name": "broken", "source": "user", "path": "/u/broken", "error": "model.json: bad JSON"},
         {"name": "mine", "source": "user", "path": "/u/mine", "channels": [{"name": "flair"}],
          "provenance": {"technique": "combo"}},
+        {"name": "listed", "source": "user", "path": "/u/listed", "technique": "a-focal"},
+        {"name": "carded", "path": "/u/carded", "provenance": {"technique": {"name": "a-lm", "margin": 0.5}}},
     ]})
     listed = models.parseModelList(text)
-    assert [m.name for m in listed] == ["starter", "multi", "mine"]
+    assert [m.name for m in listed] == ["starter", "multi", "mine", "listed", "carded"]
+    assert "Technique: a-focal" in listed[3].tooltip() and "Technique: a-lm\n" in listed[4].tooltip()
     assert listed[1].classes == ("background", "necrosis", "enhancing")
     listed.pop(1)
     assert listed[0].channels == ("flair", "t1c") and listed[0].title == "starter (bundled)"
