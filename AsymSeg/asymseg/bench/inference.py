@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asymseg.bench.common import standalone_main, write_result
+
 METHODS = ("ours", "monai", "naive")
 #: Goals of the inference issue: speed-up over MONAI, share of the matmul peak, peak RSS.
 GOAL_SPEEDUP = 2.0
@@ -168,11 +170,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         "runs": runs,
     }
     report["goals"] = _goals(report)
-    if args.json:
-        ctx.stdout.write(json.dumps(_json_safe(report), allow_nan=False) + "\n")
-    else:
-        ctx.stdout.write(markdown(report))
-    ctx.stdout.flush()
+    write_result(ctx, report, as_json=args.json, text=markdown)
     return report
 
 
@@ -559,19 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 2 and argv[0] == "--worker":
         return _worker(argv[1])
-    from asymseg.cli import CommandContext
-    from asymseg.errors import AsymSegError
-
-    parser = argparse.ArgumentParser(prog="python -m asymseg.bench.inference", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args, CommandContext(stdout=sys.stdout, stderr=sys.stderr))
-    except AsymSegError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return err.exit_code
-    return 0
+    return standalone_main("inference", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ Run standalone with ``python -m asymseg.bench.losses [--json]``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from typing import Any
+
+from asymseg.bench.common import standalone_main, write_result
 
 #: Output batches of a DeepMedic training step: (B, C, D, H, W).
 DEFAULT_SHAPES = ("10x2x9x9x9", "10x2x21x21x21")
@@ -96,11 +97,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
                      "torch": torch.__version__},
         "rows": rows,
     }
-    if args.json:
-        ctx.stdout.write(json.dumps(result) + "\n")
-    else:
-        ctx.stdout.write(_table(result))
-    ctx.stdout.flush()
+    write_result(ctx, result, as_json=args.json, text=_table)
     return result
 
 
@@ -171,19 +168,7 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m asymseg.bench.losses``."""
-    from asymseg.cli import CommandContext
-    from asymseg.errors import AsymSegError
-
-    parser = argparse.ArgumentParser(prog="python -m asymseg.bench.losses", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args, CommandContext(stdout=sys.stdout, stderr=sys.stderr))
-    except AsymSegError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return err.exit_code
-    return 0
+    return standalone_main("losses", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

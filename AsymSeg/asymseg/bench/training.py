@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asymseg.bench.common import standalone_main, write_result
+
 #: Presets in the table's order (``ce`` first: the reference).
 DEFAULT_PRESETS = ("ce", "dice", "fg-sampling", "lm", "a-lm", "focal", "a-focal", "at", "a-at", "mixup",
                    "a-mixup", "a-aug", "combo")
@@ -230,11 +232,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
                      "torch": torch.__version__},
         "rows": rows,
     }
-    if args.json:
-        ctx.stdout.write(json.dumps(result) + "\n")
-    else:
-        ctx.stdout.write(_table(result))
-    ctx.stdout.flush()
+    write_result(ctx, result, as_json=args.json, text=_table)
     return result
 
 
@@ -259,14 +257,8 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asymseg.bench.training``."""
-    from asymseg.cli import CommandContext
-
-    parser = argparse.ArgumentParser(prog="python -m asymseg.bench.training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv), CommandContext(stdout=sys.stdout, stderr=sys.stderr))
-    return 0
+    """Standalone entry: ``python -m asymseg.bench.training``."""
+    return standalone_main("training", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":
