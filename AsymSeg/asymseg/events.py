@@ -116,49 +116,109 @@ class JsonlRenderer:
     def close(self) -> None:
         pass
 
+    def echo(self, text: str, stream: TextIO) -> None:
+        """Write a result line to ``stream`` (for renderers with bars: above them)."""
+        stream.write(text + "\n")
+        stream.flush()
+
 
 class TqdmRenderer:
-    """Renders progress/iteration events as tqdm bars on stderr, other events as log lines."""
+    """Renders progress as tqdm bars on ``stream`` and other events with a message as log lines.
+
+    Stages nest: a stage that starts while another one's bar is unfinished (a cell's training
+    inside an experiment, loading inside a case) gets its own bar below it, which disappears when
+    its parent moves on or its stage is done; the outer bar keeps its line, its count and its
+    rate, so an interruption never leaves a stale copy of it behind. A stage that starts after a
+    bar has completed follows it instead (load, then train). An outermost bar stays as one summary
+    line when it closes. Messages are written above the bars that are still running (bars that are
+    all complete close first); those of "failed" and "cancelled" events are not written, because
+    the command's one error line says the same.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self._bar = None
-        self._stage: str | None = None
+        self._bars: list[tuple[str | None, Any]] = []  # (stage, bar), outermost first
 
     def __call__(self, event: Event) -> None:
+        if event.total and (event.kind in (C.EVENT_START, C.EVENT_PROGRESS, C.EVENT_ITERATION)
+                            or (event.kind == C.EVENT_DONE and self._level(event.stage) is not None)):
+            self._update(event)
+        if event.kind in (C.EVENT_CANCELLED, C.EVENT_FAILED):
+            self._close_from(0)  # the command reports why, in its one error line
+            return
+        if event.kind == C.EVENT_DONE:
+            self._close_from(self._level(event.stage))  # the stage and everything inside it ended
+        if event.message:
+            self._write(event.message)
+
+    def _level(self, stage: str | None) -> int | None:
+        return next((i for i, (name, _) in enumerate(self._bars) if name == stage), None)
+
+    def _update(self, event: Event) -> None:
         from tqdm import tqdm
 
-        if event.kind in (C.EVENT_PROGRESS, C.EVENT_ITERATION) and event.total:
-            if self._bar is None or self._stage != event.stage:
-                self.close()
-                self._bar = tqdm(total=event.total, desc=event.stage, file=self.stream,
-                                 dynamic_ncols=True, leave=True)
-                self._stage = event.stage
-            self._bar.n = event.done or 0
-            postfix = {k: v for k, v in event.data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if postfix:
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in list(postfix.items())[:4]}, refresh=False)
-            self._bar.refresh()
-        elif event.message:
-            if self._bar is not None:
-                self._bar.write(event.message, file=self.stream)
-            else:
-                self.stream.write(event.message + "\n")
-                self.stream.flush()
+        level = self._level(event.stage)
+        if level is not None:
+            bar = self._bars[level][1]
+            if bar.total != event.total or (event.done or 0) < bar.n:
+                self._close_from(level)  # the stage runs again (next technique, next case): a new bar
+                level = None
+        if level is None:
+            while self._bars and self._bars[-1][1].n >= self._bars[-1][1].total:
+                self._close_from(len(self._bars) - 1)  # a finished stage: the new one follows it
+            bar = tqdm(total=event.total, initial=event.done or 0, desc=event.stage, file=self.stream,
+                       dynamic_ncols=True, position=len(self._bars), leave=not self._bars)
+            self._bars.append((event.stage, bar))
+            level = len(self._bars) - 1
+        else:
+            self._close_from(level + 1)  # inner stages ended when their parent moves on
+        bar = self._bars[level][1]
+        postfix = {k: v for k, v in event.data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if postfix and event.kind in (C.EVENT_PROGRESS, C.EVENT_ITERATION):  # live numbers, not a summary
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(postfix.items())[:4]}, refresh=False)
+        bar.update((event.done or 0) - bar.n)
+
+    def _write(self, message: str) -> None:
+        self.echo(message, self.stream)
+
+    def echo(self, text: str, stream: TextIO) -> None:
+        """Write a line to ``stream`` (e.g. a result on stdout) above the bars, which carry on below it.
+
+        When every open bar is complete, their work is over: they close first, so the line follows them.
+        """
+        if self._bars and all(bar.n >= bar.total for _, bar in self._bars):
+            self._close_from(0)
+        if self._bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=stream)
+            stream.flush()
+        else:
+            stream.write(text + "\n")
+            stream.flush()
+
+    def _close_from(self, level: int | None) -> None:
+        """Close the bar at ``level`` and every bar inside it (innermost first)."""
+        if level is None:
+            return
+        while len(self._bars) > level:
+            _, bar = self._bars.pop()
+            bar.close()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-            self._stage = None
+        self._close_from(0)
 
 
 class NullRenderer:
+    """Renders no event (``--progress none``); result lines are still written."""
+
     def __call__(self, event: Event) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+    echo = JsonlRenderer.echo
 
 
 PROGRESS_MODES = ("tqdm", "jsonl", "none")

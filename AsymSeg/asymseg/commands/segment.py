@@ -262,8 +262,7 @@ def run(args: argparse.Namespace, ctx) -> int:
             ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
             ctx.stdout.flush()
         elif not args.json:
-            renderer.close()
-            ctx.stdout.write(_summary_line(result) + "\n")
+            renderer.echo(_summary_line(result), ctx.stdout)
 
     try:
         results = segment_cases(model, cases, outputs if batch else [outputs],

@@ -284,6 +284,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
         result = segment_case(model, files, out, reference=ref, evaluate=evaluate, device=device, tile=tile,
                               batch_size=batch_size, amp=amp, on_event=on_event, cancel=cancel)
         results.append(result)
+        emit(on_event, C.EVENT_PROGRESS, stage="case", done=index + 1, total=len(case_files), case_id=files.case_id)
         if on_case is not None:
             on_case(result)
     return results
