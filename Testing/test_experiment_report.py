@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
+
 from asymseg.experiment.report import (
     CSV_COLUMNS,
     aggregate,
     metrics_figure,
+    paired_differences,
     results_csv,
     results_markdown,
     shift_figure,
@@ -51,8 +54,8 @@ def test_aggregate_gives_mean_and_sample_sd_over_seeds():
 def test_markdown_table_shows_percentages_with_sd_and_every_cell_group():
     text = results_markdown(ROWS, ["ce", "a-focal"], title="Results: t", notes=["note line"])
     assert text.startswith("# Results: t\n\nnote line\n")
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 4                                  # header + one row per (size, technique)
+    table = text.split("\n\n")[2]
+    assert len(table.splitlines()) == 2 + 4                     # header + one row per (size, technique)
     assert "| 2 | 0.50 | ce | 2 | 60.0 ± 14.1 | 50.0 ± 14.1 | 90.0 ± 0.0 | -2.00 ± 1.41 | +0.10 ± 0.00 |" in text
     assert "| 4 | 1.00 | ce | 1 | 80.0 | 80.0 | 90.0 | -0.50 | +0.10 |" in text
     assert "| 4 | 1.00 | a-focal | 1 | n/a | n/a | n/a | n/a |" in text
@@ -80,6 +83,23 @@ def test_findings_give_the_numbers_behind_the_paper_questions():
     lines = findings(rows, ["focal", "a-focal"])
     assert "  - focal: sensitivity -40.0, precision -5.0 (sensitivity falls more)" in lines
     assert "  - a-focal: 2: -2.00, 4: -0.50" in lines
-    assert "  - a-focal - focal: 2: +10.0, 4: +2.0" in lines
+    assert "  - a-focal - focal: 2: +10.0 (1/1), 4: +2.0 (1/1)" in lines
     text = results_markdown(rows, ["focal", "a-focal"], title="t")
     assert "## Numbers behind the paper's questions" in text
+
+
+def test_differences_are_matched_by_seed_and_count_the_seeds_a_technique_wins():
+    (entry,) = paired_differences(ROWS, ["ce", "a-focal"], "ce")  # n=4: a-focal has no DSC, so no pair
+    assert (entry["n_train"], entry["technique"], entry["reference"], entry["seeds"]) == (2, "a-focal", "ce", 2)
+    assert entry["dsc"][0] == pytest.approx(0.0, abs=1e-12) and entry["dsc"][1] == pytest.approx(0.1414213562)
+    assert entry["sensitivity"] == pytest.approx((0.2, 0.1414213562)) and entry["dsc_higher"] == 1
+    assert entry["precision"] == pytest.approx((-0.1, 0.0))
+    # the difference of means would hide that a-focal loses on one seed and wins on the other
+    rows = ROWS + [_row(2, "lm", 1, 0.75, 0.6, 0.9, -1.0)]
+    (lm,) = [e for e in paired_differences(rows, ["ce", "lm"], "ce")]
+    assert lm["seeds"] == 1 and lm["dsc"] == pytest.approx((0.05, None)) and lm["dsc_higher"] == 1
+    against = paired_differences(ROWS, ["a-focal"], "", against={"a-focal": "ce"})
+    assert [e["reference"] for e in against] == ["ce"]
+    text = results_markdown(ROWS, ["ce", "a-focal"], title="t")
+    assert "## Seed-matched differences against ce" in text
+    assert "| 2 | a-focal | 2 | +0.0 ± 14.1 | +20.0 ± 14.1 | -10.0 ± 0.0 | 1/2 |" in text

@@ -95,6 +95,56 @@ def aggregate(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str]) -> l
     return out
 
 
+#: Metrics compared seed by seed in :func:`paired_differences`.
+PAIRED_METRICS: tuple[str, ...] = ("dsc", "sensitivity", "precision")
+
+
+def paired_differences(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str], reference: str,
+                       *, against: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Seed-matched differences ``technique - reference`` per training-set size.
+
+    Cells of one seed train on the same cases (nested subsets), so the difference within a seed
+    removes the variation that comes from which cases were drawn, which dominates with few cases.
+
+    Args:
+        rows: cell rows (:func:`cell_row`).
+        techniques: the techniques to compare, in output order.
+        reference: the technique subtracted (e.g. ``ce``), unless ``against`` names another one.
+        against: per technique, the technique to subtract instead (``{"a-focal": "focal"}``).
+
+    Returns:
+        One entry per (n_train, technique) with at least one seed where both cells have the metric:
+        ``n_train``, ``technique``, ``reference``, ``seeds`` (matched), for each metric of
+        :data:`PAIRED_METRICS` a (mean, sd) of the differences, and ``dsc_higher``: the seeds where
+        the technique's DSC is higher.
+    """
+    cells = {(int(r["n_train"]), str(r["technique"]), int(r["seed"])): r for r in rows}
+    sizes = sorted({n for n, _, _ in cells})
+    out = []
+    for n in sizes:
+        for technique in techniques:
+            base = (against or {}).get(technique, reference)
+            if technique == base:
+                continue
+            matched = sorted(seed for (m, t, seed) in cells
+                             if m == n and t == technique and (n, base, seed) in cells
+                             and cells[(n, technique, seed)].get("dsc") is not None
+                             and cells[(n, base, seed)].get("dsc") is not None)
+            if not matched:
+                continue
+            entry: dict[str, Any] = {"n_train": n, "technique": technique, "reference": base}
+            for key in PAIRED_METRICS:
+                diffs = [float(cells[(n, technique, seed)][key]) - float(cells[(n, base, seed)][key])
+                         for seed in matched if cells[(n, technique, seed)].get(key) is not None
+                         and cells[(n, base, seed)].get(key) is not None]
+                entry[key] = mean_sd(diffs)
+            entry["seeds"] = len(matched)
+            entry["dsc_higher"] = sum(float(cells[(n, technique, seed)]["dsc"]) > float(cells[(n, base, seed)]["dsc"])
+                                      for seed in matched)
+            out.append(entry)
+    return out
+
+
 def _fmt(pair: tuple[float | None, float | None], scale: float, digits: int, signed: bool = False) -> str:
     mean, sd = pair
     if mean is None:
@@ -125,6 +175,20 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str
     lines += ["", "Shifts are mean_test(dz) - mean_train(dz) of the rare-class decision variable "
               "dz = z_rare - max other logit, for ground-truth rare and non-rare voxels; negative rare "
               "shifts mean unseen rare voxels moved towards the boundary. Means ± sample sd over seeds.", ""]
+    reference = techniques[0] if techniques else None
+    paired = paired_differences(rows, techniques, reference) if reference is not None else []
+    if paired:
+        lines += [f"## Seed-matched differences against {reference}", "",
+                  f"Technique minus {reference} on the same training cases (same seed), percentage points, "
+                  "mean ± sd over seeds; the last column counts the seeds where the technique's DSC is higher.",
+                  "",
+                  f"| n train | technique | seeds | DSC | sensitivity | precision | DSC higher than {reference} |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for e in paired:
+            lines.append(f"| {e['n_train']} | {e['technique']} | {e['seeds']} | {_fmt(e['dsc'], 100, 1, True)} | "
+                         f"{_fmt(e['sensitivity'], 100, 1, True)} | {_fmt(e['precision'], 100, 1, True)} | "
+                         f"{e['dsc_higher']}/{e['seeds']} |")
+        lines.append("")
     found = findings(rows, techniques)
     if found:
         lines += ["## Numbers behind the paper's questions", "", *found, ""]
@@ -234,13 +298,14 @@ def findings(rows: Sequence[Mapping[str, Any]], techniques: Sequence[str]) -> li
             lines.append(f"  - {technique}: " + ", ".join(parts))
     pairs = [(s, a) for s, a in SYMMETRIC_PAIRS if s in techniques and a in techniques]
     if pairs:
-        lines.append("- DSC of the asymmetric minus the symmetric variant (percentage points), per training-set size:")
+        paired = {(e["n_train"], e["technique"]): e
+                  for e in paired_differences(rows, [a for _, a in pairs], "", against={a: s for s, a in pairs})}
+        lines.append("- DSC of the asymmetric minus the symmetric variant, seed-matched (percentage points, "
+                     "mean ± sd; seeds where the asymmetric one is higher), per training-set size:")
         for sym, asym in pairs:
-            parts = []
-            for n in sizes:
-                a, b = entries.get((n, asym)), entries.get((n, sym))
-                if a and b and a["dsc"][0] is not None and b["dsc"][0] is not None:
-                    parts.append(f"{n}: {100 * (a['dsc'][0] - b['dsc'][0]):+.1f}")
+            parts = [f"{n}: {_fmt(paired[(n, asym)]['dsc'], 100, 1, True)} "
+                     f"({paired[(n, asym)]['dsc_higher']}/{paired[(n, asym)]['seeds']})"
+                     for n in sizes if (n, asym) in paired]
             if parts:
                 lines.append(f"  - {asym} - {sym}: " + ", ".join(parts))
     return lines
