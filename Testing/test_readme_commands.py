@@ -54,7 +54,7 @@ PARSE_ONLY: tuple[tuple[str, str], ...] = (
     (r"^asymseg demo\b", "Testing/test_demo.py runs the demo end to end"),
     (r"^asymseg bench (inference|training)\b", "minutes of CPU; Testing/test_bench_inference.py and the training "
                                                 "benchmark's tests run them at toy sizes"),
-    (r"^asymseg experiment --config paper-mini\b", "hours of CPU; the smoke config runs here"),
+    (r"^asymseg experiment --config paper-mini\b", "about 40 minutes of CPU a seed; the smoke config runs here"),
 )
 
 
