@@ -33,7 +33,7 @@ def _finetune(iterations=20, every=10, cases=2):
         yield _ev(C.EVENT_PROGRESS, "load", k, cases)
     yield _ev(C.EVENT_START, "train", 0, iterations, "training 20 iterations")
     for i in range(1, iterations + 1):
-        yield _ev(C.EVENT_ITERATION, "train", i, iterations, loss=0.25)
+        yield _ev(C.EVENT_ITERATION, "train", i, iterations, loss=0.25, iterations_per_second=3.0, eta_seconds=1.0)
         if i % every == 0:
             yield _ev(C.EVENT_VALIDATION, "validate", i, iterations, f"validation at {i}: DSC 0.5")
     yield _ev(C.EVENT_DONE, "train", iterations, iterations, "training done")
@@ -44,6 +44,7 @@ def test_training_after_loading_and_its_validations_leave_one_bar_each():
     assert lines[0] == "loading 2 case(s)" and lines[1].startswith("load: 100%") and "2/2" in lines[1]
     assert lines[2:4] == ["training 20 iterations", "validation at 10: DSC 0.5"]
     assert lines[4].startswith("train: 100%") and "20/20" in lines[4] and "loss=0.25" in lines[4]
+    assert "second" not in lines[4]  # tqdm's own rate and time left, not the event's
     assert lines[5:] == ["validation at 20: DSC 0.5", "training done"]  # the bar closes when its work is over
 
 
@@ -108,3 +109,12 @@ def test_without_bars_messages_and_results_are_plain_lines():
     quiet(_ev(C.EVENT_LOG, "load", message="reading"))
     quiet.echo("result", out)
     assert out.getvalue().endswith("result\nresult\n")
+
+
+def test_a_message_on_a_progress_event_comes_before_the_count_it_completes():
+    lines = _render([_ev(C.EVENT_START, "phantom", 0, 2, "writing 2 case(s)"),
+                     _ev(C.EVENT_PROGRESS, "phantom", 1, 2, "a: written"),
+                     _ev(C.EVENT_PROGRESS, "phantom", 2, 2, "b: written"),
+                     _ev(C.EVENT_DONE, "phantom", 2, 2, "wrote 2 case(s)")])
+    assert lines[:3] == ["writing 2 case(s)", "a: written", "b: written"]
+    assert lines[3].startswith("phantom: 100%") and lines[4:] == ["wrote 2 case(s)"]

@@ -140,16 +140,21 @@ class TqdmRenderer:
         self._bars: list[tuple[str | None, Any]] = []  # (stage, bar), outermost first
 
     def __call__(self, event: Event) -> None:
-        if event.total and (event.kind in (C.EVENT_START, C.EVENT_PROGRESS, C.EVENT_ITERATION)
-                            or (event.kind == C.EVENT_DONE and self._level(event.stage) is not None)):
-            self._update(event)
         if event.kind in (C.EVENT_CANCELLED, C.EVENT_FAILED):
             self._close_from(0)  # the command reports why, in its one error line
             return
         if event.kind == C.EVENT_DONE:
-            self._close_from(self._level(event.stage))  # the stage and everything inside it ended
-        if event.message:
+            level = self._level(event.stage)
+            if event.total and level is not None:
+                self._update(event)
+            self._close_from(level)  # the stage and everything inside it ended; then its summary
+            if event.message:
+                self._write(event.message)
+            return
+        if event.message:  # what just happened (a case written, a step started), then the count
             self._write(event.message)
+        if event.total and event.kind in (C.EVENT_START, C.EVENT_PROGRESS, C.EVENT_ITERATION):
+            self._update(event)
 
     def _level(self, stage: str | None) -> int | None:
         return next((i for i, (name, _) in enumerate(self._bars) if name == stage), None)
@@ -173,7 +178,8 @@ class TqdmRenderer:
         else:
             self._close_from(level + 1)  # inner stages ended when their parent moves on
         bar = self._bars[level][1]
-        postfix = {k: v for k, v in event.data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        postfix = {k: v for k, v in event.data.items()  # tqdm shows the rate and the time left itself
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and "second" not in k}
         if postfix and event.kind in (C.EVENT_PROGRESS, C.EVENT_ITERATION):  # live numbers, not a summary
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(postfix.items())[:4]}, refresh=False)
         bar.update((event.done or 0) - bar.n)
