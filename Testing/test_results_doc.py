@@ -53,3 +53,17 @@ def test_the_paper_mini_table_has_every_cell_group_with_three_seeds():
                   "a-mixup", "combo"}
     assert {(n, t) for n, t, _ in phantom} == {(n, t) for n in (2, 4, 12) for t in techniques}
     assert all(s == 3 for _, _, s in phantom)
+
+
+@pytest.mark.parametrize("eps", [1, 3])
+def test_the_eps_recipes_change_only_the_adversarial_cells_of_paper_mini(eps, tmp_path):
+    from asymseg.experiment import dry_run, load_experiment_config
+
+    mini = load_experiment_config("paper-mini", seeds=[0, 1, 2])
+    recipe = load_experiment_config(REPO / "recipes" / "at-eps" / f"eps{eps}.json")
+    assert recipe.phantom == mini.phantom and recipe.model == mini.model and recipe.train == mini.train
+    assert set(recipe.techniques) == {"at", "a-at"} and recipe.seeds == (0, 1, 2)
+    assert recipe.technique_overrides == {"at": {"eps": float(eps)}, "a-at": {"eps": float(eps)}}
+    cases = {p.cell.id: p.train_cases for p in dry_run(mini, tmp_path / "mini")[0]}
+    for planned in dry_run(recipe, tmp_path / "eps")[0]:
+        assert [Path(c).name for c in planned.train_cases] == [Path(c).name for c in cases[planned.cell.id]]
