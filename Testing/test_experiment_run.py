@@ -113,6 +113,24 @@ def test_report_only_rewrites_the_table_from_finished_cells(smoke_run, tmp_path,
         assert [r["cell"] for r in csv.DictReader(handle)] == ["n02_ce_s0", "n02_a-focal_s0", "n04_a-focal_s0"]
 
 
+def test_a_report_names_finished_seeds_it_leaves_out_and_more_seeds_extend_the_run(smoke_run, tmp_path, cli):
+    source, _ = smoke_run
+    out = tmp_path / "exp"
+    shutil.copytree(source, out)
+    ran = cli("experiment", "--config", "smoke", "--seeds", "0,3", "--cells", "n02_ce_s3", "--out", out,
+              "--progress", "none", "--json")
+    assert ran.code == 0, ran.err
+    summary = json.loads(ran.out)
+    assert summary["ran"] == ["n02_ce_s3"] and summary["cells_in_table"] == 5
+    plain = cli("experiment", "--config", "smoke", "--out", out, "--report-only")
+    assert plain.code == 0, plain.err
+    assert ("finished cells of seed(s) 3, not in this report: add --seeds 0,3 to include them" in
+            (out / "results.md").read_text())
+    extended = cli("experiment", "--config", "smoke", "--seeds", "0,3", "--out", out, "--report-only", "--json")
+    assert json.loads(extended.out)["cells_in_table"] == 5
+    assert "not in this report" not in (out / "results.md").read_text()
+
+
 def test_a_crashed_or_outdated_cell_is_redone_and_only_that_one(smoke_run, tmp_path):
     source, _ = smoke_run
     out = tmp_path / "exp"

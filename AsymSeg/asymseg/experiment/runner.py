@@ -130,6 +130,11 @@ def write_report(config: ExperimentConfig, out_dir: Path, cells: Sequence[Cell],
              f"training sets: {', '.join(str(n) for _, n in config.sizes())} case(s)."]
     if missing:
         notes.append(f"Not finished: {', '.join(missing)}.")
+    other_seeds = _other_seeds(out_dir, config)
+    if other_seeds:
+        listed = ",".join(map(str, (*config.seeds, *other_seeds)))
+        notes.append(f"This folder also holds finished cells of seed(s) {', '.join(map(str, other_seeds))}, "
+                     f"not in this report: add --seeds {listed} to include them.")
     undefined = sum(results[c]["metrics"].get("undefined", {}).get("precision", 0) for c in results)
     if undefined:
         notes.append(f"Precision is averaged over the test cases where it is defined; {undefined} case "
@@ -280,6 +285,16 @@ def dry_run_lines(config: ExperimentConfig, planned: Sequence[PlannedCell], cost
                                               f"(forward+backward of a batch), {costs.seconds_per_case:.2f} s per "
                                               f"inferred case"))
     return lines
+
+
+def _other_seeds(out_dir: Path, config: ExperimentConfig) -> list[int]:
+    """Seeds of finished cell folders (``*_s<seed>/result.json``) that the config does not list."""
+    found = set()
+    for result in (out_dir / "cells").glob("*_s*/result.json"):
+        seed = result.parent.name.rpartition("_s")[2]
+        if seed.isdigit():
+            found.add(int(seed))
+    return sorted(found - set(config.seeds))
 
 
 def report_only(config: ExperimentConfig, out_dir: str | os.PathLike[str]) -> ExperimentResult:
