@@ -25,6 +25,17 @@ def brats2015() -> Path:
     return SHARED_BRATS
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny networks gain nothing from more, and shared CPUs lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str) -> None:
         self.code, self.out, self.err = code, out, err

@@ -16,9 +16,9 @@ import torch
 from asymseg.modelfile import load_model
 from asymseg.train.checkpoint import load_checkpoint
 
-TINY_DEEPMEDIC = {"architecture": "deepmedic",
-                  "network": {"normal_features": [4] * 4, "lowres_features": [4] * 4, "fc_features": [8],
-                              "dropout": [0.0, 0.0]}}
+from helpers.nets import TINY
+
+TINY_DEEPMEDIC = {"architecture": "deepmedic", "network": TINY}
 #: U-Net with instance normalisation: per-sample statistics, so data-parallel runs match one process.
 TINY_UNET = {"architecture": "unet", "network": {"depth": 2, "base_features": 4, "training_output_size": 16}}
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

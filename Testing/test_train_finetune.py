@@ -16,16 +16,9 @@ from asymseg.techniques import TECHNIQUES
 from asymseg.train import TrainConfig, finetune, load_run_config
 from asymseg.train.checkpoint import load_checkpoint
 
-#: A 4-layer DeepMedic with 4 feature maps (input 33^3 for a 9^3 output): fast on one thread.
-TINY = {"normal_features": [4] * 4, "lowres_features": [4] * 4, "fc_features": [8], "dropout": [0.0, 0.0]}
+from helpers.nets import TINY
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

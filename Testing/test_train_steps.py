@@ -13,18 +13,10 @@ from asymseg.nets import build_network
 from asymseg.techniques import TECHNIQUES, get_technique
 from asymseg.train.steps import IterationRunner, batchnorm_layers, frozen_batchnorm_stats
 
-#: A 4-layer DeepMedic with 4 feature maps: input 33^3 for a 9^3 output.
-TINY = {"normal_features": [4] * 4, "lowres_features": [4] * 4, "fc_features": [8], "dropout": [0.0, 0.0]}
+from helpers.nets import TINY
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RARE = [False, True]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny nets gain nothing from more, and shared CPUs lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(seed=0):

@@ -13,15 +13,9 @@ from asymseg.nets import build_network
 from asymseg.target import TargetSpec
 from asymseg.train.validate import prepare_validation_case, validate
 
-TINY = {"normal_features": [4] * 4, "lowres_features": [4] * 4, "fc_features": [8], "dropout": [0.0, 0.0]}
+from helpers.nets import TINY
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("architecture, hparams", [("deepmedic", TINY),
