@@ -148,3 +148,18 @@ def test_explicit_target_options_win_over_guessing():
         parser.parse_args(["--label-convention", "brats2015", "--foreground-labels", "1"])
     with pytest.raises(argparse.ArgumentError, match="expected positive label values"):
         parser.parse_args(["--foreground-labels", "0,1"])
+
+
+def test_outputs_that_cannot_be_created_are_refused_naming_the_file_in_the_way(tmp_path):
+    from asymseg.io.cli_args import check_output_path
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    check_output_path(tmp_path / "new" / "deeper", "--out", folder=True)  # creatable: no error
+    check_output_path(tmp_path / "seg.nii.gz", "--output", folder=False)
+    with pytest.raises(InputError, match=r"taken: --out must be a folder, but this is a file"):
+        check_output_path(blocker, "--out", folder=True)
+    with pytest.raises(InputError, match=r"cannot create the --run-dir folder: .*taken is a file, not a folder"):
+        check_output_path(blocker / "run", "--run-dir", folder=True)
+    with pytest.raises(InputError, match=r"cannot write --output here: .*taken is a file, not a folder"):
+        check_output_path(blocker / "a" / "seg.nii.gz", "--output", folder=False)

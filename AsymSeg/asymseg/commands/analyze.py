@@ -67,17 +67,6 @@ def _cases(args: argparse.Namespace, which: str) -> list[Path]:
     return unique
 
 
-def _check_out_folder(out: Path) -> None:
-    """Refuse an --out that cannot be a folder, before any inference is done."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out must be a folder, but this is a file")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{out}: cannot create the --out folder: {parent} is a file, not a folder")
-            break
-
-
 def summary(result, written: dict[str, Path]) -> dict[str, Any]:
     """The compact JSON printed by ``--json`` (no histograms or per-case numbers: see analysis.json)."""
     classes = {}
@@ -107,9 +96,10 @@ def run(args: argparse.Namespace, ctx) -> int:
         raise InputError(f"--bins must be >= 2, got {args.bins}")
     if args.tile is not None and args.tile < 1:
         raise InputError(f"--tile must be >= 1, got {args.tile}")
-    _check_out_folder(args.out)
     from asymseg.io import discover_case
+    from asymseg.io.cli_args import check_output_path
 
+    check_output_path(args.out, "--out", folder=True)
     for folder in [*train_cases, *test_cases]:  # missing folders or files fail now, not after inference
         discover_case(folder)
     renderer = ctx.renderer()

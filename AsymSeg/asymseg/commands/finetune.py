@@ -227,7 +227,7 @@ def _summary_text(result: dict[str, Any]) -> str:
 
 def _check_output_folders(config) -> None:
     """Refuse an output model or run folder that cannot be created, before any case is loaded."""
-    from asymseg.errors import InputError
+    from asymseg.io.cli_args import check_output_path
     from asymseg.train.api import default_run_dir, resolve_output
 
     if not config.output_model:
@@ -235,14 +235,8 @@ def _check_output_folders(config) -> None:
     output = resolve_output(str(config.output_model))
     run_dir = Path(config.run_dir).expanduser().absolute() if config.run_dir \
         else default_run_dir(str(config.output_model))
-    for path, option in ((output, "--output-model"), (run_dir, "--run-dir")):
-        if path.exists() and not path.is_dir():
-            raise InputError(f"{path}: {option} must be a folder, but this is a file")
-        for parent in path.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise InputError(f"{path}: cannot create the {option} folder: {parent} is a file, not a folder")
-                break
+    check_output_path(output, "--output-model", folder=True)
+    check_output_path(run_dir, "--run-dir", folder=True)
 
 
 def run(args: argparse.Namespace, ctx) -> int:

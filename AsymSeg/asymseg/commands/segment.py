@@ -92,15 +92,12 @@ def _check_output_file(path: Path, option: str) -> None:
         InputError: an extension AsymSeg does not write, or a regular file where a folder of the
             path should be.
     """
+    from asymseg.io.cli_args import check_output_path
     from asymseg.io.images import WRITE_EXTENSIONS, image_extension
 
     if image_extension(path) not in WRITE_EXTENSIONS:
         raise InputError(f"{path}: {option} must end in one of {', '.join(WRITE_EXTENSIONS)}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{path}: cannot write {option} here: {parent} is a file, not a folder")
-            break
+    check_output_path(path, option, folder=False)
 
 
 #: glibc ``mallopt`` parameters (malloc.h).

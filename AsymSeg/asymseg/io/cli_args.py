@@ -3,7 +3,8 @@
 ``add_case_arguments`` adds ``--case DIR`` (repeatable), ``--cases-from FILE``, ``--channel
 NAME=PATH`` (repeatable), ``--label PATH`` and ``--mask PATH``; ``case_files_from_args`` turns them
 into :class:`~asymseg.io.CaseFiles`. ``add_target_arguments``/``target_from_args`` do the same for
-``--label-convention`` and ``--foreground-labels``.
+``--label-convention`` and ``--foreground-labels``. ``check_output_path`` refuses an output that
+cannot be created, before any work is done.
 """
 
 from __future__ import annotations
@@ -164,3 +165,20 @@ def target_from_args(args: argparse.Namespace, label_values: Iterable[int] | Non
 def target_was_guessed(args: argparse.Namespace) -> bool:
     """True when neither ``--label-convention`` nor ``--foreground-labels`` was given."""
     return not getattr(args, "label_convention", None) and not getattr(args, "foreground_labels", None)
+
+
+def check_output_path(path: Path, option: str, *, folder: bool) -> None:
+    """Refuse an output (a file, or a folder with ``folder=True``) that cannot be created, before any
+    work is done: a file where the folder itself or one of its parent folders should be.
+
+    Raises:
+        InputError: naming the path, the option and the file in the way.
+    """
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{path}: {option} must be a folder, but this is a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                action = f"cannot create the {option} folder" if folder else f"cannot write {option} here"
+                raise InputError(f"{path}: {action}: {parent} is a file, not a folder")
+            break
