@@ -15,7 +15,6 @@ import torch
 
 from asymseg.modelfile import load_model
 from asymseg.train.checkpoint import load_checkpoint
-
 from helpers.nets import TINY
 
 TINY_DEEPMEDIC = {"architecture": "deepmedic", "network": TINY}

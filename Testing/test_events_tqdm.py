@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 
-from helpers.terminal import screen
-
 from asymseg import constants as C
 from asymseg.events import Event, NullRenderer, TqdmRenderer
+from helpers.terminal import screen
 
 
 def _render(events) -> list[str]:

@@ -17,6 +17,7 @@ from asymseg.errors import InputError
 from asymseg.io import Geometry, read_image, read_label, write_image
 from asymseg.io.images import image_extension, strip_image_extension
 from asymseg.io.nifti_check import nifti_problem
+from helpers.broken import write as sitk_write
 
 # An oblique rotation (about 30 degrees around z, then 20 around x) with anisotropic spacing.
 _C30, _S30 = np.cos(np.radians(30)), np.sin(np.radians(30))
@@ -24,18 +25,6 @@ _C20, _S20 = np.cos(np.radians(20)), np.sin(np.radians(20))
 _ROT = np.array([[1, 0, 0], [0, _C20, -_S20], [0, _S20, _C20]]) @ np.array([[_C30, -_S30, 0], [_S30, _C30, 0], [0, 0, 1]])
 OBLIQUE = Geometry(size=(7, 6, 5), spacing=(0.7, 1.3, 2.9), origin=(-12.25, 30.5, 4.125),
                    direction=tuple(_ROT.ravel()))
-
-
-def _sitk_write(path, array, spacing=None, origin=None, direction=None, vector=False):
-    image = sitk.GetImageFromArray(array, isVector=vector)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    if origin is not None:
-        image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def _listing(folder):
@@ -132,7 +121,7 @@ def test_garbage_with_an_image_extension_is_rejected(tmp_path):
 @pytest.mark.parametrize("cut", [0.5, 0.05])
 def test_truncated_nii_gz_is_rejected_not_zero_filled(tmp_path, cut):
     # ITK itself reads a truncated .nii.gz without complaint and fills the rest with zeros.
-    whole = _sitk_write(tmp_path / "whole.nii.gz", np.random.default_rng(0).random((20, 30, 40)).astype(np.float32))
+    whole = sitk_write(tmp_path / "whole.nii.gz", np.random.default_rng(0).random((20, 30, 40)).astype(np.float32))
     data = whole.read_bytes()
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(data[: int(len(data) * cut)])
@@ -142,7 +131,7 @@ def test_truncated_nii_gz_is_rejected_not_zero_filled(tmp_path, cut):
 
 
 def test_truncated_uncompressed_nii_is_rejected(tmp_path):
-    whole = _sitk_write(tmp_path / "whole.nii", np.ones((10, 10, 10), np.float32))
+    whole = sitk_write(tmp_path / "whole.nii", np.ones((10, 10, 10), np.float32))
     broken = tmp_path / "broken.nii"
     broken.write_bytes(whole.read_bytes()[:2000])
     with pytest.raises(InputError, match=r"broken\.nii: .*truncated \(2000 of 4352 bytes\)"):
@@ -150,7 +139,7 @@ def test_truncated_uncompressed_nii_is_rejected(tmp_path):
 
 
 def test_corrupt_gzip_crc_is_rejected(tmp_path):
-    whole = _sitk_write(tmp_path / "whole.nii.gz", np.random.default_rng(0).random((10, 10, 10)).astype(np.float32))
+    whole = sitk_write(tmp_path / "whole.nii.gz", np.random.default_rng(0).random((10, 10, 10)).astype(np.float32))
     raw = gzip.decompress(whole.read_bytes())
     data = bytearray(gzip.compress(raw))
     data[-6] ^= 0xFF  # the CRC32 in the gzip trailer
@@ -194,34 +183,34 @@ def test_zero_spacing_is_rejected(tmp_path):
 
 
 def test_two_dimensional_image_is_rejected(tmp_path):
-    path = _sitk_write(tmp_path / "slice.nii.gz", np.zeros((8, 9), np.float32))
+    path = sitk_write(tmp_path / "slice.nii.gz", np.zeros((8, 9), np.float32))
     with pytest.raises(InputError, match=r"slice\.nii\.gz: mask image is 2-D \(9, 8\); expected a 3-D volume"):
         read_image(path, role="mask")
 
 
 def test_four_dimensional_image_with_several_volumes_is_rejected(tmp_path):
-    path = _sitk_write(tmp_path / "dwi.nii.gz", np.zeros((3, 4, 5, 6), np.float32))
+    path = sitk_write(tmp_path / "dwi.nii.gz", np.zeros((3, 4, 5, 6), np.float32))
     with pytest.raises(InputError, match=r"dwi\.nii\.gz: channel image is 4-D with 3 volumes"):
         read_image(path)
 
 
 def test_four_dimensional_image_with_one_volume_is_squeezed(tmp_path):
     array = np.random.default_rng(0).random((1, 4, 5, 6)).astype(np.float32)
-    path = _sitk_write(tmp_path / "one.nii.gz", array, spacing=(1.0, 2.0, 3.0, 1.0), origin=(1.0, 2.0, 3.0, 0.0))
+    path = sitk_write(tmp_path / "one.nii.gz", array, spacing=(1.0, 2.0, 3.0, 1.0), origin=(1.0, 2.0, 3.0, 0.0))
     back, geometry = read_image(path)
     np.testing.assert_array_equal(back, array[0])
     assert geometry.spacing == (1.0, 2.0, 3.0) and geometry.origin == (1.0, 2.0, 3.0)
 
 
 def test_vector_image_is_rejected(tmp_path):
-    path = _sitk_write(tmp_path / "rgb.nrrd", np.zeros((4, 5, 6, 3), np.uint8), vector=True)
+    path = sitk_write(tmp_path / "rgb.nrrd", np.zeros((4, 5, 6, 3), np.uint8), vector=True)
     with pytest.raises(InputError, match=r"rgb\.nrrd: channel image has 3 components per voxel"):
         read_image(path)
 
 
 def test_one_component_vector_image_is_read_as_scalar(tmp_path):
     array = np.arange(120, dtype=np.float32).reshape(4, 5, 6, 1)
-    path = _sitk_write(tmp_path / "vec1.mha", array, vector=True)
+    path = sitk_write(tmp_path / "vec1.mha", array, vector=True)
     np.testing.assert_array_equal(read_image(path)[0], array[..., 0])
 
 
@@ -233,31 +222,31 @@ def test_nan_or_infinite_voxels_are_rejected(tmp_path, bad, ext, dtype):
     array = np.zeros((4, 5, 6), dtype)
     array[1, 1, 1] = bad
     array[3, 4, 5] = bad  # the very last voxel
-    path = _sitk_write(tmp_path / f"bad{ext}", array)
+    path = sitk_write(tmp_path / f"bad{ext}", array)
     with pytest.raises(InputError, match=rf"bad\{ext}: channel image has 2 NaN or infinite voxels"):
         read_image(path)
 
 
 def test_integer_images_are_returned_as_float32(tmp_path):
-    path = _sitk_write(tmp_path / "t1.nrrd", np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    path = sitk_write(tmp_path / "t1.nrrd", np.arange(24, dtype=np.int16).reshape(2, 3, 4))
     array, _ = read_image(path)
     assert array.dtype == np.float32 and array[1, 2, 3] == 23.0
 
 
 def test_float_label_with_whole_numbers_is_accepted(tmp_path):
-    path = _sitk_write(tmp_path / "OTMultiClass.nii.gz", np.array([0, 1, 2, 3, 4, 4], np.float32).reshape(1, 2, 3))
+    path = sitk_write(tmp_path / "OTMultiClass.nii.gz", np.array([0, 1, 2, 3, 4, 4], np.float32).reshape(1, 2, 3))
     labels, _ = read_label(path)
     assert labels.dtype == np.int16 and labels.tolist() == [[[0, 1, 2], [3, 4, 4]]]
 
 
 def test_label_with_fractional_values_is_rejected(tmp_path):
-    path = _sitk_write(tmp_path / "prob.nii.gz", np.array([0, 0.25, 1, 1], np.float32).reshape(1, 2, 2))
+    path = sitk_write(tmp_path / "prob.nii.gz", np.array([0, 0.25, 1, 1], np.float32).reshape(1, 2, 2))
     with pytest.raises(InputError, match=r"prob\.nii\.gz: label has non-integer values \(e\.g\. 0\.25\)"):
         read_label(path)
 
 
 def test_large_label_values_use_int32(tmp_path):
-    path = _sitk_write(tmp_path / "seg.nrrd", np.array([0, 40000], np.int32).reshape(1, 1, 2))
+    path = sitk_write(tmp_path / "seg.nrrd", np.array([0, 40000], np.int32).reshape(1, 1, 2))
     labels, _ = read_label(path)
     assert labels.dtype == np.int32 and labels.max() == 40000
 

@@ -15,7 +15,6 @@ from asymseg.target import TargetSpec
 from asymseg.techniques import TECHNIQUES
 from asymseg.train import TrainConfig, finetune, load_run_config
 from asymseg.train.checkpoint import load_checkpoint
-
 from helpers.nets import TINY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

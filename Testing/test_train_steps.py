@@ -12,7 +12,6 @@ import torch
 from asymseg.nets import build_network
 from asymseg.techniques import TECHNIQUES, get_technique
 from asymseg.train.steps import IterationRunner, batchnorm_layers, frozen_batchnorm_stats
-
 from helpers.nets import TINY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,6 @@ from asymseg.metrics import case_metrics
 from asymseg.nets import build_network
 from asymseg.target import TargetSpec
 from asymseg.train.validate import prepare_validation_case, validate
-
 from helpers.nets import TINY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

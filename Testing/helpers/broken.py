@@ -40,9 +40,10 @@ def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
 
 
 def write(path: Path, array: np.ndarray, like: sitk.Image | None = None, *, spacing=None, origin=None,
-          direction=None) -> Path:
-    """Write ``array`` with the geometry of ``like`` (when given), then the explicit overrides."""
-    image = sitk.GetImageFromArray(array)
+          direction=None, vector: bool = False) -> Path:
+    """Write ``array`` with the geometry of ``like`` (when given), then the explicit overrides;
+    ``vector=True`` reads the last axis as the components of a vector image."""
+    image = sitk.GetImageFromArray(array, isVector=vector)
     if like is not None and like.GetDimension() == image.GetDimension() and like.GetSize() == image.GetSize():
         image.CopyInformation(like)
     elif like is not None and image.GetDimension() == 3:
