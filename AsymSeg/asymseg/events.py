@@ -149,10 +149,10 @@ class TqdmRenderer:
                 self._update(event)
             self._close_from(level)  # the stage and everything inside it ended; then its summary
             if event.message:
-                self._write(event.message)
+                self.echo(event.message, self.stream)
             return
         if event.message:  # what just happened (a case written, a step started), then the count
-            self._write(event.message)
+            self.echo(event.message, self.stream)
         if event.total and event.kind in (C.EVENT_START, C.EVENT_PROGRESS, C.EVENT_ITERATION):
             self._update(event)
 
@@ -184,9 +184,6 @@ class TqdmRenderer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(postfix.items())[:4]}, refresh=False)
         bar.update((event.done or 0) - bar.n)
 
-    def _write(self, message: str) -> None:
-        self.echo(message, self.stream)
-
     def echo(self, text: str, stream: TextIO) -> None:
         """Write a line to ``stream`` (e.g. a result on stdout) above the bars, which carry on below it.
 
@@ -198,10 +195,9 @@ class TqdmRenderer:
             from tqdm import tqdm
 
             tqdm.write(text, file=stream)
-            stream.flush()
         else:
             stream.write(text + "\n")
-            stream.flush()
+        stream.flush()
 
     def _close_from(self, level: int | None) -> None:
         """Close the bar at ``level`` and every bar inside it (innermost first)."""

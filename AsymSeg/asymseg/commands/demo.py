@@ -87,14 +87,8 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     settings = _settings(args)
     renderer = ctx.renderer()
-
-    def on_event(event) -> None:
-        if event.stage == "demo":  # a new step: end the previous step's progress bar first
-            renderer.close()
-        renderer(event)
-
     try:
-        result = run_demo(args.out, settings, on_event=on_event, cancel=ctx.cancel)
+        result = run_demo(args.out, settings, on_event=renderer, cancel=ctx.cancel)
     finally:
         renderer.close()
     if args.json:
