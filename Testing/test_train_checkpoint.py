@@ -17,6 +17,7 @@ from asymseg.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from asymseg.train.optim import make_optimizer
 
 
 def tiny_net(seed=0):
@@ -37,10 +38,10 @@ def train_steps(net, opt, n, seed=1):
         opt.step()
 
 
-@pytest.mark.parametrize("kind", ["rmsprop", "adam"])
+@pytest.mark.parametrize("kind", ["rmsprop", "torch-rmsprop", "adam"])
 def test_round_trip_continues_training_bit_for_bit(tmp_path, kind):
-    make = (lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.9, eps=1e-4, momentum=0.6)) if kind == "rmsprop" \
-        else (lambda p: torch.optim.Adam(p, lr=1e-3))
+    def make(params):
+        return make_optimizer(kind, params, lr=1e-3)
     net = tiny_net()
     opt = make(net.parameters())
     train_steps(net, opt, 3)

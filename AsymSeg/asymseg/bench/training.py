@@ -107,8 +107,9 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     from asymseg.phantom import write_phantom_cases
     from asymseg.target import TargetSpec
     from asymseg.techniques import TECHNIQUES, get_technique
-    from asymseg.train.api import RMSPROP, _amp_dtype
+    from asymseg.train.api import _amp_dtype
     from asymseg.train.data import PatchSampler, SamplerSettings, prepare_case
+    from asymseg.train.optim import make_optimizer
     from asymseg.train.steps import IterationRunner
 
     presets = [p.strip() for p in str(args.presets).split(",") if p.strip()]
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         net = build_network(args.architecture, 2, 2, generator=torch.Generator().manual_seed(args.seed), **hparams)
         net.load_state_dict(reference_net.state_dict())
         net.to(device).train()
-        optimizer = torch.optim.RMSprop(net.parameters(), lr=1e-3, **RMSPROP)
+        optimizer = make_optimizer("rmsprop", net.parameters(), lr=1e-3)
         sampler = PatchSampler(prepared, SamplerSettings(
             input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
             background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asymseg import constants as C
+from asymseg.train.config import OPTIMIZERS
 
 _EPILOG = """\
 examples:
@@ -126,8 +127,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, default=None, help="training iterations (default 1000)")
     train.add_argument("--batch-size", type=int, default=None,
                        help="patches per step, GLOBAL: split evenly across torchrun processes (default 10)")
-    train.add_argument("--optimizer", choices=("rmsprop", "adam"), default=None,
-                       help="rmsprop (authors: rho 0.9, eps 1e-4, momentum 0.6; default) or adam")
+    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                       help="rmsprop (the authors' DeepMedic RMSProp: rho 0.9, eps 1e-4 inside the square root, "
+                            "Nesterov momentum 0.6; default), torch-rmsprop (torch's, larger steps) or adam")
     train.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-3)")
     train.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
     train.add_argument("--schedule", choices=("constant", "step", "cosine", "poly"), default=None,

@@ -51,15 +51,13 @@ from asymseg.train.checkpoint import (
 from asymseg.train.config import TrainConfig, load_config
 from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
 from asymseg.train.loop import Trainer, TrainState
+from asymseg.train.optim import make_optimizer
 from asymseg.train.runlog import CSV_NAME, JSONL_NAME, RunLog
 from asymseg.train.validate import ValidationCase, prepare_validation_case
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
-#: The authors' RMSProp (ml-anchors.md 4.2): rho 0.9, eps 1e-4, momentum 0.6. Their momentum was
-#: Nesterov; torch's RMSprop has plain momentum only, which is used here.
-RMSPROP = {"alpha": 0.9, "eps": 1e-4, "momentum": 0.6}
 #: Seed offset between processes for the per-process generators.
 RANK_SEED_STRIDE = 1_000_003
 
@@ -368,9 +366,7 @@ class ModelWriter:
 # -- the routine ---------------------------------------------------------------------------------------
 def _make_optimizer(config: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in net.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay, **RMSPROP)
+    return make_optimizer(config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _check_fresh_start(output: Path, run_dir: Path, overwrite: bool) -> None:

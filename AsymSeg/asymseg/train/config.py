@@ -29,7 +29,14 @@ from typing import Any
 
 from asymseg.errors import InputError
 
-OPTIMIZERS = ("rmsprop", "adam")
+#: Optimiser names a configuration accepts (:mod:`asymseg.train.optim`), with a line each for help texts.
+OPTIMIZERS: dict[str, str] = {
+    "rmsprop": "the authors' (DeepMedic's) RMSProp: rho 0.9, eps 1e-4 inside the square root, "
+               "Nesterov momentum 0.6 (default)",
+    "torch-rmsprop": "torch.optim.RMSprop, rho 0.9, eps 1e-4 outside the square root, classic "
+                     "momentum 0.6 (larger steps at the same lr)",
+    "adam": "torch.optim.Adam",
+}
 SCHEDULES = ("constant", "step", "cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
 ARCHITECTURES = ("deepmedic", "deepmedic-tmi", "unet")
@@ -91,7 +98,8 @@ class TrainConfig:
         iterations: number of training iterations (each runs 1-3 optimiser updates, METHOD.md).
         batch_size: GLOBAL batch size (patches per clean step); under torchrun it is split evenly
             across the processes, so a distributed run follows a single process with the same batch.
-        optimizer: "rmsprop" (the authors': rho 0.9, eps 1e-4, momentum 0.6) or "adam".
+        optimizer: "rmsprop" (the authors' DeepMedic RMSProp: rho 0.9, eps 1e-4 inside the square
+            root, Nesterov momentum 0.6), "torch-rmsprop" (torch's, same numbers) or "adam".
         lr: initial learning rate (authors: 1e-3).
         weight_decay: L2 weight decay of the optimiser.
         schedule: learning-rate schedule: "constant", "step" (multiply by ``lr_gamma`` at each
