@@ -196,3 +196,16 @@ def test_torchrun_runs_the_combination_with_batch_norm_to_completion(cases, tmp_
               and v.is_floating_point())
     den = sum(float(v.square().sum()) for k, v in b.weights.items() if "running" not in k and v.is_floating_point())
     assert (num / den) ** 0.5 < 0.2
+
+
+def test_part_symmetry_and_mixup_normalisation_options_reach_the_technique():
+    from asymseg.commands.finetune import overrides_from_args
+    from asymseg.cli import build_parser
+
+    args = build_parser().parse_args(["finetune", "--technique", "combo", "--adversarial-symmetry", "symmetric",
+                                      "--margin-symmetry", "asymmetric", "--mixup-normalize", "valid",
+                                      "--optimizer", "torch-rmsprop"])
+    overrides = overrides_from_args(args)
+    assert overrides["technique_overrides"] == {"adversarial_symmetric": True, "margin_symmetric": False,
+                                                "mixup_normalize": "valid"}
+    assert overrides["optimizer"] == "torch-rmsprop"

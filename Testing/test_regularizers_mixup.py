@@ -96,6 +96,17 @@ def test_a_permutation_of_the_batch_is_drawn():
     assert all(sorted(p) == list(range(5)) for p in perms) and len(perms) > 10
 
 
+def test_no_sample_is_its_own_partner():
+    generator = torch.Generator().manual_seed(11)
+    for batch in (2, 3, 6, 10):
+        perms = {sample_mixup(batch, generator=generator).perm for _ in range(200)}
+        assert all(all(p != i for i, p in enumerate(perm)) for perm in perms)
+    # Batch 2 has one derangement; batch 4 has 9, all of them drawn.
+    assert {sample_mixup(2, generator=generator).perm for _ in range(20)} == {(1, 0)}
+    assert len({sample_mixup(4, generator=generator).perm for _ in range(400)}) == 9
+    assert sample_mixup(1, generator=generator).perm == (0,)
+
+
 def test_a_fixed_generator_gives_the_same_mix_and_replay_gives_the_same_tensors():
     g = torch.Generator().manual_seed(3)
     x = torch.randn((4, 2, 9, 9, 9), generator=g)

@@ -14,7 +14,7 @@ from asymseg.losses import asymmetric_ce, focal_dice_loss, soft_dice_loss
 from asymseg.techniques import DESCRIPTIONS, TECHNIQUES, Technique, get_technique
 
 NAMES = ["ce", "dice", "fg-sampling", "lm", "a-lm", "focal", "a-focal", "at", "a-at", "mixup", "a-mixup", "a-aug",
-         "combo"]
+         "combo", "combo-authors"]
 RARE = [False, True]
 
 
@@ -46,6 +46,59 @@ def test_the_presets_carry_the_authors_settings():
         (0.2, 2.0, False, 10.0, 1.0, 0.2)
     assert combo.steps == ("clean", "adversarial", "mixup")
     assert not any(t[n].augment for n in NAMES if n != "a-aug")
+    # The authors' released combination config: focalonesidegama -2, marginm 0, Nepsilon 10 with
+    # Nside 2 (symmetric direction), mixuprate 1, mixupbiasmargin 0.2.
+    authors = t["combo-authors"]
+    assert (authors.margin, authors.gamma, authors.eps, authors.xi, authors.mixup_alpha, authors.mixup_margin) == \
+        (0.0, 2.0, 10.0, 1e-5, 1.0, 0.2)
+    assert [authors.symmetric_part(p) for p in ("margin", "focal", "adversarial", "mixup")] == \
+        [False, False, True, False]
+    assert authors.steps == ("clean", "adversarial", "mixup")
+    assert all(t[n].mixup_normalize == "all" for n in NAMES)
+
+
+def test_each_part_takes_its_own_symmetry():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn((2, 2, 4, 4, 4), generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 4, 4, 4), generator=g)
+    mixed = get_technique("a-focal", gamma=2.0, margin=0.5, focal_symmetric=True)
+    assert mixed.symmetric_part("focal") and not mixed.symmetric_part("margin")
+    expected = asymmetric_ce(logits, labels, rare=RARE, margin=0.5, gamma=2.0, margin_symmetric=False,
+                             focal_symmetric=True)
+    assert mixed.loss_fn(logits, labels, rare=RARE) == expected
+    # Different from both the all-asymmetric and the all-symmetric loss.
+    assert expected != asymmetric_ce(logits, labels, rare=RARE, margin=0.5, gamma=2.0)
+    assert expected != asymmetric_ce(logits, labels, rare=RARE, margin=0.5, gamma=2.0, symmetric=True)
+    # None follows ``symmetric``; an explicit value wins over it.
+    assert get_technique("at").symmetric_part("adversarial") is True
+    assert get_technique("at", adversarial_symmetric=False).symmetric_part("adversarial") is False
+    assert json.loads(json.dumps(TECHNIQUES["combo-authors"].to_dict()))["adversarial_symmetric"] is True
+    assert Technique.from_dict(TECHNIQUES["combo-authors"].to_dict()) == TECHNIQUES["combo-authors"]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"focal_symmetric": "yes"}, "focal_symmetric"),
+    ({"mixup_normalize": "some"}, "mixup_normalize"),
+    ({"loss": "focal-dice", "gamma": 2.0, "margin": 0.2, "focal_symmetric": True}, "one symmetry"),
+])
+def test_bad_part_settings_are_refused(overrides, match):
+    with pytest.raises(InputError, match=match):
+        get_technique("a-focal", **overrides)
+
+
+def test_mixup_loss_can_divide_by_every_voxel_as_the_authors_do():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn((2, 2, 4, 4, 4), generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 4, 4, 4), generator=g)
+    ignore = torch.zeros((2, 4, 4, 4), dtype=torch.bool)
+    ignore[0] = True                                                  # half of the voxels
+    technique = TECHNIQUES["combo-authors"]
+    valid_mean = technique.loss_fn(logits, labels, rare=RARE, ignore_mask=ignore)
+    all_mean = technique.loss_fn(logits, labels, rare=RARE, ignore_mask=ignore, count_ignored=True)
+    torch.testing.assert_close(all_mean, valid_mean / 2)
+    soft = torch.nn.functional.one_hot(labels, 2).movedim(-1, 1).to(torch.float64)
+    torch.testing.assert_close(technique.loss_fn(logits, soft, rare=RARE, ignore_mask=ignore, count_ignored=True),
+                               all_mean)
 
 
 @pytest.mark.parametrize("name", NAMES)

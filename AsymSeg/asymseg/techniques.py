@@ -37,6 +37,11 @@ LOSSES: tuple[str, ...] = ("ce", "dice", "focal-dice")
 #: augmentation of the background while rare-centred samples are always augmented.
 ASYM_AUG_P = 0.5
 
+#: The parts of a technique whose symmetry can be set on its own (``<part>_symmetric``).
+SYMMETRY_PARTS: tuple[str, ...] = ("margin", "focal", "adversarial", "mixup")
+#: What the mixup step's loss is divided by (see ``Technique.mixup_normalize``).
+MIXUP_NORMALIZE: tuple[str, ...] = ("all", "valid")
+
 
 @dataclass(frozen=True)
 class Technique:
@@ -52,12 +57,19 @@ class Technique:
         gamma: focal gamma >= 0 (METHOD.md 3). 0 = off.
         symmetric: apply margin, focal attenuation, adversarial direction and mixup rule to every
             class (the original techniques) instead of the rare classes only.
+        margin_symmetric, focal_symmetric, adversarial_symmetric, mixup_symmetric: the symmetry
+            of one part on its own; None (default) = ``symmetric``. The authors' released
+            combination, for one, has an asymmetric focal term and mixup but a symmetric
+            adversarial direction (``combo-authors``).
         adversarial: run the adversarial step after the clean step (METHOD.md 4).
         eps: adversarial perturbation norm per sample, > 0. Default 10.
         xi: norm of the random start of the adversarial direction, > 0. Default 1e-5.
         mixup: run the mixup step after the (adversarial) step (METHOD.md 5).
         mixup_alpha: Beta(alpha, alpha) concentration, > 0. Default 1.
         mixup_margin: asymmetric mixup margin in [0, 1) (unused when symmetric). Default 0.2.
+        mixup_normalize: what the mixup step's loss is divided by: "all" voxels of the batch,
+            the ignored ones included (the authors' DeepMedic cost; default), or the "valid"
+            voxels that carry a loss.
         fg_fraction: share of training patches centred on a rare-class voxel, in [0, 1].
             Default 0.5 (authors); the "more weight" baseline uses 0.8.
         augment: augment training patches (flips and intensity, see the data pipeline).
@@ -84,6 +96,11 @@ class Technique:
     fg_fraction: float = 0.5
     augment: bool = False
     asym_aug_p: float | None = None
+    margin_symmetric: bool | None = None
+    focal_symmetric: bool | None = None
+    adversarial_symmetric: bool | None = None
+    mixup_symmetric: bool | None = None
+    mixup_normalize: str = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -94,6 +111,14 @@ class Technique:
             value = getattr(self, field_name)
             if not isinstance(value, bool):
                 raise InputError(f"technique {self.name}: {field_name} must be true or false, got {value!r}")
+        for field_name in SYMMETRY_PARTS:
+            value = getattr(self, f"{field_name}_symmetric")
+            if value is not None and not isinstance(value, bool):
+                raise InputError(f"technique {self.name}: {field_name}_symmetric must be true, false or null "
+                                 f"(= symmetric), got {value!r}")
+        if self.mixup_normalize not in MIXUP_NORMALIZE:
+            raise InputError(f"technique {self.name}: mixup_normalize must be one of {', '.join(MIXUP_NORMALIZE)}, "
+                             f"got {self.mixup_normalize!r}")
         self._number("margin", low=0.0)
         self._number("gamma", low=0.0)
         self._number("eps", low=0.0, low_open=True)
@@ -105,6 +130,10 @@ class Technique:
             self._number("asym_aug_p", low=0.0, high=1.0)
             if not self.augment:
                 raise InputError(f"technique {self.name}: asym_aug_p needs augment=true")
+        if self.loss == "focal-dice" and self.symmetric_part("margin") != self.symmetric_part("focal"):
+            raise InputError(f"technique {self.name}: loss 'focal-dice' takes one symmetry for its margin and "
+                             f"focal terms (got margin_symmetric={self.margin_symmetric}, "
+                             f"focal_symmetric={self.focal_symmetric})")
         if self.loss == "dice" and (self.margin != 0.0 or self.gamma != 0.0):
             raise InputError(
                 f"technique {self.name}: loss 'dice' takes no margin or gamma "
@@ -124,6 +153,11 @@ class Technique:
             raise InputError(f"technique {self.name}: {field_name} must be {'in ' if high is not None else ''}"
                              f"{interval}, got {value}")
         object.__setattr__(self, field_name, float(value))
+
+    def symmetric_part(self, part: str) -> bool:
+        """Whether one part ("margin", "focal", "adversarial" or "mixup") acts on every class."""
+        value = getattr(self, f"{part}_symmetric")
+        return self.symmetric if value is None else value
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +188,7 @@ class Technique:
         return ("clean",) + (("adversarial",) if self.adversarial else ()) + (("mixup",) if self.mixup else ())
 
     def loss_fn(self, logits: torch.Tensor, target: torch.Tensor, *, rare: Sequence[bool],
-                ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
+                ignore_mask: torch.Tensor | None = None, count_ignored: bool = False) -> torch.Tensor:
         """The training loss of this technique (used by every step, on clean, perturbed or mixed data).
 
         Args:
@@ -162,6 +196,8 @@ class Technique:
             target: int class map ``(B, *spatial)`` or soft target ``(B, C, *spatial)``.
             rare: C booleans, True for the rare classes.
             ignore_mask: optional bool ``(B, *spatial)``, True = no loss.
+            count_ignored: the CE term divides by every voxel, ignored ones included (the
+                mixup step with ``mixup_normalize="all"``).
 
         Returns:
             Scalar loss (see :mod:`asymseg.losses`).
@@ -171,11 +207,13 @@ class Technique:
         if self.loss == "dice":
             return soft_dice_loss(logits, target, ignore_mask=ignore_mask)
         ce = asymmetric_ce(logits, target, rare=rare, margin=self.margin, gamma=self.gamma,
-                           symmetric=self.symmetric, ignore_mask=ignore_mask)
+                           margin_symmetric=self.symmetric_part("margin"),
+                           focal_symmetric=self.symmetric_part("focal"), ignore_mask=ignore_mask,
+                           count_ignored=count_ignored)
         if self.loss == "ce":
             return ce
         return ce + focal_dice_loss(logits, target, rare=rare, gamma=self.gamma, margin=self.margin,
-                                    symmetric=self.symmetric, ignore_mask=ignore_mask)
+                                    symmetric=self.symmetric_part("focal"), ignore_mask=ignore_mask)
 
     def adversarial_perturbation(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *,
                                  rare: Sequence[bool], generator: torch.Generator | None = None,
@@ -184,14 +222,15 @@ class Technique:
         from asymseg.regularizers import adversarial_perturbation
 
         return adversarial_perturbation(model, x, target, rare=rare, eps=self.eps, xi=self.xi,
-                                        symmetric=self.symmetric, generator=generator, ignore_mask=ignore_mask)
+                                        symmetric=self.symmetric_part("adversarial"), generator=generator,
+                                        ignore_mask=ignore_mask)
 
     def sample_mixup(self, batch_size: int, *, generator: torch.Generator | None = None) -> MixupParams:
         """lam and partners with this technique's alpha, margin and symmetry."""
         from asymseg.regularizers import sample_mixup
 
         return sample_mixup(batch_size, alpha=self.mixup_alpha, margin=self.mixup_margin,
-                            symmetric=self.symmetric, generator=generator)
+                            symmetric=self.symmetric_part("mixup"), generator=generator)
 
     def apply_mixup(self, x: torch.Tensor, target: torch.Tensor, params: MixupParams, *,
                     rare: Sequence[bool], ignore_mask: torch.Tensor | None = None
@@ -200,7 +239,7 @@ class Technique:
         from asymseg.regularizers import apply_mixup
 
         return apply_mixup(x, target, params, rare=rare, margin=self.mixup_margin,
-                           symmetric=self.symmetric, ignore_mask=ignore_mask)
+                           symmetric=self.symmetric_part("mixup"), ignore_mask=ignore_mask)
 
 
 #: One line per preset, for help texts and the GUI.
@@ -218,6 +257,8 @@ DESCRIPTIONS: dict[str, str] = {
     "a-mixup": "asymmetric mixup step (alpha = 1, margin 0.2, hard labels)",
     "a-aug": "asymmetric augmentation (background patches augmented with probability 0.5)",
     "combo": "a-lm + a-focal (gamma = 2) in one loss, plus the a-at and a-mixup steps",
+    "combo-authors": "the authors' released combination: a-focal (gamma = 2), no margin, a symmetric "
+                     "adversarial step (eps = 10) and the a-mixup step",
 }
 
 #: The presets (authors' BraTS settings; see the module docstring and METHOD.md).
@@ -237,11 +278,14 @@ TECHNIQUES: dict[str, Technique] = {
     "mixup": Technique("mixup", mixup=True, mixup_alpha=1.0, symmetric=True),
     "a-mixup": Technique("a-mixup", mixup=True, mixup_alpha=1.0, mixup_margin=0.2),
     "a-aug": Technique("a-aug", augment=True, asym_aug_p=ASYM_AUG_P),
-    # METHOD.md 7. The authors' released BraTS combination config differs in two switches
-    # (LM margin 0 and a symmetric adversarial direction; docs/research/paper.md, summary table and 7.5); this
-    # preset follows the paper's description: every part asymmetric.
+    # METHOD.md 7. The paper's description: every part asymmetric, margin and focal in one loss.
     "combo": Technique("combo", margin=0.2, gamma=2.0, adversarial=True, eps=10.0, xi=1e-5,
                        mixup=True, mixup_alpha=1.0, mixup_margin=0.2),
+    # The authors' released BraTS combination config (trainConfig_bratscore_10percent_basicsetting_
+    # combination.cfg): focalonesidegama -2 (asymmetric, gamma 2), marginm 0, Nepsilon 10 with
+    # Nside 2 (a SYMMETRIC adversarial direction), mixuprate 1, mixupbiasmargin 0.2.
+    "combo-authors": Technique("combo-authors", margin=0.0, gamma=2.0, adversarial=True, eps=10.0, xi=1e-5,
+                               adversarial_symmetric=True, mixup=True, mixup_alpha=1.0, mixup_margin=0.2),
 }
 
 

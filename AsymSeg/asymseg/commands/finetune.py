@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asymseg import constants as C
-from asymseg.train.config import OPTIMIZERS
+from asymseg.techniques import MIXUP_NORMALIZE, SYMMETRY_PARTS
 
 _EPILOG = """\
 examples:
@@ -58,6 +58,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     from asymseg.cli import add_progress_argument
     from asymseg.io import add_target_arguments
     from asymseg.techniques import DESCRIPTIONS
+    from asymseg.train.config import OPTIMIZERS
 
     parser = subparsers.add_parser(
         "finetune",
@@ -120,6 +121,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     tech.add_argument("--mixup-margin", type=float, default=None, help="asymmetric mixup margin")
     tech.add_argument("--asym-aug-p", type=float, default=None,
                       help="probability of augmenting background-centred patches (asymmetric augmentation)")
+    for part in SYMMETRY_PARTS:
+        tech.add_argument(f"--{part}-symmetry", choices=("symmetric", "asymmetric"), default=None,
+                          help=f"symmetry of the {part} part alone (default: the preset's, or --symmetric)")
+    tech.add_argument("--mixup-normalize", choices=MIXUP_NORMALIZE, default=None,
+                      help="divide the mixup loss by all voxels, ignored ones included (the authors'; default), "
+                           "or by the valid voxels only")
 
     train = parser.add_argument_group("training")
     train.add_argument("--config", metavar="FILE", default=None,
@@ -176,7 +183,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "loss": args.loss, "margin": args.margin, "gamma": args.gamma, "symmetric": args.symmetric,
         "adversarial": args.adversarial, "eps": args.eps, "xi": args.xi, "mixup": args.mixup,
         "mixup_alpha": args.mixup_alpha, "mixup_margin": args.mixup_margin, "asym_aug_p": args.asym_aug_p,
+        "mixup_normalize": args.mixup_normalize,
     }
+    for part in SYMMETRY_PARTS:
+        choice = getattr(args, f"{part}_symmetry")
+        if choice is not None:
+            technique[f"{part}_symmetric"] = choice == "symmetric"
     if args.asym_aug_p is not None and args.augment is None:
         technique["augment"] = True
     return {

@@ -45,6 +45,9 @@ def asymmetric_ce(
     gamma: float = 0.0,
     symmetric: bool = False,
     ignore_mask: torch.Tensor | None = None,
+    margin_symmetric: bool | None = None,
+    focal_symmetric: bool | None = None,
+    count_ignored: bool = False,
 ) -> torch.Tensor:
     """Asymmetric large-margin focal cross-entropy, averaged over the voxels that carry a loss.
 
@@ -87,6 +90,10 @@ def asymmetric_ce(
         symmetric: apply the margin and the attenuation to every class.
         ignore_mask: optional bool ``(B, *spatial)``; True = the voxel carries no loss and is
             excluded from N. Integer targets may hold any value there.
+        margin_symmetric, focal_symmetric: the symmetry of each part on its own (None: as
+            ``symmetric``), e.g. an asymmetric margin with a symmetric focal term.
+        count_ignored: divide by every voxel, ignored ones included, as the authors' mixup step
+            does (their cost divides by the whole segment); default: by the voxels with a loss.
 
     Returns:
         Scalar float32 (float64 for float64 logits). When no voxel carries a loss the result is
@@ -104,7 +111,9 @@ def asymmetric_ce(
         >>> z = torch.randn(2, 2, 9, 9, 9); y = torch.randint(0, 2, (2, 9, 9, 9))
         >>> loss = asymmetric_ce(z, y, rare=[False, True], margin=0.2, gamma=2.0)
     """
-    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=True)
+    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=True,
+                    margin_symmetric=margin_symmetric, focal_symmetric=focal_symmetric,
+                    count_ignored=count_ignored)
 
 
 def asymmetric_ce_map(
@@ -116,6 +125,8 @@ def asymmetric_ce_map(
     gamma: float = 0.0,
     symmetric: bool = False,
     ignore_mask: torch.Tensor | None = None,
+    margin_symmetric: bool | None = None,
+    focal_symmetric: bool | None = None,
 ) -> torch.Tensor:
     """Per-voxel loss of :func:`asymmetric_ce`, without the reduction.
 
@@ -123,12 +134,14 @@ def asymmetric_ce_map(
     ignored voxels hold 0.
 
     Args:
-        logits, target, rare, margin, gamma, symmetric, ignore_mask: as in :func:`asymmetric_ce`.
+        logits, target, rare, margin, gamma, symmetric, ignore_mask, margin_symmetric,
+            focal_symmetric: as in :func:`asymmetric_ce`.
 
     Returns:
         ``(B, *spatial)`` float32 (float64 for float64 logits).
     """
-    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=False)
+    return _compute(logits, target, rare, margin, gamma, symmetric, ignore_mask, reduce=False,
+                    margin_symmetric=margin_symmetric, focal_symmetric=focal_symmetric)
 
 
 def margin_adjusted_logits(z: torch.Tensor, prepared: PreparedTarget, rare_flags: torch.Tensor,
@@ -177,30 +190,36 @@ def check_hyper_parameters(margin: float, gamma: float) -> None:
 
 
 def _compute(logits: torch.Tensor, target: torch.Tensor, rare: RareLike, margin: float, gamma: float,
-             symmetric: bool, ignore_mask: torch.Tensor | None, *, reduce: bool) -> torch.Tensor:
+             symmetric: bool, ignore_mask: torch.Tensor | None, *, reduce: bool,
+             margin_symmetric: bool | None = None, focal_symmetric: bool | None = None,
+             count_ignored: bool = False) -> torch.Tensor:
     """Validate, then run the integer-target kernel or the soft-target autograd path."""
     check_hyper_parameters(margin, gamma)
     margin, gamma = float(margin), float(gamma)
     z = check_logits(logits)
     prepared = prepare_target(z, target, ignore_mask)
     num_classes = z.shape[1]
+    margin_sym = symmetric if margin_symmetric is None else bool(margin_symmetric)
+    focal_sym = symmetric if focal_symmetric is None else bool(focal_symmetric)
     # The margin acts on the classes with r[c] = 1, the attenuation on those with r[c] = 0;
-    # symmetric: both on every class.
-    flags = (True,) * num_classes if symmetric else rare_flags(rare, num_classes)
-    margin_none = margin == 0.0 or not any(flags)
-    attenuate_none = gamma == 0.0 or (not symmetric and all(flags))
-    attenuate_all = symmetric or not any(flags)
+    # a symmetric part acts on every class.
+    flags = rare_flags(rare, num_classes)
+    margin_flags = (True,) * num_classes if margin_sym else flags
+    margin_none = margin == 0.0 or not any(margin_flags)
+    attenuate_all = focal_sym or not any(flags)
+    attenuate_none = gamma == 0.0 or (not attenuate_all and all(flags))
 
     if prepared.index is not None:
-        margins = None if margin_none else tuple(margin if f else 0.0 for f in flags)     # m r[c]
+        margins = None if margin_none else tuple(margin if f else 0.0 for f in margin_flags)     # m r[c]
         attenuated = None if attenuate_none or attenuate_all else tuple(0.0 if f else 1.0 for f in flags)
         return _HardTargetFocalCE.apply(z, prepared.index, margins, attenuated,
-                                        0.0 if attenuate_none else gamma, prepared.valid, reduce)
+                                        0.0 if attenuate_none else gamma, prepared.valid, reduce, count_ignored)
 
     class_shape = (1, num_classes) + (1,) * (z.dim() - 2)
     flag_tensor = torch.tensor(flags, dtype=torch.bool, device=z.device)
-    z_adj = z if margin_none else margin_adjusted_logits(z, prepared, flag_tensor, margin,
-                                                         all_rare=all(flags))
+    margin_tensor = torch.tensor(margin_flags, dtype=torch.bool, device=z.device)
+    z_adj = z if margin_none else margin_adjusted_logits(z, prepared, margin_tensor, margin,
+                                                         all_rare=all(margin_flags))
     log_q = F.log_softmax(z_adj, dim=1)
     terms = -(prepared.soft * log_q)
     if not attenuate_none:
@@ -210,7 +229,7 @@ def _compute(logits: torch.Tensor, target: torch.Tensor, rare: RareLike, margin:
         terms = terms * attenuation
     loss_map = terms.sum(dim=1)
     if reduce:
-        return masked_mean(loss_map, prepared.valid)
+        return loss_map.mean() if count_ignored else masked_mean(loss_map, prepared.valid)
     if prepared.valid is None:
         return loss_map
     return torch.where(prepared.valid, loss_map, torch.zeros_like(loss_map))
@@ -254,11 +273,12 @@ class _HardTargetFocalCE(torch.autograd.Function):
     Arguments: z (B, C, *S) compute dtype; index (B, *S) int64; margins: C floats m r[c] or
     None; attenuated: C floats (1 = the class is attenuated) or None (every class, when
     gamma > 0); gamma (0 = no focal term); valid: bool (B, *S) or None; reduce: return the
-    mean over valid voxels instead of the per-voxel map.
+    mean over valid voxels instead of the per-voxel map; count_ignored: with ``reduce``,
+    divide by every voxel instead of the valid ones.
     """
 
     @staticmethod
-    def forward(ctx, z, index, margins, attenuated, gamma, valid, reduce):  # noqa: D102
+    def forward(ctx, z, index, margins, attenuated, gamma, valid, reduce, count_ignored=False):  # noqa: D102
         binary = z.shape[1] == 2
         if binary:
             loss, saved = _binary_forward(z, index, margins, attenuated, gamma)
@@ -271,7 +291,7 @@ class _HardTargetFocalCE(torch.autograd.Function):
                 count = float(max(loss.numel(), 1))
                 out = loss.mean() if loss.numel() else loss.sum()
             else:
-                count = max(float(weights.sum()), 1.0)
+                count = float(max(loss.numel(), 1)) if count_ignored else max(float(weights.sum()), 1.0)
                 out = (loss * weights).sum() / count
             ctx.count = count
         else:
@@ -303,7 +323,7 @@ class _HardTargetFocalCE(torch.autograd.Function):
                 grad = (q - onehot) * scale
             else:
                 grad = (q - onehot) * scale.unsqueeze(1)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def _binary_forward(z, index, margins, attenuated, gamma):

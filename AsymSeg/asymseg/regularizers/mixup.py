@@ -86,8 +86,9 @@ def sample_mixup(
     """Draw lam and the partner permutation for one mixup step.
 
     lam ~ Beta(alpha, alpha) (symmetric) or Beta(alpha, alpha) * (1 - margin) (asymmetric);
-    perm = a uniformly random permutation of range(batch_size) (a sample may be its own
-    partner, which leaves it unchanged). Beta is sampled by numpy from a seed drawn from
+    perm = a uniformly random derangement of range(batch_size): no sample is its own partner
+    (a self-pair would leave the sample unmixed; the authors' DeepMedic mixes each segment
+    with another one). A batch of one can only pair with itself. Beta is sampled by numpy from a seed drawn from
     ``generator`` (torch has no generator-aware Beta sampler), so a fixed generator gives the
     same parameters every time.
 
@@ -109,11 +110,20 @@ def sample_mixup(
     _check_alpha_margin(alpha, margin)
     device = generator.device if generator is not None else torch.device("cpu")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
-    perm = torch.randperm(batch_size, generator=generator, device=device).tolist()
+    perm = _derangement(batch_size, generator, device)
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     if not symmetric:
         lam *= 1.0 - float(margin)
     return MixupParams(lam=min(max(lam, 0.0), 1.0), perm=tuple(perm))
+
+
+def _derangement(n: int, generator: torch.Generator | None, device: torch.device) -> list[int]:
+    """A uniformly random permutation of range(n) without fixed points (rejection; e^-1 of the
+    draws are accepted). n = 1 gives [0]."""
+    while True:
+        perm = torch.randperm(n, generator=generator, device=device).tolist()
+        if n == 1 or all(p != i for i, p in enumerate(perm)):
+            return perm
 
 
 def apply_mixup(

@@ -5,8 +5,10 @@ Each step is a separate optimiser update on the same patches::
     clean:        loss(model(x), y)                                  -> update
     adversarial:  r = adversarial_perturbation(model, x, y)          (current weights, after the clean update)
                   loss(model(x + r), y)                              -> update
-    mixup:        x', y', ignore = mixup(x, y)  (one lambda, partners = a permutation of the batch)
+    mixup:        x', y', ignore = mixup(x, y)  (one lambda, partners = a derangement of the batch)
                   loss(model(x'), y', ignore)                        -> update
+                  (divided by every voxel, ignored ones included, as the authors do, unless
+                  the technique's ``mixup_normalize`` is "valid")
 
 so the combination costs up to three updates per iteration. ``loss`` is the technique's loss
 (``Technique.loss_fn``) in every step.
@@ -116,11 +118,13 @@ class IterationRunner:
         self.generator = generator
         self.amp_dtype = amp_dtype
 
-    def _update(self, x: torch.Tensor, target: torch.Tensor, ignore_mask: torch.Tensor | None = None) -> float:
+    def _update(self, x: torch.Tensor, target: torch.Tensor, ignore_mask: torch.Tensor | None = None, *,
+                count_ignored: bool = False) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(x.device, self.amp_dtype):
             logits = self.model(x)
-        loss = self.technique.loss_fn(logits.float(), target, rare=self.rare, ignore_mask=ignore_mask)
+        loss = self.technique.loss_fn(logits.float(), target, rare=self.rare, ignore_mask=ignore_mask,
+                                      count_ignored=count_ignored)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
@@ -140,5 +144,5 @@ class IterationRunner:
             params = t.sample_mixup(x.shape[0], generator=self.generator)
             x_mixed, y_mixed, ignore = t.apply_mixup(x, y, params, rare=self.rare)
             with frozen_batchnorm_stats(self.net):
-                mixed = self._update(x_mixed, y_mixed, ignore)
+                mixed = self._update(x_mixed, y_mixed, ignore, count_ignored=t.mixup_normalize == "all")
         return StepLosses(clean, adversarial, mixed)
