@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from asymseg.errors import InputError
-from asymseg.regularizers import adversarial_perturbation
+from asymseg.regularizers import adversarial_perturbation, pathway_perturbations, perturbation_rms
 
 RARE = [False, False, True]          # two non-rare classes, one rare
 
@@ -38,13 +38,18 @@ def test_every_sample_gets_a_perturbation_of_norm_eps(symmetric, eps):
     torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((3,), eps), rtol=1e-5, atol=0)
 
 
-def test_a_sample_without_rare_voxels_gets_no_asymmetric_perturbation():
+def test_a_sample_without_rare_voxels_gets_its_direction_through_the_batch_as_in_the_authors_code():
     x, labels = _batch()
     labels[1][labels[1] == 2] = 0
+    # Training mode: batch norm couples the samples, so sample 1 moves the others' rare losses.
     r = adversarial_perturbation(_net(), x, labels, rare=RARE, generator=_generator())
+    torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((3,), 10.0), rtol=1e-5, atol=0)
+    # Eval mode: no coupling, a zero gradient, no perturbation.
+    net = _net().eval()
+    r = adversarial_perturbation(net, x, labels, rare=RARE, generator=_generator())
     assert bool((r[1] == 0).all())
     torch.testing.assert_close(r[[0, 2]].flatten(1).norm(dim=1), torch.full((2,), 10.0), rtol=1e-5, atol=0)
-    symmetric = adversarial_perturbation(_net(), x, labels, rare=RARE, symmetric=True, generator=_generator())
+    symmetric = adversarial_perturbation(net, x, labels, rare=RARE, symmetric=True, generator=_generator())
     assert symmetric[1].norm().item() == pytest.approx(10.0, rel=1e-5)
 
 
@@ -151,3 +156,50 @@ def test_a_target_at_the_wrong_resolution_is_refused():
         adversarial_perturbation(_net(), x, labels, rare=RARE, eps=0.0)
     with pytest.raises(InputError, match="rare has 2 entries"):
         adversarial_perturbation(_net(), x, labels, rare=[False, True])
+
+
+def _deepmedic(seed: int = 0):
+    from asymseg.nets import build_network
+    from helpers.nets import TINY
+
+    return build_network("deepmedic", 2, 3, generator=torch.Generator().manual_seed(seed), **TINY)
+
+
+def test_each_pathway_input_gets_its_own_perturbation_of_norm_eps():
+    net = _deepmedic()
+    out = net.training_output_size
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((3, 2, *net.input_shape((out,) * 3)), generator=g)
+    labels = torch.randint(0, 3, (3, out, out, out), generator=g)
+    inputs, perturbations = pathway_perturbations(net, x, labels, rare=RARE, eps=10.0, generator=_generator())
+    assert len(inputs) == len(perturbations) == 1 + len(net.hparams["lowres_factors"]) > 1
+    for clean, expected, r in zip(inputs, net.pathway_inputs(x), perturbations):
+        assert torch.equal(clean, expected) and r.shape == clean.shape
+        torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((3,), 10.0), rtol=1e-5, atol=0)
+    # Each perturbation is the normalised gradient with respect to its own input.
+    perturbed = [i + r for i, r in zip(inputs, perturbations)]
+    assert net(perturbed).shape == net(x).shape
+    # A second draw with the same generator seed repeats; the pooled image perturbation differs.
+    _, again = pathway_perturbations(net, x, labels, rare=RARE, eps=10.0, generator=_generator())
+    assert all(torch.equal(a, b) for a, b in zip(perturbations, again))
+    image = adversarial_perturbation(net, x, labels, rare=RARE, eps=10.0, generator=_generator())
+    pooled = net.pathway_inputs(x + image)
+    assert not torch.allclose(pooled[1] - inputs[1], perturbations[1])
+
+
+def test_the_pathway_perturbation_of_a_single_input_net_is_the_image_perturbation():
+    from asymseg.nets import build_network
+
+    net = build_network("unet", 2, 3, generator=torch.Generator().manual_seed(0), depth=2, base_features=4,
+                        training_output_size=8)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((2, 2, 8, 8, 8), generator=g)
+    labels = torch.randint(0, 3, (2, 8, 8, 8), generator=g)
+    inputs, (r,) = pathway_perturbations(net, x, labels, rare=RARE, generator=_generator())
+    assert torch.equal(inputs[0], x)
+    assert torch.equal(r, adversarial_perturbation(net, x, labels, rare=RARE, generator=_generator()))
+
+
+def test_perturbation_rms_per_value():
+    assert perturbation_rms(10.0, (4, 37, 37, 37)) == pytest.approx(0.0222, abs=1e-4)
+    assert perturbation_rms(10.0, (2, 25, 25, 25)) == pytest.approx(10.0 / (2 * 25 ** 3) ** 0.5, rel=1e-12)

@@ -80,19 +80,36 @@ def test_adversarial_and_mixup_steps_leave_running_statistics_to_the_clean_batch
     assert not torch.equal(combo.classifier.weight, reference.classifier.weight)
 
 
-def test_the_adversarial_step_trains_on_a_perturbation_of_norm_eps():
+def test_the_adversarial_step_trains_on_a_perturbation_of_norm_eps_per_pathway_input():
     x, y = batch()
     net = tiny_net()
     seen = []
-    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
     IterationRunner(net, net, opt, get_technique("a-at", eps=3.0), RARE, torch.Generator().manual_seed(2))(x, y)
-    # forward passes: clean, direction (x + d0), adversarial (x + r_adv)
+    # forward passes: direction (pathway inputs + d0, at the weights before the update), clean,
+    # adversarial (pathway inputs + r_adv)
     assert len(seen) == 3
-    assert torch.equal(seen[0], x)
-    norms = (seen[2] - x).flatten(1).norm(dim=1).numpy()
-    # Samples with rare voxels get norm eps; the others have no rare direction and stay clean.
-    np.testing.assert_allclose(norms, [3.0, 3.0, 0.0, 0.0], rtol=1e-4, atol=1e-6)
+    assert torch.equal(seen[1], x)
+    clean_inputs = net.pathway_inputs(x)
+    assert isinstance(seen[2], list) and len(seen[2]) == len(clean_inputs) == 2
+    for clean, perturbed in zip(clean_inputs, seen[2]):
+        norms = (perturbed.detach() - clean).flatten(1).norm(dim=1).numpy()
+        # Every sample: the ones without rare voxels get their direction through batch norm.
+        np.testing.assert_allclose(norms, [3.0] * 4, rtol=1e-4)
+
+
+def test_the_image_mode_perturbs_the_full_resolution_input_once():
+    x, y = batch()
+    net = tiny_net()
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
+    technique = get_technique("a-at", eps=3.0, adversarial_inputs="image")
+    IterationRunner(net, net, opt, technique, RARE, torch.Generator().manual_seed(2))(x, y)
+    assert len(seen) == 3 and isinstance(seen[2], torch.Tensor)
+    norms = (seen[2].detach() - x).flatten(1).norm(dim=1).numpy()
+    np.testing.assert_allclose(norms, [3.0] * 4, rtol=1e-4)
 
 
 def test_an_iteration_is_repeatable_with_the_same_generators():

@@ -41,6 +41,8 @@ ASYM_AUG_P = 0.5
 SYMMETRY_PARTS: tuple[str, ...] = ("margin", "focal", "adversarial", "mixup")
 #: What the mixup step's loss is divided by (see ``Technique.mixup_normalize``).
 MIXUP_NORMALIZE: tuple[str, ...] = ("all", "valid")
+#: What the adversarial step perturbs (see ``Technique.adversarial_inputs``).
+ADVERSARIAL_INPUTS: tuple[str, ...] = ("pathways", "image")
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,13 @@ class Technique:
             combination, for one, has an asymmetric focal term and mixup but a symmetric
             adversarial direction (``combo-authors``).
         adversarial: run the adversarial step after the clean step (METHOD.md 4).
-        eps: adversarial perturbation norm per sample, > 0. Default 10.
+        eps: adversarial perturbation L2 norm per sample and perturbed input, > 0. Default 10.
+            Its size per value depends on the input: see
+            :func:`asymseg.regularizers.perturbation_rms`.
         xi: norm of the random start of the adversarial direction, > 0. Default 1e-5.
+        adversarial_inputs: what the adversarial step perturbs: "pathways" (each pathway input
+            of the network on its own, as the authors' DeepMedic; default) or "image" (the
+            full-resolution input, which the network pools for its low-resolution pathways).
         mixup: run the mixup step after the (adversarial) step (METHOD.md 5).
         mixup_alpha: Beta(alpha, alpha) concentration, > 0. Default 1.
         mixup_margin: asymmetric mixup margin in [0, 1) (unused when symmetric). Default 0.2.
@@ -101,6 +108,7 @@ class Technique:
     adversarial_symmetric: bool | None = None
     mixup_symmetric: bool | None = None
     mixup_normalize: str = "all"
+    adversarial_inputs: str = "pathways"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -116,6 +124,9 @@ class Technique:
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"technique {self.name}: {field_name}_symmetric must be true, false or null "
                                  f"(= symmetric), got {value!r}")
+        if self.adversarial_inputs not in ADVERSARIAL_INPUTS:
+            raise InputError(f"technique {self.name}: adversarial_inputs must be one of "
+                             f"{', '.join(ADVERSARIAL_INPUTS)}, got {self.adversarial_inputs!r}")
         if self.mixup_normalize not in MIXUP_NORMALIZE:
             raise InputError(f"technique {self.name}: mixup_normalize must be one of {', '.join(MIXUP_NORMALIZE)}, "
                              f"got {self.mixup_normalize!r}")
@@ -224,6 +235,28 @@ class Technique:
         return adversarial_perturbation(model, x, target, rare=rare, eps=self.eps, xi=self.xi,
                                         symmetric=self.symmetric_part("adversarial"), generator=generator,
                                         ignore_mask=ignore_mask)
+
+    def adversarial_batch(self, net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *,
+                          rare: Sequence[bool], generator: torch.Generator | None = None,
+                          ignore_mask: torch.Tensor | None = None
+                          ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(inputs, perturbations) of the adversarial step, per ``adversarial_inputs``.
+
+        "pathways": :func:`asymseg.regularizers.pathway_perturbations` (one per pathway input);
+        "image": ``([x], [adversarial_perturbation(x)])``. The perturbed batch is the list of
+        ``input + perturbation``, which the network's ``forward`` accepts (one tensor when the
+        list has one entry).
+        """
+        from asymseg.regularizers import adversarial_perturbation, pathway_perturbations
+
+        if self.adversarial_inputs == "pathways" and hasattr(net, "pathway_inputs"):
+            return pathway_perturbations(net, x, target, rare=rare, eps=self.eps, xi=self.xi,
+                                         symmetric=self.symmetric_part("adversarial"), generator=generator,
+                                         ignore_mask=ignore_mask)
+        r = adversarial_perturbation(net, x, target, rare=rare, eps=self.eps, xi=self.xi,
+                                     symmetric=self.symmetric_part("adversarial"), generator=generator,
+                                     ignore_mask=ignore_mask)
+        return [x.detach()], [r]
 
     def sample_mixup(self, batch_size: int, *, generator: torch.Generator | None = None) -> MixupParams:
         """lam and partners with this technique's alpha, margin and symmetry."""

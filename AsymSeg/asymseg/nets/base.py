@@ -3,8 +3,13 @@
 A network takes ONE full-resolution input tensor ``(B, C_in, D, H, W)`` and returns logits
 ``(B, K, d, h, w)``. Networks built from valid convolutions (DeepMedic) shrink the output by
 ``2 * context`` per axis; networks with same-padding (the U-Net) keep the size (``context == 0``).
-Low-resolution pathways are computed inside the network from that same tensor, so a
-perturbation of the input (adversarial training) reaches every pathway consistently.
+Low-resolution pathways are computed inside the network from that same tensor.
+
+Pathway inputs. :meth:`SegmentationNet.pathway_inputs` splits a batch into the tensors the
+network's pathways read (for DeepMedic: the normal-resolution segment and each pooled
+low-resolution segment; for other nets: the input itself), and ``forward`` also accepts that
+list. The adversarial step of the authors' DeepMedic perturbs each pathway input on its own
+(:func:`asymseg.regularizers.pathway_perturbations`).
 """
 
 from __future__ import annotations
@@ -94,6 +99,15 @@ class SegmentationNet(nn.Module):
         """
         out = (int(output_size),) * 3
         return self.flops(self.input_shape(out)) / float(math.prod(out))
+
+    # -- pathways ---------------------------------------------------------------------------------------
+    def pathway_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors the pathways read, in order (see the module docstring): ``[x]`` here.
+
+        ``forward(pathway_inputs(x))`` equals ``forward(x)``.
+        """
+        self.check_input(x)
+        return [x]
 
     # -- checks ---------------------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

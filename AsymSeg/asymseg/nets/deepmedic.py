@@ -267,26 +267,50 @@ class DeepMedic(SegmentationNet):
         return tuple(int(n) + 2 * self.context for n in output_shape)
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the central output region.
+    def pathway_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[normal segment, low-resolution segment per factor]`` of a full-resolution input.
 
-        Args:
-            x: ``(B, in_channels, D, H, W)`` float input (normalised intensities).
-
-        Returns:
-            ``(B, num_classes, D - 2c, H - 2c, W - 2c)`` logits, c = ``self.context``.
+        The normal segment is the centre of ``x`` (output size + 2 * (layers + e) per axis);
+        a low-resolution segment is the average-pooled window its pathway reads (see the module
+        docstring), as DeepMedic feeds each pathway its own segment.
         """
         self.check_input(x)
         sizes = self.output_shape(x.shape[2:])
         plans = [self._plan(n, axis) for axis, n in enumerate(sizes)]
-        c, e = self.context, self._fc_margin
-        m = self._normal_layers + e
-        normal = x[(slice(None), slice(None), *(slice(c - m, c + n + m) for n in sizes))]
-        features = [self.normal(normal)]
-        for index, (f, path) in enumerate(zip(self._factors, self.lowres)):
+        c, m = self.context, self._normal_layers + self._fc_margin
+        inputs = [x[(slice(None), slice(None), *(slice(c - m, c + n + m) for n in sizes))]]
+        for index, f in enumerate(self._factors):
             axes = [plan[index] for plan in plans]
             window = x[(slice(None), slice(None), *(slice(a.start, a.start + a.length) for a in axes))]
-            low = path(F.avg_pool3d(window, kernel_size=f, stride=f))
+            inputs.append(F.avg_pool3d(window, kernel_size=f, stride=f))
+        return inputs
+
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits of the central output region.
+
+        Args:
+            x: ``(B, in_channels, D, H, W)`` float input (normalised intensities), or the list
+                :meth:`pathway_inputs` gives for such an input (each pathway's own segment).
+
+        Returns:
+            ``(B, num_classes, D - 2c, H - 2c, W - 2c)`` logits, c = ``self.context``.
+        """
+        inputs = self.pathway_inputs(x) if isinstance(x, torch.Tensor) else list(x)
+        if len(inputs) != 1 + len(self._factors):
+            raise ValueError(f"{self.architecture}: expected {1 + len(self._factors)} pathway inputs, got {len(inputs)}")
+        m = self._normal_layers + self._fc_margin
+        normal = inputs[0]
+        self.check_input(normal)
+        sizes = tuple(int(s) - 2 * m for s in normal.shape[2:])
+        plans = [self._plan(n, axis) for axis, n in enumerate(sizes)]
+        features = [self.normal(normal)]
+        for index, (f, path, low_input) in enumerate(zip(self._factors, self.lowres, inputs[1:])):
+            axes = [plan[index] for plan in plans]
+            expected = tuple(a.length // f for a in axes)
+            if tuple(low_input.shape[2:]) != expected:
+                raise ValueError(f"{self.architecture}: the x{f} pathway input has shape {tuple(low_input.shape[2:])}, "
+                                 f"expected {expected} for an output of {sizes}")
+            low = path(low_input)
             up = F.interpolate(low, scale_factor=float(f), mode="nearest")
             features.append(up[(slice(None), slice(None), *(slice(a.crop, a.crop + a.keep) for a in axes))])
         h = torch.cat(features, dim=1) if len(features) > 1 else features[0]

@@ -1,6 +1,8 @@
 """The extra training steps of the asymmetric techniques (METHOD.md 4-5).
 
-- :func:`adversarial_perturbation`: the (asymmetric) adversarial direction r_adv, norm eps per sample.
+- :func:`pathway_perturbations` (the authors' DeepMedic: one perturbation per pathway input) and
+  :func:`adversarial_perturbation` (one perturbation of the image): the (asymmetric) adversarial
+  direction, norm eps per sample and perturbed input.
 - :func:`mixup` = :func:`apply_mixup` (pure) after :func:`sample_mixup` (random): (asymmetric) mixup.
 
 Each feeds a separate optimiser step after the clean step (METHOD.md, "Training schedule").
@@ -8,7 +10,13 @@ Each feeds a separate optimiser step after the clean step (METHOD.md, "Training 
 
 from __future__ import annotations
 
-from asymseg.regularizers.adversarial import DEFAULT_EPS, DEFAULT_XI, adversarial_perturbation
+from asymseg.regularizers.adversarial import (
+    DEFAULT_EPS,
+    DEFAULT_XI,
+    adversarial_perturbation,
+    pathway_perturbations,
+    perturbation_rms,
+)
 from asymseg.regularizers.mixup import (
     DEFAULT_ALPHA,
     DEFAULT_MARGIN,
@@ -25,6 +33,8 @@ __all__ = [
     "DEFAULT_XI",
     "MixupParams",
     "adversarial_perturbation",
+    "pathway_perturbations",
+    "perturbation_rms",
     "apply_mixup",
     "mixup",
     "sample_mixup",

@@ -40,6 +40,7 @@ from asymseg import constants as C
 from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError, ResourceError
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.target import TargetSpec, resolve_target
+from asymseg.techniques import Technique
 from asymseg.train import distributed as D
 from asymseg.train.checkpoint import (
     atomic_write_text,
@@ -369,6 +370,24 @@ def _make_optimizer(config: TrainConfig, net: torch.nn.Module) -> torch.optim.Op
     return make_optimizer(config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _perturbed_inputs(technique: Technique, net: torch.nn.Module, in_size: tuple[int, ...]) -> list[dict[str, Any]]:
+    """What the adversarial step perturbs at this patch size: name, shape and RMS per value of
+    a perturbation of norm eps (empty without the adversarial step)."""
+    from asymseg.regularizers import perturbation_rms
+
+    if not technique.adversarial:
+        return []
+    probe = torch.zeros((1, net.in_channels, *in_size))
+    if technique.adversarial_inputs == "pathways":
+        shapes = [tuple(t.shape[1:]) for t in net.pathway_inputs(probe)]
+        factors = list(getattr(net, "hparams", {}).get("lowres_factors", []))[:len(shapes) - 1]
+        names = ["normal"] + [f"x{f}" for f in factors]
+    else:
+        shapes, names = [tuple(probe.shape[1:])], ["image"]
+    return [{"name": name, "shape": list(shape), "rms": perturbation_rms(technique.eps, shape)}
+            for name, shape in zip(names, shapes)]
+
+
 def _check_fresh_start(output: Path, run_dir: Path, overwrite: bool) -> None:
     if overwrite:
         if output.exists():
@@ -534,9 +553,14 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         if checkpoint is not None:
             _check_compatible(checkpoint.state, resolved)
             trainer.restore(checkpoint)
+        perturbed = _perturbed_inputs(technique, net, in_size)
         emit(on_event, C.EVENT_START, stage="train", done=trainer.state.iteration, total=resolved.iterations,
              message=f"training {len(train_ids)} case(s) with {technique.name} on {device} "
-                     f"({dist.world_size} process(es)), {resolved.iterations} iterations",
+                     f"({dist.world_size} process(es)), {resolved.iterations} iterations"
+                     + ("; adversarial eps {:g} per input = RMS {} per value".format(
+                         technique.eps, ", ".join(f"{p['rms']:.3f} ({p['name']})" for p in perturbed))
+                        if perturbed else ""),
+             adversarial_inputs=perturbed or None,
              iterations=resolved.iterations, cases={"train": train_ids, "val": val_ids},
              technique=technique.to_dict(), steps=list(technique.steps), config=resolved.to_dict(),
              device=str(device), world_size=dist.world_size, batch_size=resolved.batch_size,

@@ -2,9 +2,10 @@
 
 Each step is a separate optimiser update on the same patches::
 
+    (adversarial direction: inputs, r = technique.adversarial_batch(net, x, y), at the weights
+     BEFORE the clean update, as the authors' DeepMedic computes it)
     clean:        loss(model(x), y)                                  -> update
-    adversarial:  r = adversarial_perturbation(model, x, y)          (current weights, after the clean update)
-                  loss(model(x + r), y)                              -> update
+    adversarial:  loss(model([i + r for each pathway input]), y)     -> update
     mixup:        x', y', ignore = mixup(x, y)  (one lambda, partners = a derangement of the batch)
                   loss(model(x'), y', ignore)                        -> update
                   (divided by every voxel, ignored ones included, as the authors do, unless
@@ -118,10 +119,10 @@ class IterationRunner:
         self.generator = generator
         self.amp_dtype = amp_dtype
 
-    def _update(self, x: torch.Tensor, target: torch.Tensor, ignore_mask: torch.Tensor | None = None, *,
-                count_ignored: bool = False) -> float:
+    def _update(self, x: torch.Tensor | list[torch.Tensor], target: torch.Tensor,
+                ignore_mask: torch.Tensor | None = None, *, count_ignored: bool = False) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(x.device, self.amp_dtype):
+        with _autocast(target.device, self.amp_dtype):
             logits = self.model(x)
         loss = self.technique.loss_fn(logits.float(), target, rare=self.rare, ignore_mask=ignore_mask,
                                       count_ignored=count_ignored)
@@ -133,13 +134,15 @@ class IterationRunner:
         """Run every step of the technique on inputs ``x`` (B, C, *in) and class map ``y`` (B, *out)."""
         t = self.technique
         self.model.train()
-        clean = self._update(x, y)
         adversarial = mixed = None
         if t.adversarial:
             with _autocast(x.device, self.amp_dtype):
-                r_adv = t.adversarial_perturbation(self.net, x, y, rare=self.rare, generator=self.generator)
+                inputs, perturbations = t.adversarial_batch(self.net, x, y, rare=self.rare, generator=self.generator)
+        clean = self._update(x, y)
+        if t.adversarial:
+            perturbed = [i + r.to(i.dtype) for i, r in zip(inputs, perturbations)]
             with frozen_batchnorm_stats(self.net):
-                adversarial = self._update(x + r_adv.to(x.dtype), y)
+                adversarial = self._update(perturbed if len(perturbed) > 1 else perturbed[0], y)
         if t.mixup:
             params = t.sample_mixup(x.shape[0], generator=self.generator)
             x_mixed, y_mixed, ignore = t.apply_mixup(x, y, params, rare=self.rare)
