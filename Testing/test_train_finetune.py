@@ -76,9 +76,10 @@ def test_a_tiny_run_lowers_the_loss_and_writes_a_model_with_its_provenance(cases
     assert set(validation.data["mean"]) >= {"dsc", "sensitivity", "precision"}
 
 
-@pytest.mark.parametrize("technique", ["combo", "a-aug"])
-def test_n_iterations_in_one_go_equal_half_then_resume(cases, tmp_path, technique):
-    kw = dict(iterations=8, val_every=2, checkpoint_every=3, technique=technique, schedule="step")
+@pytest.mark.parametrize("technique, bn", [("combo", "ema"), ("a-aug", "ema"), ("combo-authors", "window")])
+def test_n_iterations_in_one_go_equal_half_then_resume(cases, tmp_path, technique, bn):
+    kw = dict(iterations=8, val_every=2, checkpoint_every=3, technique=technique, schedule="step",
+              batchnorm_stats=bn)
     straight = finetune(config(cases, tmp_path / "a", **kw))
     cfg = config(cases, tmp_path / "b", **kw)
     paused = finetune(cfg, stop_after=4)

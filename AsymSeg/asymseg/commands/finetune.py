@@ -138,6 +138,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="rmsprop (the authors' DeepMedic RMSProp: rho 0.9, eps 1e-4 inside the square root, "
                             "Nesterov momentum 0.6; default), torch-rmsprop (torch's, larger steps) or adam")
     train.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-3)")
+    train.add_argument("--batchnorm-stats", choices=("ema", "window"), default=None,
+                       help="batch-norm statistics for inference: ema (moving average; default) or window "
+                            "(average of the last 60 clean batches, as the authors' DeepMedic)")
     train.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
     train.add_argument("--schedule", choices=("constant", "step", "cosine", "poly"), default=None,
                        help="learning-rate schedule (default step: halved at 17,22,27,30,33/35 of the run)")
@@ -206,6 +209,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": args.iterations,
         "batch_size": args.batch_size,
         "optimizer": args.optimizer,
+        "batchnorm_stats": args.batchnorm_stats,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,

@@ -38,6 +38,8 @@ OPTIMIZERS: dict[str, str] = {
     "adam": "torch.optim.Adam",
 }
 SCHEDULES = ("constant", "step", "cosine", "poly")
+#: Batch-norm statistics for inference (``TrainConfig.batchnorm_stats``).
+BATCHNORM_STATS = ("ema", "window")
 DEVICES = ("auto", "cpu", "cuda")
 ARCHITECTURES = ("deepmedic", "deepmedic-tmi", "unet")
 #: Architecture trained from scratch when neither a base model nor an architecture is given.
@@ -119,6 +121,9 @@ class TrainConfig:
         run_dir: folder for checkpoints and logs; None = ``<output_model>.run`` beside the model.
         sync_batchnorm: under multi-process CUDA training, synchronise batch-norm statistics across
             processes (SyncBatchNorm needs CUDA; CPU runs keep per-process statistics).
+        batchnorm_stats: the batch-norm statistics inference uses: "ema" (torch's moving average,
+            momentum 0.1) or "window" (the average of the last 60 clean training batches, as the
+            authors' DeepMedic; :mod:`asymseg.train.bnstats`).
     """
 
     train_cases: tuple[str, ...]
@@ -152,6 +157,7 @@ class TrainConfig:
     device: str = "auto"
     run_dir: str | None = None
     sync_batchnorm: bool = True
+    batchnorm_stats: str = "ema"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -197,6 +203,8 @@ class TrainConfig:
         _check_int(self.iterations, "iterations", 1)
         _check_int(self.batch_size, "batch_size", 1)
         _check_int(self.val_every, "val_every", 1)
+        if self.batchnorm_stats not in BATCHNORM_STATS:
+            raise InputError(f"config batchnorm_stats: {self.batchnorm_stats!r}; expected one of {list(BATCHNORM_STATS)}")
         if self.checkpoint_every is not None:
             _check_int(self.checkpoint_every, "checkpoint_every", 1)
         if self.patience is not None:

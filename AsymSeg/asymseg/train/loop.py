@@ -42,6 +42,7 @@ from asymseg.errors import AsymSegError, Cancelled
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.techniques import Technique
 from asymseg.train import distributed as D
+from asymseg.train.bnstats import BatchNormWindow
 from asymseg.train.checkpoint import Checkpoint, save_checkpoint
 from asymseg.train.config import TrainConfig
 from asymseg.train.data import PatchSampler
@@ -173,7 +174,9 @@ class Trainer:
         self.on_event = on_event if dist.is_main else None
         self.cancel = cancel or CancelToken()
         self.stop_after = stop_after
-        self.runner = IterationRunner(model, net, optimizer, technique, self.rare, generator, amp_dtype)
+        self.bn_window = BatchNormWindow(net) if config.batchnorm_stats == "window" else None
+        self.runner = IterationRunner(model, net, optimizer, technique, self.rare, generator, amp_dtype,
+                                      bn_window=self.bn_window)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.local_batch = config.batch_size // dist.world_size
         self._last_event = -math.inf
@@ -299,6 +302,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "technique": self.technique.to_dict(),
         }
+        if self.bn_window is not None:   # this process's window (each process loads it on resume)
+            rng.update(self.bn_window.state_tensors())
         path = save_checkpoint(self.run_dir, weights=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
                                rng=rng, state=payload, best=self.best_weights)
         emit(self.on_event, C.EVENT_CHECKPOINT, stage="train", done=self.state.iteration,
@@ -313,6 +318,8 @@ class Trainer:
         self.state = TrainState.from_dict(checkpoint.state["loop"])
         self.state.best_kind = "validation_dsc" if self.val_cases or not self.dist.is_main else "training_loss"
         self.best_weights = checkpoint.best
+        if self.bn_window is not None:
+            self.bn_window.load_state_tensors(checkpoint.rng)
         self._resumed = True
         names = generator_state_names(self.dist.rank)
         saved_world = int(checkpoint.state.get("world_size", 1))

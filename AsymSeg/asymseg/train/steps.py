@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from asymseg.techniques import Technique
+from asymseg.train.bnstats import BatchNormWindow
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,13 @@ class IterationRunner:
         rare: one flag per class.
         generator: CPU torch generator for the adversarial start and the mixup draws.
         amp_dtype: autocast dtype for forward passes (None = float32).
+        bn_window: with the authors' batch-norm statistics, the window the clean step records
+            into; its average replaces the running statistics after the step.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, technique: Technique,
-                 rare: Sequence[bool], generator: torch.Generator, amp_dtype: torch.dtype | None = None) -> None:
+                 rare: Sequence[bool], generator: torch.Generator, amp_dtype: torch.dtype | None = None,
+                 bn_window: BatchNormWindow | None = None) -> None:
         self.model = model
         self.net = net
         self.optimizer = optimizer
@@ -118,6 +122,7 @@ class IterationRunner:
         self.rare = list(rare)
         self.generator = generator
         self.amp_dtype = amp_dtype
+        self.bn_window = bn_window
 
     def _update(self, x: torch.Tensor | list[torch.Tensor], target: torch.Tensor,
                 ignore_mask: torch.Tensor | None = None, *, count_ignored: bool = False) -> float:
@@ -138,7 +143,10 @@ class IterationRunner:
         if t.adversarial:
             with _autocast(x.device, self.amp_dtype):
                 inputs, perturbations = t.adversarial_batch(self.net, x, y, rare=self.rare, generator=self.generator)
-        clean = self._update(x, y)
+        with self.bn_window.recording() if self.bn_window is not None else contextlib.nullcontext():
+            clean = self._update(x, y)
+        if self.bn_window is not None:
+            self.bn_window.write()
         if t.adversarial:
             perturbed = [i + r.to(i.dtype) for i, r in zip(inputs, perturbations)]
             with frozen_batchnorm_stats(self.net):
