@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asymseg.errors import InputError, ModelError, ResourceError
+from asymseg.operating import OperatingPoint
 from asymseg.target import TargetSpec
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ DEFAULT_NORMALIZATION = "zscore-brain"
 #: File suffixes of pickle-based checkpoints (refused).
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _KNOWN_KEYS = frozenset({"format_version", "name", "description", "created", "architecture", "channels",
-                         "target", "provenance", "weights"})
+                         "target", "provenance", "weights", "operating_point"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Largest safetensors header accepted (the header lists tensor names, dtypes and offsets).
 _MAX_HEADER = 16 * 1024 * 1024
@@ -83,6 +84,9 @@ class ModelCard:
         weights_sha256: hex SHA256 of the weights file (set by :func:`save_model`).
         format_version: card format version.
         extra: top-level keys this version does not know, kept as they are.
+        operating_point: how dz becomes the mask (:class:`asymseg.operating.OperatingPoint`:
+            threshold, post-processing, TTA, and the validation they were chosen on); None =
+            the plain argmax.
     """
 
     name: str
@@ -98,6 +102,7 @@ class ModelCard:
     weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
+    operating_point: OperatingPoint | None = None
 
     @property
     def in_channels(self) -> int:
@@ -125,6 +130,8 @@ class ModelCard:
             "provenance": dict(self.provenance),
             "weights": {"file": self.weights_file, "sha256": self.weights_sha256},
         })
+        if self.operating_point is not None:
+            data["operating_point"] = self.operating_point.to_dict()
         return data
 
     @classmethod
@@ -185,12 +192,18 @@ class ModelCard:
         for key in ("description", "created"):
             if not isinstance(data.get(key, ""), str):
                 raise fail(key, f"expected a string, got {data[key]!r}")
+        point = None
+        if data.get("operating_point") is not None:
+            try:
+                point = OperatingPoint.from_dict(data["operating_point"])
+            except InputError as err:
+                raise fail("operating_point", str(err)) from err
         return cls(
             name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels,
             normalization=norms, target=target, description=data.get("description", ""),
             created=data.get("created", ""), provenance=dict(provenance), weights_file=weights_file,
             weights_sha256=sha, format_version=version,
-            extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+            extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS}, operating_point=point,
         )
 
 

@@ -28,6 +28,27 @@ from asymseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _postprocess(text: str) -> str:
+    from asymseg.operating import parse_postprocess
+
+    try:
+        return parse_postprocess(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     from asymseg.cli import HelpFormatter, add_progress_argument
     from asymseg.io import add_case_arguments
@@ -59,6 +80,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="reference label map of the single case; adds metrics (through the model's target)")
     parser.add_argument("--evaluate", action="store_true",
                         help="score every case against its own label file (seg/label/OTMultiClass)")
+    point = parser.add_argument_group("operating point (default: the model card's; 'asymseg models show' lists it)")
+    point.add_argument("--threshold", type=_finite_float, default=None, metavar="DZ",
+                       help="tumour where dz > DZ (0 = argmax; for a binary model p > sigmoid(DZ))")
+    point.add_argument("--postprocess", type=_postprocess, default=None, metavar="none|largest|min-ml:V",
+                       help="keep the largest connected component, or drop components under V ml")
+    point.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="average the logits over the 8 mirrorings of the volume (8x the inference time)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--tile", type=int, default=None,
                         help="largest output tile edge in voxels (default: as large as memory allows)")
@@ -201,6 +229,10 @@ def _summary_line(result: dict[str, Any]) -> str:
     line = (f"{result['case_id']}: {result['foreground_voxels']} foreground voxels "
             f"({result['foreground_ml']:.2f} ml) -> {result['outputs']['labels']} "
             f"[{result['seconds']:.1f} s on {result['device']}]")
+    point = result.get("operating_point") or {}
+    if point and (point.get("threshold") or point.get("postprocess") != "none" or point.get("tta")):
+        line += (f"\n  operating point: dz > {point['threshold']:g}, post-processing {point['postprocess']}, "
+                 f"TTA {'on' if point['tta'] else 'off'} ({point['chosen_on']})")
     metrics = result.get("metrics")
     if metrics:
         parts = []
@@ -218,6 +250,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.infer.engine import resolve_device
     from asymseg.io import case_files_from_args
     from asymseg.modelfile import load_model
+    from asymseg.operating import OperatingPoint
 
     configure_malloc()
     if args.tile is not None and args.tile < 1:
@@ -248,6 +281,8 @@ def run(args: argparse.Namespace, ctx) -> int:
             if path is not None:
                 _make_parent(Path(path))
     model = load_model(args.model, device="cpu" if resolved.type == "cpu" else resolved)
+    operating_point = (model.card.operating_point or OperatingPoint()).override(
+        threshold=args.threshold, postprocess=args.postprocess, tta=args.tta)
     jsonl = ctx.progress == "jsonl"
     renderer = ctx.renderer()
 
@@ -265,7 +300,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         results = segment_cases(model, cases, outputs if batch else [outputs],
                                 references=[args.reference] * len(cases), evaluate=args.evaluate, device=device,
                                 tile=args.tile, batch_size=args.batch_size, amp=args.amp, on_event=renderer,
-                                cancel=ctx.cancel, on_case=on_case)
+                                cancel=ctx.cancel, on_case=on_case, operating_point=operating_point)
     finally:
         renderer.close()
     summary: dict[str, Any] = {"model": str(model.path), "cases": results,

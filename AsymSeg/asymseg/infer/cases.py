@@ -11,6 +11,11 @@ Output files, all in the input's exact geometry (size, spacing, origin, directio
   METHOD.md; the boundary is at 0). For a model with more than two classes, one float32 file of
   logits per class is written beside it, named ``<dz stem>_<class name><ext>``.
 
+The label map follows the operating point (threshold on dz, post-processing, mirror TTA;
+:mod:`asymseg.operating`): the model card's, or the caller's. The probability and dz maps are
+those of the network (averaged over the mirrorings with TTA), before any threshold, so another
+threshold can be tried on them without running the network again.
+
 Voxels outside the brain mask are background, with probability 0, dz 0 and logits 0.
 Outputs are written only once a case's inference has finished, each atomically, and a failure
 while writing removes the case's files written before it, so a cancelled or failed case leaves no
@@ -34,6 +39,7 @@ from asymseg.errors import InputError, ModelError
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.io import CaseFiles, Geometry, load_case, read_label, strip_image_extension, write_image
 from asymseg.io.images import image_extension
+from asymseg.operating import OperatingPoint
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +141,7 @@ def score(labels: np.ndarray, reference_classes: np.ndarray, target: Any, spacin
 def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, reference: str | os.PathLike[str] | None = None,
                  evaluate: bool = False, device: str = "auto", tile: int | Sequence[int] | None = None,
                  batch_size: int | None = None, amp: str = "auto", on_event: EventCallback | None = None,
-                 cancel: CancelToken | None = None) -> dict[str, Any]:
+                 cancel: CancelToken | None = None, operating_point: OperatingPoint | None = None) -> dict[str, Any]:
     """Segment one case with a loaded model and write its outputs.
 
     Args:
@@ -145,13 +151,15 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         reference: a label map to score the prediction against (through the card's target).
         evaluate: score against the case's own label file when no ``reference`` is given.
         device, tile, batch_size, amp: passed to :func:`~asymseg.infer.predict_volume`.
-        on_event: progress events (stages "load", "infer", "write").
+        on_event: progress events (stages "load", "infer", "tta", "write").
         cancel: checked between tiles; a cancelled case writes nothing.
+        operating_point: threshold, post-processing and TTA; None = the model card's (the
+            plain argmax when the card has none).
 
     Returns:
         ``{"case_id", "outputs": {labels, probabilities, logits, class_logits}, "metrics" (when
         scored), "seconds", "device", "tile", "tiles", "retries", "foreground_voxels",
-        "foreground_ml"}``.
+        "foreground_ml", "operating_point"}``.
 
     Raises:
         InputError: missing or extra channels, unreadable files, a reference on another grid,
@@ -159,10 +167,11 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         ModelError: the model's normalisation is not supported.
         Cancelled: ``cancel`` was set.
     """
-    from asymseg.infer.engine import predict_volume
+    from asymseg.infer.tta import predict_with_operating_point
 
     started = time.perf_counter()
     card, net = model.card, model.net
+    point = operating_point or card.operating_point or OperatingPoint()
     target = card.target
     check_case_channels(files, card.channels)
     ref_path = Path(reference) if reference is not None else None
@@ -176,9 +185,10 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
     reference_classes = _reference_classes(ref_path, case.geometry, target) if ref_path is not None else None
     if cancel is not None:
         cancel.check()
-    prediction = predict_volume(net, case.image, case.mask, tile=tile, batch_size=batch_size, device=device, amp=amp,
-                                rare=target.rare, on_event=on_event, cancel=cancel,
-                                return_logits=outputs.logits is not None)
+    prediction = predict_with_operating_point(
+        net, case.image, case.mask, point, spacing=case.geometry.spacing, rare=target.rare, tile=tile,
+        batch_size=batch_size, device=device, amp=amp, on_event=on_event, cancel=cancel,
+        return_logits=outputs.logits is not None and target.num_classes > 2)
     geometry, spacing = case.geometry, case.geometry.spacing
     del case
     written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}
@@ -219,6 +229,7 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         "tiles": prediction.info.get("tiles"),
         "retries": prediction.info.get("retries", []),
         "inference_seconds": prediction.info.get("seconds"),
+        "operating_point": prediction.info.get("operating_point"),
     }
     if reference_classes is not None:
         result["reference"] = str(ref_path)
@@ -233,7 +244,8 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
                   device: str = "auto",
                   tile: int | Sequence[int] | None = None, batch_size: int | None = None, amp: str = "auto",
                   on_event: EventCallback | None = None, cancel: CancelToken | None = None,
-                  on_case: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                  on_case: Callable[[dict[str, Any]], None] | None = None,
+                  operating_point: OperatingPoint | None = None) -> list[dict[str, Any]]:
     """Segment several cases with one model, loaded once.
 
     Args:
@@ -243,7 +255,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
             ``<case_id>_seg.nii.gz`` (+ ``_prob``, ``_dz`` when ``probabilities``/``logits``).
         references: one reference label map (or None) per case to score against.
         evaluate: score each case without a reference against its own label file.
-        device, tile, batch_size, amp, on_event, cancel: as for :func:`segment_case`.
+        device, tile, batch_size, amp, on_event, cancel, operating_point: as for :func:`segment_case`.
         on_case: called with each case's result as soon as it is written.
 
     Returns:
@@ -282,7 +294,8 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
         emit(on_event, C.EVENT_START, stage="case", done=index, total=len(case_files), case_id=files.case_id,
              message=f"case {index + 1}/{len(case_files)}: {files.case_id}")
         result = segment_case(model, files, out, reference=ref, evaluate=evaluate, device=device, tile=tile,
-                              batch_size=batch_size, amp=amp, on_event=on_event, cancel=cancel)
+                              batch_size=batch_size, amp=amp, on_event=on_event, cancel=cancel,
+                              operating_point=operating_point)
         results.append(result)
         emit(on_event, C.EVENT_PROGRESS, stage="case", done=index + 1, total=len(case_files), case_id=files.case_id)
         if on_case is not None:

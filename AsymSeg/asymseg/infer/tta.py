@@ -1,0 +1,88 @@
+"""Inference with an operating point: mirror test-time augmentation, threshold, post-processing.
+
+:func:`predict_with_operating_point` runs :func:`~asymseg.infer.engine.predict_volume` once, or
+over the 8 mirrorings of the volume when the operating point asks for TTA (every subset of the
+three axes flipped; the logits of each pass are flipped back and averaged, as nnU-Net does), and
+turns the (averaged) logits into labels with :func:`asymseg.operating.decide`. The probability
+and dz maps it returns are those of the (averaged) logits, before any threshold, so a user can
+choose another threshold without running the network again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from asymseg import constants as C
+from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.infer.engine import Prediction, predict_volume
+from asymseg.operating import OperatingPoint, decide
+
+#: The 8 mirrorings: each a tuple of flipped spatial axes (0 = D, 1 = H, 2 = W).
+MIRRORS: tuple[tuple[int, ...], ...] = tuple(
+    axes for n in range(4) for axes in itertools.combinations(range(3), n))
+
+
+def _flip(array: np.ndarray, axes: tuple[int, ...], offset: int) -> np.ndarray:
+    return np.flip(array, axis=tuple(a + offset for a in axes)) if axes else array
+
+
+def maps_from_logits(logits: np.ndarray, mask: np.ndarray, rare: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """(rare-class probability, dz) of ``(K, D, H, W)`` logits, 0 outside the mask."""
+    flags = np.asarray(rare, dtype=bool)
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    probabilities = (shifted[flags].sum(axis=0) / shifted.sum(axis=0)).astype(np.float32)
+    decision = (logits[flags].max(axis=0) - logits[~flags].max(axis=0)).astype(np.float32)
+    probabilities[~mask] = 0.0
+    decision[~mask] = 0.0
+    return probabilities, decision
+
+
+def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, point: OperatingPoint, *,
+                                 spacing: Sequence[float], rare: Sequence[bool],
+                                 on_event: EventCallback | None = None, cancel: CancelToken | None = None,
+                                 return_logits: bool = False, **predict_kwargs: Any) -> Prediction:
+    """Labels of ``point`` (threshold, post-processing, TTA) with the maps before the threshold.
+
+    Args:
+        net, image, mask: as for :func:`~asymseg.infer.engine.predict_volume`.
+        point: the operating point.
+        spacing: voxel size (x, y, z) mm (for volume-based post-processing).
+        rare: one flag per class.
+        on_event: progress events; with TTA, a "tta" progress event per mirroring.
+        cancel: checked between tiles and mirrorings.
+        return_logits: keep the (averaged) logits in the result.
+        predict_kwargs: device, tile, batch_size, amp, memory_format.
+
+    Returns:
+        A :class:`~asymseg.infer.engine.Prediction` whose ``labels`` follow the operating point
+        and whose ``probabilities`` and ``decision`` are those of the (averaged) logits; its
+        ``info`` adds ``operating_point`` (the point's dict without the validation record)
+        and ``passes``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    mirrors = MIRRORS if point.tta else ((),)
+    total = None
+    info: dict[str, Any] = {}
+    for index, axes in enumerate(mirrors):
+        if cancel is not None:
+            cancel.check()
+        prediction = predict_volume(net, np.ascontiguousarray(_flip(image, axes, 1)),
+                                    np.ascontiguousarray(_flip(mask, axes, 0)), rare=rare, on_event=on_event,
+                                    cancel=cancel, return_logits=True, **predict_kwargs)
+        logits = _flip(prediction.logits, axes, 1)
+        total = logits.copy() if total is None else total + logits
+        seconds = info.get("seconds", 0.0) + float(prediction.info.get("seconds") or 0.0)
+        info = {**prediction.info, "seconds": seconds}
+        if point.tta:
+            emit(on_event, C.EVENT_PROGRESS, stage="tta", done=index + 1, total=len(mirrors))
+    logits = total / len(mirrors) if len(mirrors) > 1 else total
+    probabilities, decision = maps_from_logits(logits, mask, rare)
+    labels = decide(decision, mask, spacing, point, logits=logits if logits.shape[0] > 2 else None, rare=rare)
+    summary = point.to_dict()
+    summary.pop("validation", None)
+    info.update(operating_point=summary, passes=len(mirrors))
+    return Prediction(labels, probabilities, logits if return_logits else None, decision, info)
