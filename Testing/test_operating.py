@@ -224,3 +224,36 @@ def test_segment_applies_the_cards_operating_point_and_the_options_override_it(m
         cli("segment", "--model", stored, "--case", case_dir, "--output", tmp_path / "bad.nii.gz",
             "--postprocess", "biggest")
     assert exit_info.value.code == 2 and not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_operating_point_command_chooses_on_unseen_cases_and_writes_the_card(model_and_case, cli, tmp_path):
+    import shutil
+
+    from asymseg.modelfile import load_model
+    from asymseg.phantom import write_phantom_cases
+    from asymseg.registry import bundled_models_dir
+
+    _, _, model_dir = model_and_case
+    cases = write_phantom_cases(tmp_path / "val", 2, size=(30, 28, 26), seed=8, channels=("flair", "t1c"))
+    mine = tmp_path / "mine"
+    shutil.copytree(model_dir, mine)
+    result = cli("operating-point", "--model", mine, "--val-case", cases[0], "--val-case", cases[1],
+                 "--fold-model", model_dir, "--fold-model", mine, "--write", "--json", "--progress", "none")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    point = data["operating_point"]
+    assert data["written"] and point["chosen_on"] == "validation"
+    assert point["validation"]["cases"] == [c.name for c in cases] and len(point["validation"]["models"]) == 2
+    steps = point["validation"]["steps"]
+    assert [s["step"] for s in steps] == ["argmax", "threshold", "postprocess"]
+    # The chosen point never scores a case below the argmax.
+    assert all(f >= a - 1e-12 for f, a in zip(steps[-1]["dsc"], steps[0]["dsc"]))
+    assert load_model(mine).card.operating_point.to_dict() == point
+    table = cli("operating-point", "--model", mine, "--val-case", cases[0], "--progress", "none")
+    assert table.code == 0 and "operating point: tumour where dz >" in table.out and cases[0].name in table.out
+
+    bad = cli("operating-point", "--model", mine, "--val-case", cases[0], "--fold-model", mine, "--fold-model", mine)
+    assert bad.code == 2 and "one per case" in bad.err
+    bundled = next(p for p in bundled_models_dir().iterdir() if p.is_dir())
+    refused = cli("operating-point", "--model", bundled, "--val-case", cases[0], "--write", "--progress", "none")
+    assert refused.code == 3 and "read-only" in refused.err

@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "phantom",
     "models",
     "segment",
+    "operating-point",
     "evaluate",
     "finetune",
     "analyze",
