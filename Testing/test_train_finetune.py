@@ -61,6 +61,8 @@ def test_a_tiny_run_lowers_the_loss_and_writes_a_model_with_its_provenance(cases
     assert prov["validation"]["dsc"] == result.best_metrics["dsc"] and prov["base_model"] is None
     assert prov["hyperparameters"]["batch_size"] == 4 and prov["selected_by"] == "validation_dsc"
     assert loaded.card.channels == ("flair", "t1c") and loaded.card.target.rare == (False, True)
+    point = loaded.card.operating_point
+    assert point.chosen_on == "validation" and point.validation["cases"] == ["phantom_002"] and not point.tta
     for name in ("train_log.jsonl", "train_log.csv", "train_config.json"):
         assert (result.model_path / name).is_file()
     csv_lines = (result.model_path / "train_log.csv").read_text().splitlines()
@@ -242,3 +244,10 @@ def test_every_preset_trains_without_nan(cases, tmp_path, technique):
     assert set(result.last_losses) == set(TECHNIQUES[technique].steps)
     for value in weights(result.model_path).values():
         assert torch.isfinite(value.float()).all()
+
+
+def test_without_operating_point_choice_the_card_keeps_the_argmax(cases, tmp_path):
+    result = finetune(config(cases, tmp_path, iterations=2, val_every=2, operating_point="none"))
+    assert load_model(result.model_path).card.operating_point is None
+    with pytest.raises(InputError, match="operating_point"):
+        config(cases, tmp_path, operating_point="best")

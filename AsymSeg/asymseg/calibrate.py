@@ -30,9 +30,10 @@ from asymseg.operating import OperatingPoint, ValidationMaps, choose_operating_p
 log = logging.getLogger(__name__)
 
 
-def validation_maps(model: Any, case: str | os.PathLike[str], *, tta: bool = False, device: str = "auto",
+def validation_maps(model: Any, case: Any, *, tta: bool = False, device: str = "auto",
                     on_event: EventCallback | None = None, cancel: CancelToken | None = None) -> ValidationMaps:
-    """dz (and mirrored dz with ``tta``) of a loaded model on one labelled case folder.
+    """dz (and mirrored dz with ``tta``) of a loaded model on one labelled case (folder or
+    :class:`~asymseg.io.CaseFiles`).
 
     Raises:
         InputError: the case has no label file, misses a channel, or its labels do not fit the
@@ -43,7 +44,7 @@ def validation_maps(model: Any, case: str | os.PathLike[str], *, tta: bool = Fal
     from asymseg.io import discover_case, load_case
 
     card = model.card
-    files = discover_case(case)
+    files = case if hasattr(case, "channels") and hasattr(case, "label") else discover_case(case)
     if files.label is None:
         raise InputError(f"{files.where}: a validation case needs a label file (none found)")
     check_case_channels(files, card.channels)
@@ -63,7 +64,7 @@ def validation_maps(model: Any, case: str | os.PathLike[str], *, tta: bool = Fal
                           maps.get(True))
 
 
-def calibrate(model: str | os.PathLike[str], cases: Sequence[str | os.PathLike[str]], *,
+def calibrate(model: str | os.PathLike[str], cases: Sequence[Any], *,
               fold_models: Sequence[str | os.PathLike[str]] | None = None, tta: bool = False,
               write: bool = False, device: str = "auto", on_event: EventCallback | None = None,
               cancel: CancelToken | None = None) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def calibrate(model: str | os.PathLike[str], cases: Sequence[str | os.PathLike[s
         if scorer.card.target.to_dict() != main.card.target.to_dict() or scorer.card.channels != main.card.channels:
             raise InputError(f"{scorer.path}: the fold model's channels or target differ from {main.path}'s")
         emit(on_event, C.EVENT_START, stage="case", done=index, total=len(cases),
-             message=f"validation case {index + 1}/{len(cases)}: {Path(case).name} (model {scorer.card.name})")
+             message=f"validation case {index + 1}/{len(cases)}: {getattr(case, 'case_id', None) or Path(case).name} "
+                     f"(model {scorer.card.name})")
         per_case.append(validation_maps(scorer, case, tta=tta, device=device, on_event=on_event, cancel=cancel))
     point = choose_operating_point(per_case)
     record = dict(point.validation)

@@ -175,6 +175,14 @@ def run_show(args: argparse.Namespace, ctx) -> int:
     ]
     if prov.get("validation"):
         lines.append(f"validation:    {json.dumps(prov['validation'], separators=(',', ':'))}")
+    point = card.get("operating_point")
+    if point:
+        cases = point.get("validation", {}).get("cases") or []
+        lines.append(f"operating pt:  tumour where dz > {point['threshold']:g}, post-processing {point['postprocess']}, "
+                     f"TTA {'on' if point['tta'] else 'off'} (chosen on {point['chosen_on']}"
+                     + (f": {', '.join(cases)}" if cases else "") + ")")
+    else:
+        lines.append("operating pt:  argmax (dz > 0), no post-processing, no TTA")
     ctx.stdout.write("\n".join(lines) + "\n")
     return C.EXIT_OK
 

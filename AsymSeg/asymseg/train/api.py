@@ -575,6 +575,8 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
             writer.write(best, state, outcome.status,
                          extra_files={JSONL_NAME: run_dir / JSONL_NAME, CSV_NAME: run_dir / CSV_NAME,
                                       CONFIG_NAME: run_dir / CONFIG_NAME})
+            if outcome.status != "stopped" and val_files and resolved.operating_point != "none":
+                _choose_operating_point(output, val_files, resolved, device, on_event, cancel)
         D.barrier(dist)
     result = TrainResult(
         model_path=output, run_dir=run_dir, status=outcome.status, iterations=state.iteration,
@@ -586,6 +588,22 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
          message=f"{outcome.status}: best model (iteration {state.best_iteration}) in {output}",
          **{k: v for k, v in result.to_dict().items() if k not in ("history", "last_validation")})
     return result
+
+
+def _choose_operating_point(output: Path, val_files: Sequence[Any], config: TrainConfig, device: torch.device,
+                            on_event: EventCallback | None, cancel: CancelToken | None) -> None:
+    """Calibrate the output model on the validation cases and record the result on its card."""
+    from asymseg.calibrate import calibrate
+
+    emit(on_event, C.EVENT_LOG, stage="calibrate", level="info",
+         message=f"choosing the operating point on {len(val_files)} validation case(s)")
+    result = calibrate(output, val_files, tta=config.operating_point == "validation-tta", write=True,
+                       device=str(device), cancel=cancel)
+    point = result["operating_point"]
+    emit(on_event, C.EVENT_LOG, stage="calibrate", level="info",
+         message=f"operating point: tumour where dz > {point['threshold']:g}, post-processing "
+                 f"{point['postprocess']}, TTA {'on' if point['tta'] else 'off'} (on the card)",
+         operating_point=point)
 
 
 def _check_compatible(saved: Mapping[str, Any], config: TrainConfig) -> None:

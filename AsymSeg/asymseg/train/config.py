@@ -40,6 +40,8 @@ OPTIMIZERS: dict[str, str] = {
 SCHEDULES = ("constant", "step", "cosine", "poly")
 #: Batch-norm statistics for inference (``TrainConfig.batchnorm_stats``).
 BATCHNORM_STATS = ("ema", "window")
+#: How a run sets its output model's operating point (``TrainConfig.operating_point``).
+OPERATING_POINT_CHOICES = ("validation", "validation-tta", "none")
 DEVICES = ("auto", "cpu", "cuda")
 ARCHITECTURES = ("deepmedic", "deepmedic-tmi", "unet")
 #: Architecture trained from scratch when neither a base model nor an architecture is given.
@@ -121,6 +123,10 @@ class TrainConfig:
         run_dir: folder for checkpoints and logs; None = ``<output_model>.run`` beside the model.
         sync_batchnorm: under multi-process CUDA training, synchronise batch-norm statistics across
             processes (SyncBatchNorm needs CUDA; CPU runs keep per-process statistics).
+        operating_point: after training, choose the output model's operating point (threshold,
+            post-processing; :mod:`asymseg.operating`) on the validation cases and record it on
+            its card: "validation" (default), "validation-tta" (TTA considered too, 8x the
+            inference) or "none" (argmax). Without validation cases the card keeps the argmax.
         batchnorm_stats: the batch-norm statistics inference uses: "ema" (torch's moving average,
             momentum 0.1) or "window" (the average of the last 60 clean training batches, as the
             authors' DeepMedic; :mod:`asymseg.train.bnstats`).
@@ -158,6 +164,7 @@ class TrainConfig:
     run_dir: str | None = None
     sync_batchnorm: bool = True
     batchnorm_stats: str = "ema"
+    operating_point: str = "validation"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -203,6 +210,9 @@ class TrainConfig:
         _check_int(self.iterations, "iterations", 1)
         _check_int(self.batch_size, "batch_size", 1)
         _check_int(self.val_every, "val_every", 1)
+        if self.operating_point not in OPERATING_POINT_CHOICES:
+            raise InputError(f"config operating_point: {self.operating_point!r}; expected one of "
+                             f"{list(OPERATING_POINT_CHOICES)}")
         if self.batchnorm_stats not in BATCHNORM_STATS:
             raise InputError(f"config batchnorm_stats: {self.batchnorm_stats!r}; expected one of {list(BATCHNORM_STATS)}")
         if self.checkpoint_every is not None:
