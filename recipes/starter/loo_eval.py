@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Score the leave-one-out runs of ``loo.py``: every snapshot on its held-out case, with and
+without an operating point, beside the two-threshold heuristic.
+
+For each technique, fold and snapshot iteration, the snapshot's dz map on the held-out case gives
+DSC, sensitivity and precision at the argmax. Per technique and iteration, two operating points
+(threshold, post-processing, and with ``--tta`` mirror TTA) are then reported:
+
+- cross-fold (honest): each fold's case is thresholded with the point chosen on the OTHER fold's
+  held-out case, so no case scores a choice made on itself;
+- both folds (what the shipped model gets): one point chosen on both held-out cases with
+  nnU-Net's rule (:func:`asymseg.operating.choose_operating_point`); optimistic as an estimate.
+
+The heuristic: FLAIR z > 1.0 and T1c z > 0.5 inside the brain mask, largest component (the
+z-scores of the case's own brain), as a reference a network must beat.
+
+    recipes/starter/loo_eval.py --work /work/loo/r1 --out /work/loo/r1-eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "AsymSeg"))
+
+from asymseg.calibrate import validation_maps  # noqa: E402
+from asymseg.io import discover_case, load_case  # noqa: E402
+from asymseg.modelfile import LoadedModel, load_model  # noqa: E402
+from asymseg.operating import ValidationMaps, _dsc, choose_operating_point, postprocess, rare_mask  # noqa: E402
+from asymseg.target import TargetSpec  # noqa: E402
+
+FOLDS = ("5to6", "6to5")
+
+
+def heuristic(case_dir: Path) -> dict:
+    """The two-threshold rule on one labelled case: DSC, sensitivity, precision."""
+    files = discover_case(case_dir)
+    case = load_case(files, channels=["flair", "t1c"])
+    target = TargetSpec.tumour_core("brats2015")
+    reference = target.rare_mask(case.label)
+    predicted = (case.image[0] > 1.0) & (case.image[1] > 0.5) & case.mask
+    predicted = postprocess(predicted, "largest", case.geometry.spacing)
+    dsc, sens, prec = _dsc(predicted, reference)
+    return {"case_id": files.case_id, "dsc": dsc, "sensitivity": sens, "precision": prec}
+
+
+def snapshot_model(fold_dir: Path, snapshot: Path) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    model = load_model(fold_dir / "model")
+    model.net.load_state_dict(load_file(str(snapshot)))
+    model.net.eval()
+    return model
+
+
+def score(maps: ValidationMaps, threshold: float, method: str, tta: bool) -> dict:
+    dz = maps.decision_tta if tta else maps.decision
+    predicted = postprocess(rare_mask(dz, maps.mask, threshold), method, maps.spacing)
+    dsc, sens, prec = _dsc(predicted, maps.reference)
+    return {"dsc": dsc, "sensitivity": sens, "precision": prec, "volume_ml": float(predicted.sum())
+            * float(np.prod(maps.spacing)) / 1000.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, help="the loo.py output folder")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument("--techniques", default=None, help="default: every technique folder with both folds")
+    parser.add_argument("--iterations", default=None, help="snapshot iterations to score (default: all)")
+    parser.add_argument("--tta", action="store_true", help="also consider mirror TTA (8x the inference)")
+    parser.add_argument("--data", default=str(HERE.parents[2] / "shared" / "data" / "brats2015"))
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"snapshots": {}}
+    results["heuristic"] = [heuristic(Path(args.data) / c) for c in ("brats_2013_pat0006_1", "brats_2013_pat0005_1")]
+    techniques = args.techniques.split(",") if args.techniques else sorted(
+        p.name for p in work.iterdir() if all((p / f / "snapshots").is_dir() for f in FOLDS))
+    wanted = {int(i) for i in args.iterations.split(",")} if args.iterations else None
+    for technique in techniques:
+        iterations = sorted(set.intersection(*(
+            {int(s.stem.split("-")[1]) for s in (work / technique / f / "snapshots").glob("iter-*.safetensors")}
+            for f in FOLDS)))
+        for iteration in iterations:
+            if wanted is not None and iteration not in wanted:
+                continue
+            key = f"{technique}@{iteration}" + ("+tta" if args.tta else "")
+            if key in results["snapshots"]:
+                continue
+            maps = {}
+            for fold in FOLDS:
+                fold_dir = work / technique / fold
+                settings = json.loads((fold_dir / "settings.json").read_text())
+                model = snapshot_model(fold_dir, fold_dir / "snapshots" / f"iter-{iteration:05d}.safetensors")
+                maps[fold] = validation_maps(model, Path(args.data) / settings["held_out"], tta=args.tta, device="cpu")
+            row: dict = {"technique": technique, "iteration": iteration, "tta_considered": args.tta, "folds": {}}
+            both = choose_operating_point([maps[f] for f in FOLDS])
+            for fold, other in zip(FOLDS, reversed(FOLDS)):
+                own = maps[fold]
+                cross = choose_operating_point([maps[other]])
+                row["folds"][fold] = {
+                    "case_id": own.case_id,
+                    "argmax": score(own, 0.0, "none", False),
+                    "cross_fold": {"point": {"threshold": cross.threshold, "postprocess": cross.postprocess,
+                                             "tta": cross.tta},
+                                   **score(own, cross.threshold, cross.postprocess, cross.tta)},
+                    "both_folds": score(own, both.threshold, both.postprocess, both.tta),
+                    "dz_fg_mean": float(own.decision[own.reference].mean()),
+                    "dz_bg_mean": float(own.decision[own.mask & ~own.reference].mean()),
+                }
+            row["both_folds_point"] = {"threshold": both.threshold, "postprocess": both.postprocess, "tta": both.tta}
+            results["snapshots"][key] = row
+            out.write_text(json.dumps(results, indent=1) + "\n")
+            line = "  ".join(f"{f}: {row['folds'][f]['argmax']['dsc']:.3f} -> cross {row['folds'][f]['cross_fold']['dsc']:.3f}"
+                             f" / both {row['folds'][f]['both_folds']['dsc']:.3f}" for f in FOLDS)
+            print(f"{key}: {line}  [both: dz > {both.threshold:g}, {both.postprocess}, tta {both.tta}]", flush=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
