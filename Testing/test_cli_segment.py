@@ -275,3 +275,39 @@ def test_configure_malloc_applies_only_where_the_user_and_the_limits_allow_it():
     assert applied("plain") == "True"
     assert applied("plain", {"MALLOC_MMAP_MAX_": "65536"}) == "False"   # the user's own setting wins
     assert applied("capped") == "False"     # under an address-space limit freed tiles go back to the system
+
+
+@pytest.mark.parametrize("role", ["output-flair", "probabilities-t1c", "output-label", "hard-link", "reference"])
+def test_an_output_never_replaces_an_input_of_the_run(tmp_path, cli, workspace, role):
+    import shutil
+
+    _, cases, model = workspace
+    case = tmp_path / "case"
+    shutil.copytree(cases[0], case)
+    flair, t1c = next(case.glob("*_flair.nii.gz")), next(case.glob("*_t1ce.nii.gz"))
+    label = label_file(case)
+    args = ["segment", "--model", model, "--case", case, "--progress", "none"]
+    if role == "output-flair":
+        args += ["--output", flair]
+        victim = flair
+    elif role == "probabilities-t1c":
+        args += ["--output", tmp_path / "seg.nii.gz", "--probabilities", case / ".." / "case" / t1c.name]
+        victim = t1c
+    elif role == "output-label":
+        args += ["--output", label]
+        victim = label
+    elif role == "hard-link":
+        link = tmp_path / "other-name.nii.gz"
+        os.link(t1c, link)
+        args += ["--output", tmp_path / "seg.nii.gz", "--logits", link]
+        victim = t1c
+    else:
+        reference = tmp_path / "reference.nii.gz"
+        shutil.copyfile(label, reference)
+        args += ["--output", tmp_path / "seg.nii.gz", "--probabilities", reference, "--reference", reference]
+        victim = reference
+    before = victim.read_bytes()
+    result = cli(*args)
+    assert result.code == 2 and "an input of this run" in result.err and len(result.err.strip().splitlines()) == 1
+    assert victim.read_bytes() == before
+    assert not (tmp_path / "seg.nii.gz").exists()

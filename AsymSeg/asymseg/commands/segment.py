@@ -249,6 +249,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.infer.cases import segment_cases
     from asymseg.infer.engine import resolve_device
     from asymseg.io import case_files_from_args
+    from asymseg.io.cli_args import case_inputs, refuse_input_overwrite
     from asymseg.modelfile import load_model
     from asymseg.operating import OperatingPoint
 
@@ -276,6 +277,13 @@ def run(args: argparse.Namespace, ctx) -> int:
             return C.EXIT_OK
     resolved = resolve_device(device)
     outputs = _batch_outputs(args, [c.case_id for c in cases]) if batch else _single_outputs(args, cases[0].case_id)
+    written = [(o.labels, "--output") for o in (outputs if batch else [outputs])]
+    written += [(o.probabilities, "--probabilities") for o in (outputs if batch else [outputs])]
+    written += [(o.logits, "--logits") for o in (outputs if batch else [outputs])]
+    read = [item for files in cases for item in case_inputs(files)]
+    if args.reference:
+        read.append((Path(args.reference), "the --reference label map"))
+    refuse_input_overwrite(written, read)
     if not batch:
         for path in (outputs.labels, outputs.probabilities, outputs.logits):
             if path is not None:

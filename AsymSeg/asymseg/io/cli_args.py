@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -182,3 +183,45 @@ def check_output_path(path: Path, option: str, *, folder: bool) -> None:
                 action = f"cannot create the {option} folder" if folder else f"cannot write {option} here"
                 raise InputError(f"{path}: {action}: {parent} is a file, not a folder")
             break
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: equal resolved paths, or one inode (hard links, other spellings)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_input_overwrite(outputs: Iterable[tuple[Path, str]], inputs: Iterable[tuple[Path, str]]) -> None:
+    """Refuse to run when an output file would replace one of the run's input files.
+
+    Args:
+        outputs: (path, option) of every file the run will write.
+        inputs: (path, what it is) of every file the run reads, e.g. ("a_flair.nii.gz", "the flair
+            channel of case a").
+
+    Raises:
+        InputError: naming the output, its option and the input it would overwrite.
+    """
+    inputs = [(Path(p), what) for p, what in inputs if p is not None]
+    for path, option in outputs:
+        if path is None:
+            continue
+        for source, what in inputs:
+            if _same_file(Path(path), source):
+                raise InputError(f"{path}: {option} would overwrite {what} ({source}), an input of this run; "
+                                 "choose another output path")
+
+
+def case_inputs(files: object) -> list[tuple[Path, str]]:
+    """(path, description) of every file a case reads (:class:`~asymseg.io.CaseFiles`)."""
+    case_id = getattr(files, "case_id", "?")
+    out = [(Path(p), f"the {name} channel of case {case_id}") for name, p in getattr(files, "channels", {}).items()]
+    for role in ("label", "mask"):
+        path = getattr(files, role, None)
+        if path is not None:
+            out.append((Path(path), f"the {role} of case {case_id}"))
+    return out
