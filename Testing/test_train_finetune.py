@@ -251,3 +251,26 @@ def test_without_operating_point_choice_the_card_keeps_the_argmax(cases, tmp_pat
     assert load_model(result.model_path).card.operating_point is None
     with pytest.raises(InputError, match="operating_point"):
         config(cases, tmp_path, operating_point="best")
+
+
+def test_overwrite_replaces_only_a_model_folder_and_only_after_the_inputs_are_checked(cases, tmp_path):
+    from asymseg.train.checkpoint import find_checkpoint
+
+    # A user's data folder given as the output is never deleted.
+    data = tmp_path / "my-data"
+    data.mkdir()
+    (data / "notes.txt").write_text("precious")
+    with pytest.raises(InputError, match="replaces only a model folder"):
+        finetune(config(cases, tmp_path, output_model=str(data), iterations=1, val_every=1), overwrite=True)
+    assert (data / "notes.txt").read_text() == "precious"
+    # An existing model with a bad case: the old model and its checkpoint survive the refused run.
+    cfg = config(cases, tmp_path, iterations=1, val_every=1)
+    first = finetune(cfg)
+    card_before = (first.model_path / "model.json").read_bytes()
+    bad = cfg.replace(train_cases=(cases[0], str(tmp_path / "no-such-case")))
+    with pytest.raises(InputError):
+        finetune(bad, overwrite=True)
+    assert (first.model_path / "model.json").read_bytes() == card_before
+    assert find_checkpoint(first.run_dir) is not None
+    # With good inputs the overwrite goes through.
+    assert finetune(cfg, overwrite=True).iterations == 1

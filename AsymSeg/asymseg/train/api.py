@@ -38,6 +38,7 @@ import torch
 
 from asymseg import constants as C
 from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError, ResourceError
+from asymseg.modelfile import CARD_FILE
 from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.target import TargetSpec, resolve_target
 from asymseg.techniques import Technique
@@ -389,18 +390,32 @@ def _perturbed_inputs(technique: Technique, net: torch.nn.Module, in_size: tuple
 
 
 def _check_fresh_start(output: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start over an earlier run unless ``overwrite``, and with it, refuse to replace
+    anything that is not a model or a run folder of ours. Nothing is deleted here: the old
+    checkpoint goes only once every input has been checked (:func:`_clear_checkpoints`), and the
+    old model stays until the new one replaces it atomically."""
     if overwrite:
-        if output.exists():
-            shutil.rmtree(output)
+        if output.exists() and not (output.is_dir() and (output / CARD_FILE).is_file()):
+            raise InputError(f"{output}: --overwrite replaces only a model folder (with {CARD_FILE}); this is not "
+                             "one, so it is left alone: choose another --output-model")
         for name in ("checkpoint", "checkpoint.old"):
-            if (run_dir / name).exists():
-                shutil.rmtree(run_dir / name)
+            folder = run_dir / name
+            if folder.exists() and not (folder / "state.json").is_file():
+                raise InputError(f"{folder}: --overwrite replaces only the checkpoint of an asymseg run; this "
+                                 "folder is not one, so it is left alone: choose another --run-dir")
         return
     if output.exists():
         raise InputError(f"{output}: the output model already exists; choose another name or pass --overwrite")
     if find_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir}: holds the checkpoint of an earlier run; continue it with --resume {run_dir} "
                          "or pass --overwrite to start anew")
+
+
+def _clear_checkpoints(run_dir: Path) -> None:
+    """Remove an earlier run's checkpoint (``--overwrite``, after the inputs were checked)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name).exists():
+            shutil.rmtree(run_dir / name)
 
 
 def finetune(config: TrainConfig, *, on_event: EventCallback | None = None, cancel: CancelToken | None = None,
@@ -520,6 +535,8 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         output_model=config.output_model if is_bare_name(config.output_model) else str(output),
         run_dir=str(run_dir))
     if dist.is_main:
+        if overwrite and not resume:
+            _clear_checkpoints(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved.save(run_dir / CONFIG_NAME)
 
