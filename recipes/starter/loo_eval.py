@@ -47,7 +47,9 @@ def heuristic(case_dir: Path) -> dict:
     predicted = (case.image[0] > 1.0) & (case.image[1] > 0.5) & case.mask
     predicted = postprocess(predicted, "largest", case.geometry.spacing)
     dsc, sens, prec = _dsc(predicted, reference)
-    return {"case_id": files.case_id, "dsc": dsc, "sensitivity": sens, "precision": prec}
+    swollen = case.label == 2
+    return {"case_id": files.case_id, "dsc": dsc, "sensitivity": sens, "precision": prec,
+            "oedema_marked": float((predicted & swollen).sum() / max(swollen.sum(), 1))}
 
 
 def snapshot_model(fold_dir: Path, snapshot: Path) -> LoadedModel:
@@ -59,12 +61,27 @@ def snapshot_model(fold_dir: Path, snapshot: Path) -> LoadedModel:
     return model
 
 
-def score(maps: ValidationMaps, threshold: float, method: str, tta: bool) -> dict:
+_OEDEMA: dict[str, np.ndarray] = {}
+
+
+def oedema(case_dir: Path) -> np.ndarray:
+    """The oedema voxels (BRATS 2015 label 2) of a labelled case."""
+    key = str(case_dir)
+    if key not in _OEDEMA:
+        _OEDEMA[key] = load_case(discover_case(case_dir), channels=["flair", "t1c"]).label == 2
+    return _OEDEMA[key]
+
+
+def score(maps: ValidationMaps, threshold: float, method: str, tta: bool, case_dir: Path) -> dict:
     dz = maps.decision_tta if tta else maps.decision
     predicted = postprocess(rare_mask(dz, maps.mask, threshold), method, maps.spacing)
     dsc, sens, prec = _dsc(predicted, maps.reference)
-    return {"dsc": dsc, "sensitivity": sens, "precision": prec, "volume_ml": float(predicted.sum())
-            * float(np.prod(maps.spacing)) / 1000.0}
+    swollen = oedema(case_dir)
+    return {"dsc": dsc, "sensitivity": sens, "precision": prec,
+            "volume_ml": float(predicted.sum()) * float(np.prod(maps.spacing)) / 1000.0,
+            "oedema_marked": float((predicted & swollen).sum() / max(swollen.sum(), 1)),
+            "false_positives_in_oedema": float((predicted & swollen).sum()
+                                               / max((predicted & ~maps.reference).sum(), 1))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,14 +123,15 @@ def main(argv: list[str] | None = None) -> None:
             both = choose_operating_point([maps[f] for f in FOLDS])
             for fold, other in zip(FOLDS, reversed(FOLDS)):
                 own = maps[fold]
+                case_dir = Path(args.data) / own.case_id
                 cross = choose_operating_point([maps[other]])
                 row["folds"][fold] = {
                     "case_id": own.case_id,
-                    "argmax": score(own, 0.0, "none", False),
+                    "argmax": score(own, 0.0, "none", False, case_dir),
                     "cross_fold": {"point": {"threshold": cross.threshold, "postprocess": cross.postprocess,
                                              "tta": cross.tta},
-                                   **score(own, cross.threshold, cross.postprocess, cross.tta)},
-                    "both_folds": score(own, both.threshold, both.postprocess, both.tta),
+                                   **score(own, cross.threshold, cross.postprocess, cross.tta, case_dir)},
+                    "both_folds": score(own, both.threshold, both.postprocess, both.tta, case_dir),
                     "dz_fg_mean": float(own.decision[own.reference].mean()),
                     "dz_bg_mean": float(own.decision[own.mask & ~own.reference].mean()),
                 }
