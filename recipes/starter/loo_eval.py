@@ -92,7 +92,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", default=None, help="snapshot iterations to score (default: all)")
     parser.add_argument("--tta", action="store_true", help="also consider mirror TTA (8x the inference)")
     parser.add_argument("--data", default=str(HERE.parents[2] / "shared" / "data" / "brats2015"))
+    parser.add_argument("--export", default=None, metavar="TECHNIQUE@ITERATION",
+                        help="instead of scoring, write that snapshot of both folds as model folders "
+                             "(--out/<fold>) for 'asymseg operating-point --fold-model'")
     args = parser.parse_args(argv)
+    if args.export:
+        technique, _, iteration = args.export.partition("@")
+        for fold in FOLDS:
+            fold_dir = Path(args.work) / technique / fold
+            model = snapshot_model(fold_dir, fold_dir / "snapshots" / f"iter-{int(iteration):05d}.safetensors")
+            from asymseg.modelfile import save_model
+
+            settings = json.loads((fold_dir / "settings.json").read_text())
+            card = model.card.replace(name=f"loo-{technique}-{fold}-{iteration}", operating_point=None,
+                                      description=f"leave-one-out fold {fold}: trained on {settings['train']} "
+                                                  f"only, {technique}, iteration {iteration}")
+            save_model(Path(args.out) / fold, model.net, card, overwrite=True)
+            print(f"wrote {Path(args.out) / fold}")
+        return
     import torch
 
     torch.set_num_threads(1)
