@@ -317,3 +317,59 @@ def test_file_size_limit_gives_resource_error_and_no_file(tmp_path, ext):
     assert outcome["error"] == "ResourceError"
     assert "out of disk space or over the file size limit" in outcome["message"]
     assert outcome["files"] == []
+
+
+BOMB_SCRIPT = textwrap.dedent("""
+    import resource, sys, time
+    resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+    from asymseg.errors import InputError
+    from asymseg.io import read_image
+    started = time.perf_counter()
+    try:
+        read_image(sys.argv[1])
+    except InputError as err:
+        print(f"{time.perf_counter() - started:.3f}", err)
+        sys.exit(0)
+    sys.exit(3)
+""")
+
+
+@pytest.mark.parametrize("kind", ["mha", "nii", "nrrd"])
+def test_an_image_whose_header_claims_too_many_voxels_is_refused_before_reading(tmp_path, kind):
+    # Tiny files whose headers claim 1200^3 (1.7e9) voxels; the reader runs under a 1.5 GB
+    # address-space limit, so reading the data instead of refusing would fail the test, not the machine.
+    if kind == "mha":
+        path = tmp_path / "bomb.mha"
+        path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 1200 1200 1200\nElementType = MET_FLOAT\n"
+                        "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n")
+    elif kind == "nrrd":
+        path = tmp_path / "bomb.nrrd"
+        path.write_text("NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\n"
+                        "sizes: 1200 1200 1200\nencoding: raw\nendian: little\n"
+                        "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n")
+    else:
+        path = tmp_path / "bomb.nii"
+        small = sitk.Image(4, 4, 4, sitk.sitkFloat32)
+        sitk.WriteImage(small, str(path))
+        header = bytearray(path.read_bytes()[:352])
+        header[40:56] = np.array([3, 1200, 1200, 1200, 1, 1, 1, 1], dtype="<i2").tobytes()
+        path.write_bytes(bytes(header))
+    proc = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seconds, message = proc.stdout.split(" ", 1)
+    assert "1200 x 1200 x 1200" in message and "ASYMSEG_MAX_VOXELS" in message and str(path) in message
+    assert float(seconds) < 5.0
+
+
+def test_the_voxel_cap_can_be_raised_and_must_be_a_number(tmp_path, monkeypatch):
+    path = tmp_path / "small.nii.gz"
+    write_image(np.zeros((10, 10, 10), np.float32), Geometry.default((10, 10, 10)), path)
+    monkeypatch.setenv("ASYMSEG_MAX_VOXELS", "999")
+    with pytest.raises(InputError, match="above the limit of 999"):
+        read_image(path)
+    monkeypatch.setenv("ASYMSEG_MAX_VOXELS", "1000")
+    assert read_image(path)[0].shape == (10, 10, 10)
+    monkeypatch.setenv("ASYMSEG_MAX_VOXELS", "lots")
+    with pytest.raises(InputError, match="ASYMSEG_MAX_VOXELS"):
+        read_image(path)

@@ -145,6 +145,41 @@ def _is_zero_spacing(reason: str) -> bool:
     return "spacing" in lower and ("zero" in lower or "(0)" in lower)
 
 
+#: Largest image read, in voxels (a 512 x 512 x 512 volume), unless ``ASYMSEG_MAX_VOXELS`` says more.
+DEFAULT_MAX_VOXELS = 512 ** 3
+MAX_VOXELS_ENV = "ASYMSEG_MAX_VOXELS"
+
+
+def max_voxels() -> int:
+    """The voxel cap for images: ``ASYMSEG_MAX_VOXELS`` (a positive integer) or the default.
+
+    Raises:
+        InputError: the variable is set to something else.
+    """
+    text = os.environ.get(MAX_VOXELS_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{MAX_VOXELS_ENV}={text[:40]!r}: expected a positive whole number of voxels")
+    return value
+
+
+def _scan_nifti_or_raise(path: Path, role: str) -> None:
+    """The checks ITK does not make on a NIfTI file (complete, intact, finite), as InputError."""
+    try:
+        scan = scan_nifti(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {role} image: {err.strerror or err}") from err
+    if scan.problem:
+        raise InputError(f"{path}: cannot read {role} image: {scan.problem}")
+    if scan.nonfinite:  # ITK would read these as 0
+        raise InputError(f"{path}: {role} image has {scan.nonfinite} NaN or infinite voxels")
+
+
 def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
     """Read one scalar 3-D image (a singleton 4th axis is dropped) and check it. See :func:`read_image`."""
     path = Path(path)
@@ -152,15 +187,7 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
         raise InputError(f"{path}: no such {role} file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a {role} image file")
-    if image_extension(path) in (".nii", ".nii.gz"):
-        try:
-            scan = scan_nifti(path)
-        except OSError as err:
-            raise InputError(f"{path}: cannot read {role} image: {err.strerror or err}") from err
-        if scan.problem:
-            raise InputError(f"{path}: cannot read {role} image: {scan.problem}")
-        if scan.nonfinite:  # ITK would read these as 0
-            raise InputError(f"{path}: {role} image has {scan.nonfinite} NaN or infinite voxels")
+    is_nifti = image_extension(path) in (".nii", ".nii.gz")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -168,6 +195,8 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
             reader.ReadImageInformation()
     except RuntimeError as err:
         _check_allocation(err, path, f"reading the {role} image")
+        if is_nifti:
+            _scan_nifti_or_raise(path, role)  # a damaged file says what is wrong with it
         reason = _with_native(_itk_reason(err, path), said)
         if _is_zero_spacing(reason):
             raise InputError(f"{path}: {role} image spacing has a zero axis") from err
@@ -181,6 +210,13 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
         raise InputError(f"{path}: {role} image is 4-D with {size[3]} volumes; expected one 3-D volume")
     if dim not in (3, 4):
         raise InputError(f"{path}: {role} image is {dim}-D {tuple(size)}; expected a 3-D volume")
+    voxels = math.prod(int(n) for n in size[:3])
+    limit = max_voxels()
+    if voxels > limit:  # refused from the header, before any voxel is read
+        raise InputError(f"{path}: {role} image header claims {' x '.join(str(int(n)) for n in size[:3])} = "
+                         f"{voxels:,} voxels, above the limit of {limit:,} (set {MAX_VOXELS_ENV} to allow more)")
+    if is_nifti:
+        _scan_nifti_or_raise(path, role)
     try:
         with _native_stderr_to_log(path) as said:
             image = reader.Execute()
