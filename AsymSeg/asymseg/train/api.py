@@ -20,6 +20,7 @@ global random state is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
@@ -52,6 +53,7 @@ from asymseg.train.checkpoint import (
 )
 from asymseg.train.config import TrainConfig, load_config
 from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
+from asymseg.train.lock import output_lock
 from asymseg.train.loop import Trainer, TrainState
 from asymseg.train.optim import make_optimizer
 from asymseg.train.runlog import CSV_NAME, JSONL_NAME, RunLog
@@ -448,7 +450,9 @@ def finetune(config: TrainConfig, *, on_event: EventCallback | None = None, canc
     try:
         main = on_event if dist.is_main else None
         try:
-            return _finetune(config, dist, device_type, main, cancel, resume, overwrite, stop_after, started)
+            lock = output_lock(resolve_output(config.output_model)) if dist.is_main else contextlib.nullcontext()
+            with lock:
+                return _finetune(config, dist, device_type, main, cancel, resume, overwrite, stop_after, started)
         except Cancelled as err:
             emit(main, C.EVENT_CANCELLED, stage="train", message=" ".join(str(err).split()),
                  model_path=str(resolve_output(config.output_model)), run_dir=str(_run_dir(config)))
