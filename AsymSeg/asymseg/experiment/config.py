@@ -23,7 +23,6 @@ line naming the config file and the key (:mod:`asymseg.experiment.validate`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -161,19 +160,9 @@ def bundled_configs() -> list[str]:
 
 
 def _read_mapping(text: str, suffix: str, source: str) -> Any:
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise InputError(f"{source}: YAML config files need PyYAML (pip install 'asymseg[yaml]')") from err
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise InputError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: invalid JSON: {err}") from err
+    from asymseg.io.mapping_file import parse_mapping
+
+    return parse_mapping(text, suffix, source)
 
 
 def _with_overrides(data: Any, train_cases: Sequence[str | Path] | None,

@@ -362,20 +362,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise InputError(f"{path}: cannot read the config file ({err.strerror or err})") from err
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise InputError(f"{path}: YAML config files need PyYAML (pip install 'asymseg[yaml]')") from err
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: invalid JSON: {err}") from err
+    from asymseg.io.mapping_file import parse_mapping
+
+    data = parse_mapping(text, path.suffix.lower(), str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: the config must be a mapping of keys to values")
     return _resolve_paths(data, path.parent)

@@ -1,0 +1,68 @@
+"""Configuration files: size cap, YAML aliases refused, short error lines."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from asymseg.errors import InputError
+from asymseg.io.mapping_file import MAX_CONFIG_BYTES, MAX_QUOTE, parse_mapping
+
+BOMB = textwrap.dedent("""\
+    a: &a ["x","x","x","x","x","x","x","x","x"]
+    b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+    c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+    e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+    f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+    h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+    i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+""")
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_line():
+    with pytest.raises(InputError) as info:
+        parse_mapping(BOMB, ".yaml", "bomb.yaml")
+    message = str(info.value)
+    assert "aliases" in message and "bomb.yaml" in message and len(message) < 300 and "\n" not in message
+
+
+def test_the_train_and_experiment_readers_refuse_the_bomb_under_a_memory_limit(tmp_path):
+    pytest.importorskip("yaml")
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+        from asymseg.errors import InputError
+        from asymseg.train.config import load_config
+        from asymseg.experiment.config import load_experiment_config
+        for read in (lambda: load_config({str(path)!r}), lambda: load_experiment_config({str(path)!r})):
+            try:
+                read()
+            except InputError as err:
+                assert "aliases" in str(err), err
+            else:
+                raise SystemExit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_plain_yaml_and_json_still_read_and_errors_are_capped():
+    pytest.importorskip("yaml")
+    assert parse_mapping("a: 1\nb: [x, y]\n", ".yaml", "ok.yaml") == {"a": 1, "b": ["x", "y"]}
+    assert parse_mapping('{"a": 1}', ".json", "ok.json") == {"a": 1}
+    with pytest.raises(InputError, match="larger than"):
+        parse_mapping("a: " + "x" * MAX_CONFIG_BYTES, ".yaml", "big.yaml")
+    with pytest.raises(InputError) as info:
+        parse_mapping("[" * 100_000, ".json", "deep.json")
+    assert len(str(info.value)) < MAX_QUOTE + 100
+    with pytest.raises(InputError) as info:
+        parse_mapping("a: [" + "b, " * 10_000 + "\n:", ".yaml", "bad.yaml")
+    assert "invalid YAML" in str(info.value) and len(str(info.value)) < MAX_QUOTE + 100
