@@ -234,3 +234,53 @@ def test_write_safetensors_writes_readable_tensors_with_metadata(tmp_path):
     with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
         assert f.metadata()["k"] == "v"
         assert torch.equal(f.get_tensor("a"), t) and torch.equal(f.get_tensor("b"), torch.tensor([1, 2]))
+
+
+def test_crafted_cards_are_refused_before_anything_large_is_allocated(tmp_path, monkeypatch):
+    import json as _json
+    import subprocess
+    import sys
+    import textwrap
+
+    from asymseg.errors import ModelError
+    from asymseg.modelfile import MAX_CARD_BYTES, build_from_card, create_model, read_card, save_model
+    from asymseg.target import TargetSpec
+
+    net, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.tumour_core("brats2017"), seed=0, name="m",
+                             normal_features=[4] * 4, lowres_features=[4] * 4, fc_features=[8], dropout=[0.0, 0.0])
+    folder = save_model(tmp_path / "m", net, card)
+    data = _json.loads((folder / "model.json").read_text())
+    # A network of 450 million parameters in a card of a few hundred bytes: refused from the
+    # shapes alone, in a process that could not even hold it.
+    data["architecture"]["hparams"]["normal_features"] = [2048] * 4
+    data["architecture"]["hparams"]["lowres_features"] = [2048] * 4
+    (folder / "model.json").write_text(_json.dumps(data))
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (2_000_000_000, 2_000_000_000))
+        from asymseg.errors import ModelError
+        from asymseg.modelfile import load_model
+        try:
+            load_model({str(folder)!r})
+        except ModelError as err:
+            assert "parameters, above the limit" in str(err), err
+        else:
+            raise SystemExit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("ASYMSEG_MAX_PARAMETERS", "1000")
+    data["architecture"]["hparams"]["normal_features"] = [4] * 4
+    data["architecture"]["hparams"]["lowres_features"] = [4] * 4
+    (folder / "model.json").write_text(_json.dumps(data))
+    with pytest.raises(ModelError, match="above the limit of 1,000"):
+        build_from_card(read_card(folder))
+    monkeypatch.delenv("ASYMSEG_MAX_PARAMETERS")
+    for bad in ([10 ** 12], [4] * 1000, [20000, 20000]):
+        data["architecture"]["hparams"]["normal_features"] = bad
+        (folder / "model.json").write_text(_json.dumps(data))
+        with pytest.raises(ModelError, match="normal_features"):
+            build_from_card(read_card(folder))
+    (folder / "model.json").write_text(" " * (MAX_CARD_BYTES + 1))
+    with pytest.raises(ModelError, match="above the limit"):
+        read_card(folder)

@@ -61,6 +61,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _KNOWN_KEYS = frozenset({"format_version", "name", "description", "created", "architecture", "channels",
                          "target", "provenance", "weights", "operating_point"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Largest model card read, in bytes (cards are a few kilobytes; the starter's is about 20 KB).
+MAX_CARD_BYTES = 1_000_000
 #: Largest safetensors header accepted (the header lists tensor names, dtypes and offsets).
 _MAX_HEADER = 16 * 1024 * 1024
 
@@ -281,6 +283,13 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     directory = model_directory(path)
     card_path = directory / CARD_FILE
     try:
+        size = card_path.stat().st_size
+    except OSError as err:
+        raise ModelError(f"{card_path}: cannot read the card ({err.strerror or err})") from err
+    if size > MAX_CARD_BYTES:
+        raise ModelError(f"{card_path}: the card is {size:,} bytes, above the limit of {MAX_CARD_BYTES:,} "
+                         "(a card is a small JSON description)")
+    try:
         text = card_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ModelError(f"{card_path}: not UTF-8 text ({err.reason})") from err
@@ -324,6 +333,11 @@ def read_weights(directory: Path, card: ModelCard) -> dict[str, torch.Tensor]:
         raise ModelError(f"{weights}: the weights file named in {CARD_FILE} is missing")
     if card.weights_sha256 is None:
         raise ModelError(f"{directory / CARD_FILE}: weights.sha256 is missing; refusing unverified weights")
+    size = weights.stat().st_size
+    limit = 8 * max_parameters() + _MAX_HEADER
+    if size > limit:
+        raise ModelError(f"{weights}: {size:,} bytes, more than a network within the parameter limit can hold "
+                         f"({limit:,}; set {MAX_PARAMETERS_ENV} to allow more)")
     data = weights.read_bytes()
     check_safetensors_bytes(data, weights)
     actual = hashlib.sha256(data).hexdigest()
@@ -336,14 +350,48 @@ def read_weights(directory: Path, card: ModelCard) -> dict[str, torch.Tensor]:
         raise ModelError(f"{weights}: unreadable safetensors data: {err}") from err
 
 
+#: Largest network a card may describe, in parameters (the original DeepMedic has 0.6 M, the
+#: TMI DeepMedic 2 M), unless ``ASYMSEG_MAX_PARAMETERS`` says more.
+DEFAULT_MAX_PARAMETERS = 100_000_000
+MAX_PARAMETERS_ENV = "ASYMSEG_MAX_PARAMETERS"
+
+
+def max_parameters() -> int:
+    """The parameter cap for networks built from cards (``ASYMSEG_MAX_PARAMETERS`` or the default)."""
+    text = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PARAMETERS
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{MAX_PARAMETERS_ENV}={text[:40]!r}: expected a positive whole number of parameters")
+    return int(text)
+
+
 def build_from_card(card: ModelCard, source: Path | str = CARD_FILE) -> SegmentationNet:
-    """An untrained network with the card's architecture, channels and classes."""
+    """An untrained network with the card's architecture, channels and classes.
+
+    The network is first built on PyTorch's "meta" device (shapes only, no memory) to count its
+    parameters; a card describing more than :func:`max_parameters` is refused before anything
+    is allocated.
+
+    Raises:
+        ModelError: invalid hyper-parameters, or a network above the parameter cap.
+    """
+    import torch
+
     from asymseg.nets import build_network
 
     try:
+        with torch.device("meta"):
+            probe = build_network(card.architecture, card.in_channels, card.num_classes, **dict(card.hparams))
+        count = sum(p.numel() for p in probe.parameters())
+        del probe
+        limit = max_parameters()
+        if count > limit:
+            raise ModelError(f"{source}: architecture.hparams describe a network of {count:,} parameters, above the "
+                             f"limit of {limit:,} (set {MAX_PARAMETERS_ENV} to allow more)")
         return build_network(card.architecture, card.in_channels, card.num_classes, **dict(card.hparams))
-    except (TypeError, ValueError) as err:
-        raise ModelError(f"{source}: architecture.hparams: {err}") from err
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+        raise ModelError(f"{source}: architecture.hparams: {' '.join(str(err).split())[:300]}") from err
 
 
 def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:

@@ -169,14 +169,25 @@ def init_weights(module: nn.Module, negative_slope: float,
             nn.init.zeros_(m.bias)
 
 
-def check_int_list(name: str, value: Any, *, minimum: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
-    """Validate a list of integers hyper-parameter; returns it as a tuple."""
+#: Bounds on the hyper-parameters that size a network (a card is data from outside: these keep a
+#: crafted card from allocating gigabytes before anything else is checked).
+MAX_LIST_LENGTH = 64
+MAX_WIDTH = 4096
+
+
+def check_int_list(name: str, value: Any, *, minimum: int = 1, allow_empty: bool = False,
+                   maximum: int = MAX_WIDTH) -> tuple[int, ...]:
+    """Validate a list of integers hyper-parameter (at most ``MAX_LIST_LENGTH`` entries, each in
+    [minimum, maximum]); returns it as a tuple."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of integers, got {value!r}")
+        raise ValueError(f"{name} must be a list of integers, got {str(value)[:80]}")
+    if len(value) > MAX_LIST_LENGTH:
+        raise ValueError(f"{name} has {len(value)} entries; at most {MAX_LIST_LENGTH} are supported")
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{name} must be a list of integers >= {minimum}, got {list(value)!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            raise ValueError(f"{name} must be a list of integers in [{minimum}, {maximum}], got "
+                             f"{str(list(value))[:80]}")
         out.append(int(v))
     if not out and not allow_empty:
         raise ValueError(f"{name} must not be empty")
