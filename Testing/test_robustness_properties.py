@@ -196,3 +196,12 @@ def test_inference_equals_one_forward_pass_for_any_tile_and_mask(tiny_net, shape
     np.testing.assert_allclose(prediction.logits[:, mask], expected[:, mask], rtol=0, atol=2e-5)
     assert not prediction.logits[:, ~mask].any() and not prediction.labels[~mask].any()
     np.testing.assert_array_equal(prediction.labels[mask], expected.argmax(axis=0)[mask])
+
+
+@pytest.mark.parametrize("env, argv", [({"ASYMSEG_THREADS": "abc"}, []), ({"ASYMSEG_THREADS": "-2"}, []),
+                                        ({}, ["--threads", "0"])])
+def test_a_bad_thread_count_is_a_usage_error_not_an_internal_one(cli, monkeypatch, env, argv):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = cli(*argv, "models", "path")
+    assert result.code == 2 and "internal error" not in result.err and "threads" in result.err.lower()

@@ -24,7 +24,7 @@ from typing import TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
-from asymseg.errors import AsymSegError
+from asymseg.errors import AsymSegError, InputError
 from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
 
 #: Subcommand modules under asymseg.commands, in the order ``--help`` lists them.
@@ -104,11 +104,14 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _configure_threads(threads: int | None) -> None:
-    if threads is None and "ASYMSEG_THREADS" in os.environ:
-        threads = int(os.environ["ASYMSEG_THREADS"])
+    if threads is None and os.environ.get("ASYMSEG_THREADS", "").strip():
+        text = os.environ["ASYMSEG_THREADS"].strip()
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"ASYMSEG_THREADS={text[:40]!r}: expected a whole number of threads >= 1")
+        threads = int(text)
     if threads is not None:
         if threads < 1:
-            raise AsymSegError(f"--threads must be >= 1, got {threads}")
+            raise InputError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
