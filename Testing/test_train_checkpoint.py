@@ -123,3 +123,20 @@ def test_atomic_write_text_replaces_whole_files(tmp_path):
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two" and os.listdir(target.parent) == ["a.txt"]
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda s: s.pop("optimizer"), "'optimizer' is missing"),
+    (lambda s: s.update(iteration="abc"), "iteration 'abc'"),
+    (lambda s: s.update(version=[1]), "version"),
+])
+def test_a_damaged_state_file_is_an_input_error_naming_the_problem(tmp_path, change, pattern):
+    net = tiny_net()
+    opt = make_optimizer("rmsprop", net.parameters(), lr=1e-3)
+    train_steps(net, opt, 1)
+    path = save_checkpoint(tmp_path, weights=net.state_dict(), optimizer=opt.state_dict(), rng={}, state={"iteration": 1})
+    state = json.loads((path / "state.json").read_text())
+    change(state)
+    (path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(InputError, match=pattern):
+        load_checkpoint(tmp_path)

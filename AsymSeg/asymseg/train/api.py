@@ -628,7 +628,11 @@ def _choose_operating_point(output: Path, val_files: Sequence[Any], config: Trai
 
 
 def _check_compatible(saved: Mapping[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint written for another network, target or batch."""
+    """Refuse to resume a checkpoint written for another network, target or batch, or a damaged one."""
+    for key in ("loop", "config", "sampler_rng"):
+        if not isinstance(saved.get(key), dict):
+            raise InputError(f"{config.run_dir}: damaged checkpoint state: {key!r} is missing or not an object; "
+                             "start anew with --overwrite")
     old = saved.get("config") or {}
     for key in ("base_model", "architecture", "channels", "network", "batch_size", "technique",
                 "technique_overrides", "label_convention", "foreground_labels", "patch_output_size"):

@@ -232,6 +232,19 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
+def _state_problems(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's state.json (None when nothing): the keys resume needs."""
+    version = state.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"version {str(version)[:40]!r} is not a whole number"
+    iteration = state.get("iteration")
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        return f"iteration {str(iteration)[:40]!r} is not a whole number >= 0"
+    if not isinstance(state.get("optimizer"), dict):
+        return "'optimizer' is missing or not an object"
+    return None
+
+
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     """Read the resume checkpoint of ``run_dir``.
 
@@ -248,6 +261,9 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise InputError(f"{path / _STATE}: unreadable checkpoint state ({err})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path / _STATE}: not an asymseg training checkpoint")
+    problems = _state_problems(state)
+    if problems:
+        raise InputError(f"{path / _STATE}: damaged checkpoint state: {problems}; start anew with --overwrite")
     if int(state.get("version", 0)) > CHECKPOINT_VERSION:
         raise InputError(f"{path / _STATE}: checkpoint version {state.get('version')} is newer than "
                          f"this asymseg supports ({CHECKPOINT_VERSION})")
