@@ -7,17 +7,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-#: Technique presets offered by the panel, in menu order, with a one-line description. The
-#: combination comes first (the default); then the asymmetric techniques alone; then baselines
-#: and the original (symmetric) techniques. Names are the engine's (asymseg.techniques).
+#: Technique presets offered by the panel, in menu order, with a one-line description. The default
+#: comes first: cross-entropy, the technique the leave-one-out runs on the two shared real cases
+#: support (recipes/starter, docs/RESULTS.md section 3); then the asymmetric techniques, the two
+#: combinations, and the other baselines and original (symmetric) techniques. Names are the
+#: engine's (asymseg.techniques).
 TECHNIQUE_PRESETS: dict[str, str] = {
-    "combo": "Combination: asymmetric large margin + focal loss, adversarial and mixup steps (recommended)",
-    "a-focal": "Asymmetric focal loss",
+    "ce": "Cross-entropy (recommended: best on the real-data leave-one-out runs)",
+    "a-focal": "Asymmetric focal loss (the authors' first advice)",
     "a-lm": "Asymmetric large margin",
     "a-at": "Asymmetric adversarial training",
     "a-mixup": "Asymmetric mixup",
     "a-aug": "Asymmetric augmentation",
-    "ce": "Cross-entropy (baseline)",
+    "combo": "Combination: asymmetric large margin + focal loss, adversarial and mixup steps",
+    "combo-authors": "The authors' released combination: asymmetric focal, symmetric adversarial, asymmetric mixup",
     "dice": "Soft Dice (baseline)",
     "fg-sampling": "Cross-entropy with 80% foreground patches (baseline)",
     "lm": "Large margin (symmetric)",
@@ -25,7 +28,7 @@ TECHNIQUE_PRESETS: dict[str, str] = {
     "at": "Adversarial training (symmetric)",
     "mixup": "Mixup (symmetric)",
 }
-DEFAULT_TECHNIQUE = "combo"
+DEFAULT_TECHNIQUE = "ce"
 #: The symmetric twin of each asymmetric preset (the panel's "symmetric" switch).
 SYMMETRIC_TWIN: dict[str, str] = {"a-lm": "lm", "a-focal": "focal", "a-at": "at", "a-mixup": "mixup"}
 #: Foreground-patch fraction of each preset (the engine's defaults: 0.5, and 0.8 for fg-sampling).
@@ -51,9 +54,9 @@ class TrainingParameters:
         outputModel: the new model: a bare name (saved in the user models folder) or a folder path.
         valCases: validation case folders (none: the best model is chosen by the training loss).
         baseModel: the model to start from (name or folder); None trains from scratch.
-        technique: a preset of :data:`TECHNIQUE_PRESETS` (default: the combination).
+        technique: a preset of :data:`TECHNIQUE_PRESETS` (default: cross-entropy).
         symmetric: use the symmetric (original) form: the twin preset for single techniques,
-            the ``--symmetric`` switch for the combination.
+            the ``--symmetric`` switch for the combinations.
         iterations: training iterations (> 0).
         learningRate: initial learning rate (> 0).
         fgFraction: share of foreground-centred patches in [0, 1]; None: the technique's.
@@ -117,8 +120,8 @@ class TrainingParameters:
             return self.technique, False
         if self.technique in SYMMETRIC_TWIN:
             return SYMMETRIC_TWIN[self.technique], False
-        if self.technique == "combo":
-            return "combo", True
+        if self.technique in ("combo", "combo-authors"):
+            return self.technique, True
         return self.technique, False  # baselines and symmetric presets are symmetric already
 
     def asArgList(self) -> list[str]:

@@ -53,16 +53,17 @@ def test_symmetric_switch_picks_the_twin_preset_or_the_symmetric_flag():
     assert resolved("a-lm") == ("lm", False) and resolved("a-mixup") == ("mixup", False)
     assert resolved("combo") == ("combo", True)
     assert resolved("ce") == ("ce", False)
-    args = params.TrainingParameters(["a"], "m", symmetric=True).asArgList()
+    assert resolved("combo-authors") == ("combo-authors", True)
+    args = params.TrainingParameters(["a"], "m", technique="combo", symmetric=True).asArgList()
     assert args[args.index("--technique") + 1] == "combo" and "--symmetric" in args
     assert params.defaultFgFraction("fg-sampling") == 0.8 and params.defaultFgFraction("combo") == 0.5
-    assert list(params.TECHNIQUE_PRESETS)[0] == params.DEFAULT_TECHNIQUE == "combo"
+    assert list(params.TECHNIQUE_PRESETS)[0] == params.DEFAULT_TECHNIQUE == "ce"
 
 
 @pytest.mark.parametrize("change, message", [
     ({"trainCases": []}, "no training case"),
     ({"outputModel": "my model"}, "output model name 'my model'"),
-    ({"technique": "magic"}, "technique 'magic': expected one of combo"),
+    ({"technique": "magic"}, "technique 'magic': expected one of ce, a-focal"),
     ({"iterations": 0}, "iterations must be a positive integer, got 0"),
     ({"learningRate": -1.0}, "learning rate must be > 0, got -1.0"),
     ({"fgFraction": 1.5}, r"foreground fraction must be in \[0, 1\], got 1.5"),
@@ -90,7 +91,8 @@ def test_the_engine_finetune_parser_accepts_the_arg_list(tmp_path):
     parser = finetuneParser()
     p = params.TrainingParameters(
         trainCases=[str(tmp_path / "a")], valCases=[str(tmp_path / "v")], outputModel="site-model",
-        baseModel="starter", symmetric=True, iterations=7, learningRate=0.002, fgFraction=0.4, batchSize=2,
+        baseModel="starter", technique="combo", symmetric=True, iterations=7, learningRate=0.002, fgFraction=0.4,
+        batchSize=2,
         validateEvery=3, foregroundLabels=(1,), seed=11, device="cpu")
     args = parser.parse_args(p.asArgList())
     assert args.command == "finetune"

@@ -84,6 +84,38 @@ def score(maps: ValidationMaps, threshold: float, method: str, tta: bool, case_d
                                                / max((predicted & ~maps.reference).sum(), 1))}
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(results: dict) -> str:
+    """The scored snapshots as one table (a row per technique, iteration and fold) and the heuristic."""
+    lines = ["| technique | iteration | held-out case | argmax DSC / sens / prec % | oedema marked % | "
+             "cross-fold point | DSC / sens / prec % | both-fold point | DSC / sens / prec % |",
+             "|---|---:|---|---|---:|---|---|---|---|"]
+    for key in sorted(results["snapshots"], key=lambda k: (results["snapshots"][k]["technique"],
+                                                           results["snapshots"][k]["iteration"], k)):
+        row = results["snapshots"][key]
+        both = row["both_folds_point"]
+        for fold in FOLDS:
+            f = row["folds"][fold]
+            a, c, b = f["argmax"], f["cross_fold"], f["both_folds"]
+            cp = c["point"]
+            lines.append(
+                f"| {row['technique']}{' +tta' if row.get('tta_considered') else ''} | {row['iteration']} | "
+                f"{f['case_id']} | {_pct(a['dsc'])} / {_pct(a['sensitivity'])} / {_pct(a['precision'])} | "
+                f"{_pct(a.get('oedema_marked'))} | dz > {cp['threshold']:g}, {cp['postprocess']} | "
+                f"{_pct(c['dsc'])} / {_pct(c['sensitivity'])} / {_pct(c['precision'])} | "
+                f"dz > {both['threshold']:g}, {both['postprocess']}{', tta' if both['tta'] else ''} | "
+                f"{_pct(b['dsc'])} / {_pct(b['sensitivity'])} / {_pct(b['precision'])} |")
+    lines += ["", "| two-threshold heuristic | DSC % | sensitivity % | precision % | oedema marked % |",
+              "|---|---:|---:|---:|---:|"]
+    for h in results.get("heuristic", []):
+        lines.append(f"| {h['case_id']} | {_pct(h['dsc'])} | {_pct(h['sensitivity'])} | {_pct(h['precision'])} | "
+                     f"{_pct(h.get('oedema_marked'))} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="the loo.py output folder")
@@ -95,7 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export", default=None, metavar="TECHNIQUE@ITERATION",
                         help="instead of scoring, write that snapshot of both folds as model folders "
                              "(--out/<fold>) for 'asymseg operating-point --fold-model'")
+    parser.add_argument("--markdown", action="store_true", help="print the scored results as tables and stop")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     if args.export:
         technique, _, iteration = args.export.partition("@")
         for fold in FOLDS:
