@@ -204,8 +204,10 @@ def test_part_symmetry_and_mixup_normalisation_options_reach_the_technique():
 
     args = build_parser().parse_args(["finetune", "--technique", "combo", "--adversarial-symmetry", "symmetric",
                                       "--margin-symmetry", "asymmetric", "--mixup-normalize", "valid",
-                                      "--optimizer", "torch-rmsprop"])
+                                      "--optimizer", "torch-rmsprop", "--batchnorm-stats", "window",
+                                      "--operating-point", "validation-tta"])
     overrides = overrides_from_args(args)
+    assert (overrides["batchnorm_stats"], overrides["operating_point"]) == ("window", "validation-tta")
     assert overrides["technique_overrides"] == {"adversarial_symmetric": True, "margin_symmetric": False,
                                                 "mixup_normalize": "valid"}
     assert overrides["optimizer"] == "torch-rmsprop"
