@@ -110,9 +110,7 @@ def adversarial_perturbation(
         InputError: eps/xi not > 0, x not a float tensor, the model output does not match the
             target (both shapes named), ``rare`` of the wrong length.
     """
-    _check_settings(eps, xi)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise InputError(f"x must be a float tensor (B, C_in, *spatial), got {getattr(x, 'shape', type(x))}")
+    _check_inputs(eps, xi, x)
     (r_adv,) = _perturb(model, lambda inputs: model(inputs[0]), [x], target, rare=rare, eps=eps, xi=xi,
                         symmetric=symmetric, generator=generator, ignore_mask=ignore_mask)
     return r_adv
@@ -149,9 +147,7 @@ def pathway_perturbations(
         perturbation per input, same shapes. The perturbed batch is
         ``[i + r for i, r in zip(inputs, perturbations)]``.
     """
-    _check_settings(eps, xi)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise InputError(f"x must be a float tensor (B, C_in, *spatial), got {getattr(x, 'shape', type(x))}")
+    _check_inputs(eps, xi, x)
     inputs = [t.detach() for t in net.pathway_inputs(x.detach())]
 
     def forward(perturbed: list[torch.Tensor]) -> torch.Tensor:
@@ -162,10 +158,12 @@ def pathway_perturbations(
     return inputs, perturbations
 
 
-def _check_settings(eps: float, xi: float) -> None:
+def _check_inputs(eps: float, xi: float, x: torch.Tensor) -> None:
     for name, value in (("eps", eps), ("xi", xi)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
             raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise InputError(f"x must be a float tensor (B, C_in, *spatial), got {getattr(x, 'shape', type(x))}")
 
 
 def _perturb(model: nn.Module, forward: Callable[[list[torch.Tensor]], torch.Tensor], inputs: list[torch.Tensor],
