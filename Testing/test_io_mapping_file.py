@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -36,9 +33,9 @@ def test_the_train_and_experiment_readers_refuse_the_bomb_under_a_memory_limit(t
     pytest.importorskip("yaml")
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
+    from helpers.memory_limit import run_python_limited
+
     script = textwrap.dedent(f"""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
         from asymseg.errors import InputError
         from asymseg.train.config import load_config
         from asymseg.experiment.config import load_experiment_config
@@ -50,7 +47,7 @@ def test_the_train_and_experiment_readers_refuse_the_bomb_under_a_memory_limit(t
             else:
                 raise SystemExit(3)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = run_python_limited(script, 1_500_000_000)
     assert proc.returncode == 0, proc.stderr
 
 

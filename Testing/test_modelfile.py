@@ -238,8 +238,6 @@ def test_write_safetensors_writes_readable_tensors_with_metadata(tmp_path):
 
 def test_crafted_cards_are_refused_before_anything_large_is_allocated(tmp_path, monkeypatch):
     import json as _json
-    import subprocess
-    import sys
     import textwrap
 
     from asymseg.errors import ModelError
@@ -255,9 +253,9 @@ def test_crafted_cards_are_refused_before_anything_large_is_allocated(tmp_path, 
     data["architecture"]["hparams"]["normal_features"] = [2048] * 4
     data["architecture"]["hparams"]["lowres_features"] = [2048] * 4
     (folder / "model.json").write_text(_json.dumps(data))
+    from helpers.memory_limit import run_python_limited
+
     script = textwrap.dedent(f"""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (2_000_000_000, 2_000_000_000))
         from asymseg.errors import ModelError
         from asymseg.modelfile import load_model
         try:
@@ -267,7 +265,7 @@ def test_crafted_cards_are_refused_before_anything_large_is_allocated(tmp_path, 
         else:
             raise SystemExit(3)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = run_python_limited(script, 2_000_000_000)
     assert proc.returncode == 0, proc.stderr
     monkeypatch.setenv("ASYMSEG_MAX_PARAMETERS", "1000")
     data["architecture"]["hparams"]["normal_features"] = [4] * 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,8 +179,6 @@ def test_default_operating_point_gives_the_argmax_labels_bit_for_bit(model_and_c
     symmetric = case.image + case.image[:, ::-1] + case.image[:, :, ::-1] + case.image[:, ::-1, ::-1]
     symmetric = symmetric + symmetric[:, :, :, ::-1]
     mask = np.ones(case.mask.shape, dtype=bool)
-    one = predict_with_operating_point(model.net, symmetric, mask, OperatingPoint(),
-                                       spacing=case.geometry.spacing, rare=model.card.target.rare)
     eight = predict_with_operating_point(model.net, symmetric, mask, OperatingPoint(tta=True),
                                          spacing=case.geometry.spacing, rare=model.card.target.rare)
     np.testing.assert_allclose(eight.decision, (eight.decision + eight.decision[::-1, ::-1, ::-1]) / 2, atol=1e-4)

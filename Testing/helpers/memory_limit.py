@@ -14,6 +14,18 @@ import resource
 import sys
 
 
+def run_python_limited(code: str, limit_bytes: int, *args: str, timeout: float = 120):
+    """Run ``code`` in a fresh interpreter whose address space is limited to ``limit_bytes`` from its
+    first line, so that a regression that reads or builds something huge fails the test instead
+    of exhausting the machine. Returns the ``subprocess.CompletedProcess`` (text output)."""
+    import subprocess
+    import textwrap
+
+    prologue = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({limit_bytes}, {limit_bytes}))\n"
+    return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code), *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def _virtual_size() -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:

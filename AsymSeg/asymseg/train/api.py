@@ -45,7 +45,6 @@ from asymseg.target import TargetSpec, resolve_target
 from asymseg.techniques import Technique
 from asymseg.train import distributed as D
 from asymseg.train.checkpoint import (
-    atomic_write_text,
     find_checkpoint,
     load_checkpoint,
     remove_stale_temporaries,
