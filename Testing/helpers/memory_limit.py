@@ -52,6 +52,8 @@ def main() -> None:
     import asymseg.diagnostics.plots  # noqa: F401
     import asymseg.infer.cases  # noqa: F401
     import asymseg.infer.engine  # noqa: F401
+    import asymseg.infer.tta  # noqa: F401
+    import asymseg.operating  # noqa: F401
     import asymseg.io  # noqa: F401
     import asymseg.modelfile  # noqa: F401
     from asymseg.__main__ import _run

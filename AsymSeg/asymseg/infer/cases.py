@@ -188,7 +188,8 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
     prediction = predict_with_operating_point(
         net, case.image, case.mask, point, spacing=case.geometry.spacing, rare=target.rare, tile=tile,
         batch_size=batch_size, device=device, amp=amp, on_event=on_event, cancel=cancel,
-        return_logits=outputs.logits is not None and target.num_classes > 2)
+        return_logits=outputs.logits is not None and target.num_classes > 2,
+        return_decision=outputs.logits is not None)
     geometry, spacing = case.geometry, case.geometry.spacing
     del case
     written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}

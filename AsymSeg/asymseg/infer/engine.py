@@ -259,7 +259,8 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
                    device: str | torch.device = "auto", amp: AmpMode = "auto",
                    memory_format: MemoryFormat = "auto", rare: Sequence[bool] | None = None,
                    on_event: EventCallback | None = None, cancel: CancelToken | None = None,
-                   return_logits: bool = False, fallback_to_cpu: bool = True) -> Prediction:
+                   return_logits: bool = False, fallback_to_cpu: bool = True,
+                   return_decision: bool = False) -> Prediction:
     """Segment one volume with a network (see the module docstring for the method).
 
     Args:
@@ -281,6 +282,8 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
             ``log`` event per out-of-memory retry.
         cancel: checked between batches.
         return_logits: also return the logits and the decision variable.
+        return_decision: also return the decision variable (without the logits: one float32
+            volume instead of K).
         fallback_to_cpu: when CUDA runs out of memory even with the smallest tiles, go on on the CPU.
 
     Returns:
@@ -317,7 +320,7 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
         info.update(tiles=0, tile=None, batch_size=0, computed_voxels=0, memory_format="n/a",
                     seconds=time.perf_counter() - started)
         emit(on_event, C.EVENT_PROGRESS, stage="infer", done=0, total=0)
-        return _empty_prediction(spatial, k, return_logits, info)
+        return _empty_prediction(spatial, k, return_logits, info, return_decision)
     start, stop = box
     m = int(net.output_multiple)
     # The region tiles cover: exact plans start on the multiple-of-m grid below the box.
@@ -374,7 +377,7 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
                 memory_format="channels_last_3d" if state["memory_format"] == torch.channels_last_3d else "contiguous",
                 amp=str(state["amp"]).replace("torch.", "") if state["amp"] else "off",
                 blended=plan.blended)
-    prediction = _finish(box_logits, lo, mask, rare_flags, return_logits)
+    prediction = _finish(box_logits, lo, mask, rare_flags, return_logits, return_decision)
     info["seconds"] = time.perf_counter() - started
     prediction.info = info
     return prediction
@@ -418,7 +421,7 @@ def _default_batch(model: list[ActivationModel], net: torch.nn.Module, plan: Til
 
 
 def _finish(box_logits: np.ndarray, lo: Triple, mask: np.ndarray, rare: np.ndarray,
-            return_logits: bool) -> Prediction:
+            return_logits: bool, return_decision: bool = False) -> Prediction:
     """Labels, rare-class probability and (optionally) logits over the full grid."""
     spatial = mask.shape
     k, bd, bh, bw = box_logits.shape
@@ -427,7 +430,7 @@ def _finish(box_logits: np.ndarray, lo: Triple, mask: np.ndarray, rare: np.ndarr
     labels = np.zeros(spatial, dtype=np.uint8)
     probabilities = np.zeros(spatial, dtype=np.float32)
     logits = np.zeros((k, *spatial), dtype=np.float32) if return_logits else None
-    decision = np.zeros(spatial, dtype=np.float32) if return_logits else None
+    decision = np.zeros(spatial, dtype=np.float32) if return_logits or return_decision else None
     for z0 in range(0, bd, _SLAB):
         z1 = min(bd, z0 + _SLAB)
         z = box_logits[:, z0:z1]
@@ -439,14 +442,16 @@ def _finish(box_logits: np.ndarray, lo: Triple, mask: np.ndarray, rare: np.ndarr
         probabilities[dst] = np.where(keep, p, 0.0)
         if return_logits:
             logits[(slice(None), *dst)] = np.where(keep, z, 0.0)
+        if decision is not None:
             dz = z[rare].max(axis=0) - z[~rare].max(axis=0)
             decision[dst] = np.where(keep, dz, 0.0)
     return Prediction(labels, probabilities, logits, decision)
 
 
-def _empty_prediction(spatial: Sequence[int], k: int, return_logits: bool, info: dict[str, Any]) -> Prediction:
+def _empty_prediction(spatial: Sequence[int], k: int, return_logits: bool, info: dict[str, Any],
+                      return_decision: bool = False) -> Prediction:
     shape = tuple(spatial)
     return Prediction(
         np.zeros(shape, dtype=np.uint8), np.zeros(shape, dtype=np.float32),
         np.zeros((k, *shape), dtype=np.float32) if return_logits else None,
-        np.zeros(shape, dtype=np.float32) if return_logits else None, info)
+        np.zeros(shape, dtype=np.float32) if return_logits or return_decision else None, info)

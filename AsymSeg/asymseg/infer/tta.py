@@ -44,7 +44,8 @@ def maps_from_logits(logits: np.ndarray, mask: np.ndarray, rare: Sequence[bool])
 def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, point: OperatingPoint, *,
                                  spacing: Sequence[float], rare: Sequence[bool],
                                  on_event: EventCallback | None = None, cancel: CancelToken | None = None,
-                                 return_logits: bool = False, **predict_kwargs: Any) -> Prediction:
+                                 return_logits: bool = False, return_decision: bool = True,
+                                 **predict_kwargs: Any) -> Prediction:
     """Labels of ``point`` (threshold, post-processing, TTA) with the maps before the threshold.
 
     Args:
@@ -55,6 +56,8 @@ def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, 
         on_event: progress events; with TTA, a "tta" progress event per mirroring.
         cancel: checked between tiles and mirrorings.
         return_logits: keep the (averaged) logits in the result.
+        return_decision: keep dz in the result (a single pass at the plain argmax can then skip
+            the extra volume).
         predict_kwargs: device, tile, batch_size, amp, memory_format.
 
     Returns:
@@ -64,7 +67,23 @@ def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, 
         and ``passes``.
     """
     mask = np.asarray(mask, dtype=bool)
-    mirrors = MIRRORS if point.tta else ((),)
+    binary = int(net.num_classes) == 2
+    if not point.tta:
+        # One pass: the engine's own maps (made slab by slab), the logits only where they are needed.
+        prediction = predict_volume(net, image, mask, rare=rare, on_event=on_event, cancel=cancel,
+                                    return_logits=return_logits or not binary,
+                                    return_decision=return_decision or not point.is_default,
+                                    **predict_kwargs)
+        if not point.is_default:
+            prediction.labels = decide(prediction.decision, mask, spacing, point,
+                                       logits=None if binary else prediction.logits, rare=rare)
+        summary = point.to_dict()
+        summary.pop("validation", None)
+        prediction.info.update(operating_point=summary, passes=1)
+        if not return_logits:
+            prediction.logits = None
+        return prediction
+    mirrors = MIRRORS
     total = None
     info: dict[str, Any] = {}
     for index, axes in enumerate(mirrors):
@@ -79,9 +98,9 @@ def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, 
         info = {**prediction.info, "seconds": seconds}
         if point.tta:
             emit(on_event, C.EVENT_PROGRESS, stage="tta", done=index + 1, total=len(mirrors))
-    logits = total / len(mirrors) if len(mirrors) > 1 else total
+    logits = total / len(mirrors)
     probabilities, decision = maps_from_logits(logits, mask, rare)
-    labels = decide(decision, mask, spacing, point, logits=logits if logits.shape[0] > 2 else None, rare=rare)
+    labels = decide(decision, mask, spacing, point, logits=None if binary else logits, rare=rare)
     summary = point.to_dict()
     summary.pop("validation", None)
     info.update(operating_point=summary, passes=len(mirrors))

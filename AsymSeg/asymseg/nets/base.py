@@ -139,6 +139,8 @@ def kaiming_normal_(weight: torch.Tensor, negative_slope: float,
     ``std = sqrt(2 / ((1 + a^2) * fan_in))``; draws from ``generator`` when given, so a seed
     reproduces the weights without touching the global random state.
     """
+    if weight.is_meta:  # shapes only (parameter counting): nothing to draw
+        return
     fan_in = weight.shape[1] * math.prod(weight.shape[2:])
     std = math.sqrt(2.0 / ((1.0 + negative_slope ** 2) * fan_in))
     with torch.no_grad():
@@ -151,6 +153,8 @@ def init_weights(module: nn.Module, negative_slope: float,
 
     Transposed convolutions use the fan-in of their output side (``weight.shape[0]``).
     """
+    if any(p.is_meta for p in module.parameters()):  # shapes only (parameter counting): nothing to draw
+        return
     for m in module.modules():
         if isinstance(m, nn.ConvTranspose3d):
             fan_in = m.weight.shape[0] * math.prod(m.weight.shape[2:])
