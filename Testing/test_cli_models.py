@@ -94,7 +94,7 @@ def test_show_counts_the_cases_of_each_training_stage(cli, home):
     r = cli("models", "show", "asymseg-starter-deepmedic")
     assert r.code == 0, r.err
     line = next(line for line in r.out.splitlines() if line.startswith("training:"))
-    assert '"name": "combo"' in line and 'iterations {"pretrain":160,"finetune":40}' in line
-    assert "cases train 1, val 1, pretrain_train 16, pretrain_val 2," in line
+    assert '"name": "ce"' in line and "iterations 2000," in line
+    assert "cases train 2, val 0," in line
     listed = json.loads(cli("models", "list", "--json").out)["models"]
-    assert next(m for m in listed if m["name"] == "asymseg-starter-deepmedic")["technique"] == "combo"
+    assert next(m for m in listed if m["name"] == "asymseg-starter-deepmedic")["technique"] == "ce"

@@ -15,11 +15,16 @@ from asymseg.demo import STARTER_MODEL
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "AsymSeg" / "asymseg" / "models" / STARTER_MODEL
 RECIPE = REPO / "recipes" / "starter"
-#: On phantoms the starter model finds the tumour but over-segments it (it was fine-tuned on real
-#: scans, whose appearance differs; the demo shows fine-tuning adapting it). For the fixed phantom
-#: below it gave DSC 0.201, sensitivity 0.949 and precision 0.112 when it was installed.
-MIN_PHANTOM_DSC = 0.15
-MIN_PHANTOM_SENSITIVITY = 0.8
+#: The starter model learned from real scans only; on the fixed phantom below it gave DSC 0.663,
+#: sensitivity 0.561 and precision 0.812 (0.24 ml) with its operating point when it was installed.
+MIN_PHANTOM_DSC = 0.55
+#: Leave-one-out DSC (mean of the two folds, operating point from the other fold) above the
+#: two-threshold heuristic's mean on the same cases, in DSC points.
+MIN_MARGIN_OVER_HEURISTIC = 0.05
+#: On the external scan: the core mask's volume as a share of the FLAIR-bright lesion, and the
+#: share of the enhancing voxels in the lesion it covers.
+MAX_EXTERNAL_SHARE = 0.5
+MIN_ENHANCING_COVERED = 0.3
 
 @pytest.fixture(scope="module")
 def card() -> dict:
@@ -48,37 +53,59 @@ def test_the_starter_model_loads_by_name_with_verified_weights_as_the_original_d
 
 def test_the_card_records_data_technique_iterations_validation_and_licence(card):
     prov = card["provenance"]
-    assert prov["recipe"] == "recipes/starter/train.sh"
-    assert prov["data"]["train"] == ["brats_2013_pat0005_1"] and prov["data"]["val"] == ["brats_2013_pat0006_1"]
-    assert prov["data"]["pretrain_train"] == [f"phantom_{i:03d}" for i in range(16)]
-    assert prov["data"]["pretrain_val"] == ["phantom_016", "phantom_017"]
-    technique = prov["technique"]
-    assert (technique["name"], technique["margin"], technique["gamma"]) == ("combo", 0.2, 2.0)
-    assert technique["adversarial"] and technique["mixup"] and not technique["symmetric"]
-    assert prov["stages"]["pretrain"]["technique"]["name"] == "ce"
-    for key in ("dsc", "sensitivity", "precision", "specificity"):
+    settings = json.loads((RECIPE / "final.json").read_text())
+    assert prov["recipe"] == "recipes/starter/train.sh" and prov["settings"] == settings
+    assert prov["data"]["train"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"] and prov["data"]["val"] == []
+    assert "deepmedic/deepmedic" in prov["data"]["source"] and prov["data"]["label_convention"] == "brats2015"
+    assert prov["technique"]["name"] == settings["technique"]
+    assert prov["iterations"] == settings["stop_at"] and prov["schedule_iterations"] == settings["iterations"]
+    for key in ("dsc", "sensitivity", "precision"):
         assert 0.0 <= prov["validation"][key] <= 1.0
-    assert "not used to select the model" in prov["validation_note"]
+    assert "leave-one-out" in prov["validation_note"] and "other fold" in prov["validation_note"]
     assert re.search(r"CC BY-NC-SA 3\.0.*non-commercial use only", prov["license_note"])
     cited = " ".join(prov["cite"])
     assert "1907.10982" in cited and "Menze" in cited and "DeepMedic" in cited
-    assert "deepmedic/deepmedic" in prov["stages"]["finetune"]["data"]["source"]
-    assert f"{prov['validation']['dsc']}" in card["description"]
+
+
+def test_the_leave_one_out_numbers_on_the_card_beat_the_two_threshold_heuristic(card):
+    loo = card["provenance"]["leave_one_out"]
+    settings = json.loads((RECIPE / "final.json").read_text())
+    assert loo["iteration"] == settings["stop_at"]
+    assert set(loo["techniques"]) >= {settings["technique"]}
+    # The technique is the one the rule of final.json ranks first (mean cross-fold DSC over the
+    # scored snapshots), among every technique compared.
+    assert [r["technique"] for r in loo["ranking"]][0] == settings["technique"]
+    assert {r["technique"] for r in loo["ranking"]} == set(settings["compare"])
+    chosen = loo["techniques"][settings["technique"]]
+    heuristic = {h["case_id"]: h["dsc"] for h in loo["heuristic"]}
+    assert set(heuristic) == {"brats_2013_pat0005_1", "brats_2013_pat0006_1"}
+    honest = {fold["case_id"]: fold["cross_fold"]["dsc"] for fold in chosen.values()}
+    assert set(honest) == set(heuristic)
+    # The network with the operating point chosen on the other fold beats the heuristic on average.
+    assert sum(honest.values()) / 2 > sum(heuristic.values()) / 2 + MIN_MARGIN_OVER_HEURISTIC
+    assert card["provenance"]["validation"]["dsc"] == pytest.approx(sum(honest.values()) / 2, abs=1e-3)
+
+
+def test_the_operating_point_was_chosen_on_the_leave_one_out_folds(card):
+    from asymseg.operating import OperatingPoint
+
+    point = OperatingPoint.from_dict(card["operating_point"])
+    assert point.chosen_on == "validation"
+    assert sorted(point.validation["cases"]) == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]
+    assert len(point.validation["models"]) == 2
+    steps = point.validation["steps"]
+    assert all(final >= first - 1e-9 for final, first in zip(steps[-1]["dsc"], steps[0]["dsc"]))
+    assert f"dz > {point.threshold:g}" in card["description"]
 
 
 def test_the_committed_recipe_is_the_one_that_made_the_model(card):
-    stages = card["provenance"]["stages"]
-    for stage, config in (("pretrain", "pretrain.json"), ("finetune", "finetune.json")):
-        settings = json.loads((RECIPE / config).read_text())
-        assert stages[stage]["settings"] == settings, f"{config} changed after the model was trained"
-        assert stages[stage]["iterations"] == settings["iterations"]
-        assert card["provenance"]["iterations"][stage] == settings["iterations"]
-    assert card["provenance"]["stages"]["finetune"]["data"]["label_convention"] == "brats2015"
+    settings = json.loads((RECIPE / "final.json").read_text())
+    assert card["provenance"]["settings"] == settings, "final.json changed after the model was trained"
     train_sh = (RECIPE / "train.sh").read_text()
-    assert "--config \"$HERE/pretrain.json\"" in train_sh and "--config \"$HERE/finetune.json\"" in train_sh
+    for stage in ("loo.py", "loo_eval.py", "finalize.py", "operating-point --model", "--fold-model"):
+        assert stage in train_sh
     readme = (RECIPE / "README.md").read_text()
-    assert f"{stages['pretrain']['iterations']} iterations" in readme
-    assert f"{stages['finetune']['iterations']} iterations" in readme
+    assert "leave-one-out" in readme.lower() and "final.json" in readme
 
 
 def test_models_list_shows_the_starter_model_as_bundled(cli, tmp_path, monkeypatch):
@@ -100,7 +127,7 @@ def test_the_extension_packages_the_starter_model_files():
     assert '"models/*/*.json", "models/*/*.safetensors"' in pyproject
 
 
-def test_the_starter_model_segments_the_tumour_core_of_an_unseen_phantom(tmp_path, asymseg_proc):
+def test_the_starter_model_segments_an_unseen_phantom_with_its_operating_point(tmp_path, asymseg_proc):
     made = asymseg_proc("phantom", "--out", tmp_path / "cases", "--cases", 1, "--size", 64, "--seed", 99,
                         "--progress", "none")
     assert made.returncode == 0, made.stderr
@@ -109,26 +136,34 @@ def test_the_starter_model_segments_the_tumour_core_of_an_unseen_phantom(tmp_pat
     proc = asymseg_proc("--threads", 2, "segment", "--model", STARTER_MODEL, "--case", case, "--output", output,
                         "--evaluate", "--json", "--progress", "none")
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads(proc.stdout)["cases"][0]["metrics"]
-    assert metrics["dsc"] >= MIN_PHANTOM_DSC and metrics["sensitivity"] >= MIN_PHANTOM_SENSITIVITY, metrics
+    result = json.loads(proc.stdout)["cases"][0]
+    assert result["operating_point"]["chosen_on"] == "validation"
+    metrics = result["metrics"]
+    assert metrics["dsc"] >= MIN_PHANTOM_DSC, metrics
     labels = sitk.ReadImage(str(output))
     flair = sitk.ReadImage(str(case / "phantom_000_flair.nii.gz"))
     assert labels.GetSize() == flair.GetSize() and labels.GetOrigin() == flair.GetOrigin()
-    assert set(np.unique(sitk.GetArrayFromImage(labels)).tolist()) == {0, 1}
+    assert set(np.unique(sitk.GetArrayFromImage(labels)).tolist()) <= {0, 1}
 
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_the_card_validation_numbers_reproduce_on_the_unseen_brats_case(brats2015, tmp_path, asymseg_proc, card):
-    case = brats2015 / "brats_2013_pat0006_1"
-    proc = asymseg_proc("--threads", 2, "segment", "--model", STARTER_MODEL, "--case", case,
-                        "--output", tmp_path / "pat0006_seg.nii.gz", "--evaluate", "--json", "--progress", "none",
-                        timeout=3600)
+def test_on_an_unlabelled_external_scan_the_mask_is_core_sized_not_the_oedema(brats2015, tmp_path):
+    import subprocess
+    import sys
+
+    external = brats2015.parent / "external" / "BraTS-GLI-00001-000"
+    if not external.is_dir():
+        pytest.skip("../shared/data/external is absent")
+    proc = subprocess.run([sys.executable, str(RECIPE / "external_check.py"), "--model", STARTER_MODEL, "--out",
+                           str(tmp_path), "--case", str(external), "--threads", "2"],
+                          capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads(proc.stdout)["cases"][0]["metrics"]
-    expected = card["provenance"]["validation"]
-    for key in ("dsc", "sensitivity", "precision"):
-        assert metrics[key] == pytest.approx(expected[key], abs=2e-3), key
+    report = json.loads((tmp_path / "report.json").read_text())
+    # The FLAIR-bright lesion (oedema + tumour) is about 180 ml; a core mask covers a minority of
+    # it and most of the enhancing rim. The earlier starter marked 191 ml, 59% of the bright region.
+    assert report["core_ml"] < MAX_EXTERNAL_SHARE * report["flair_bright_ml"], report
+    assert report["enhancing_covered_by_core"] > MIN_ENHANCING_COVERED, report
 
 
 def test_the_recipe_script_explains_itself_and_refuses_bad_options(tmp_path):

@@ -1,13 +1,13 @@
-"""Write the starter model's card from the two training stages of ``train.sh``, then verify it.
+"""Write the starter model's card from the stages of ``train.sh``, then verify it.
 
-The fine-tuned model folder already holds the weights and a card written by ``asymseg finetune``;
-this script gives it its registry name and a card that a user can read without the run folders:
-the data of both stages (case ids), the technique, the iterations, the validation numbers, the
-compute used, the licence note and what to cite. Absolute paths of the work folder are left out.
+The final model folder already holds the weights, a card written by ``asymseg finetune`` and the
+operating point written by ``asymseg operating-point``; this script gives it its registry name and
+a card a user can read without the work folder: the data (case ids and source), the technique and
+iterations, the leave-one-out numbers behind every choice, the compute used, the licence note and
+what to cite. Absolute paths of the work folder are left out.
 
-    python recipes/starter/finalize.py --name asymseg-starter-deepmedic --pretrained WORK/pretrained \
-        --finetuned WORK/finetuned --pretrain-result WORK/pretrain-result.json \
-        --finetune-result WORK/finetune-result.json --out WORK/asymseg-starter-deepmedic
+    python recipes/starter/finalize.py --name asymseg-starter-deepmedic --final WORK/final \
+        --final-result WORK/final-result.json --loo-eval WORK/loo-eval.json --out WORK/asymseg-starter-deepmedic
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 LICENSE_NOTE = (
-    "Trained partly on BRATS 2015 data (licence CC BY-NC-SA 3.0 Switzerland): non-commercial use only; "
+    "Trained on BRATS 2015 data (licence CC BY-NC-SA 3.0 Switzerland): non-commercial use only; "
     "derived works share alike; cite Menze et al., IEEE TMI 2015 and the DeepMedic repository as the source "
     "of the cases. Research use only, not for clinical decisions.")
 CITATIONS = [
@@ -38,43 +38,61 @@ DATA_SOURCE = (
     "BRATS 2015 training cases brats_2013_pat0005_1 and brats_2013_pat0006_1 (FLAIR, T1c, expert labels), "
     "as redistributed in the examples of the DeepMedic repository (github.com/deepmedic/deepmedic, "
     "examples/dataForExamples/brats2015TrainingData/train)")
+FOLDS = ("5to6", "6to5")
+METRICS = ("dsc", "sensitivity", "precision")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _metrics(validation: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not validation:
-        return None
-    keep = ("dsc", "sensitivity", "precision", "specificity", "hd95")
-    return {k: (round(float(v), 4) if v is not None else None) for k, v in validation.items() if k in keep}
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(float(row[k]), 4) if row.get(k) is not None else None)
+            for k in (*METRICS, "volume_ml", "oedema_marked") if k in row}
 
 
-def _stage(card: Any, result: dict[str, Any], config_file: str) -> dict[str, Any]:
-    prov = dict(card.provenance)
-    return {
-        "config": f"recipes/starter/{config_file}",
-        "settings": _read_json(HERE / config_file),
-        "data": prov.get("data"),
-        "technique": prov.get("technique"),
-        "iterations": result.get("iterations"),
-        "selected_iteration": result.get("best_iteration"),
-        "validation": _metrics(result.get("best_metrics")),
-        "validation_per_case": [dict(case_id=c.get("case_id"), **_metrics(c))
-                                for c in (result.get("last_validation") or {}).get("cases", [])],
-        "train_seconds": round(float(result.get("train_seconds") or 0.0), 1),
-    }
+def leave_one_out_table(loo: dict[str, Any], stop_at: int) -> dict[str, Any]:
+    """Per technique scored at ``stop_at``: each fold's held-out numbers at the argmax, with the
+    operating point chosen on the other fold (cross_fold) and on both folds (both_folds)."""
+    table = {}
+    for key, row in sorted(loo["snapshots"].items()):
+        if row["iteration"] != stop_at or key.endswith("+tta"):
+            continue
+        table[row["technique"]] = {
+            fold: {"case_id": row["folds"][fold]["case_id"],
+                   "argmax": _rounded(row["folds"][fold]["argmax"]),
+                   "cross_fold": _rounded(row["folds"][fold]["cross_fold"]),
+                   "both_folds": _rounded(row["folds"][fold]["both_folds"])}
+            for fold in FOLDS}
+    return table
+
+
+def ranking(loo: dict[str, Any], techniques: list[str], score_at: list[int]) -> list[dict[str, Any]]:
+    """The selection rule of final.json: each technique's mean cross-fold DSC (operating point
+    from the other fold) over both folds and the ``score_at`` snapshots, best first."""
+    rows = []
+    for technique in techniques:
+        values = [row["folds"][f]["cross_fold"]["dsc"] for row in loo["snapshots"].values()
+                  if row["technique"] == technique and row["iteration"] in score_at and not row.get("tta_considered")
+                  for f in FOLDS]
+        if len(values) == 2 * len(score_at):
+            rows.append({"technique": technique, "mean_cross_fold_dsc": round(sum(values) / len(values), 4),
+                         "snapshots": list(score_at)})
+    return sorted(rows, key=lambda r: -r["mean_cross_fold_dsc"])
+
+
+def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: round(sum(float(r[k]) for r in rows) / len(rows), 4) if all(r.get(k) is not None for r in rows)
+            else None for k in METRICS}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
-    parser.add_argument("--phantoms", type=Path, required=True)
-    parser.add_argument("--pretrained", type=Path, required=True)
-    parser.add_argument("--finetuned", type=Path, required=True)
-    parser.add_argument("--pretrain-result", type=Path, required=True)
-    parser.add_argument("--finetune-result", type=Path, required=True)
+    parser.add_argument("--final", type=Path, required=True)
+    parser.add_argument("--final-result", type=Path, required=True)
+    parser.add_argument("--loo-eval", type=Path, required=True)
+    parser.add_argument("--loo-work", type=Path, default=None, help="the loo.py folder (for the training times)")
     parser.add_argument("--seconds", default="", help="stage=seconds,... wall times measured by train.sh")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
@@ -85,62 +103,77 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, load_model, read_card, write_card
+    from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, load_model, now_iso, read_card, write_card
 
-    pretrained, finetuned = read_card(args.pretrained), read_card(args.finetuned)
-    pre_result, fine_result = _read_json(args.pretrain_result), _read_json(args.finetune_result)
-    pre_stage = _stage(pretrained, pre_result, "pretrain.json")
-    fine_stage = _stage(finetuned, fine_result, "finetune.json")
-    pre_stage["data"] = dict(pre_stage["data"] or {}, generator="asymseg.phantom", seed=2015,
-                             size_xyz=_read_json(args.phantoms / "phantom.json")["cases"][0]["size_xyz"])
-    fine_stage["data"] = dict(fine_stage["data"] or {}, source=DATA_SOURCE, label_convention="brats2015")
+    settings = _read_json(HERE / "final.json")
+    final = read_card(args.final)
+    result = _read_json(args.final_result)
+    loo = _read_json(args.loo_eval)
+    stop_at = int(result.get("iterations") or settings["stop_at"])
+    table = leave_one_out_table(loo, stop_at)
+    technique = dict(final.provenance.get("technique") or {})
+    chosen = table.get(technique.get("name"), {})
+    validation = _mean([chosen[f]["cross_fold"] for f in FOLDS]) if chosen else None
+    point = final.operating_point
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     seconds = {k: int(v) for k, _, v in (p.partition("=") for p in args.seconds.split(",") if p)}
-    validation = fine_stage["validation"]
-    val_ids = (fine_stage["data"] or {}).get("val", [])
+    # Wall times of this invocation skip the stages that were already done; the training time
+    # of each run comes from its own checkpoint.
+    train_seconds = {"final": round(float(result.get("train_seconds") or 0.0))}
+    if args.loo_work is not None:
+        for state in sorted(args.loo_work.glob("*/*/model.run/checkpoint/state.json")):
+            loop = _read_json(state).get("loop") or {}
+            run_technique, fold = state.parents[3].name, state.parents[2].name
+            if run_technique in settings["compare"]:
+                train_seconds[f"loo/{run_technique}/{fold}"] = round(float(loop.get("train_seconds") or 0.0))
+    per_fold = ", ".join(f"{chosen[f]['case_id']} {chosen[f]['cross_fold']['dsc']}" for f in FOLDS) if chosen else "-"
     description = (
-        f"Original DeepMedic (Kamnitsas et al. 2017), FLAIR + T1c, binary tumour core. Pre-trained on "
-        f"{len(pre_stage['data'].get('train', []))} phantom cases (ce, {pre_stage['iterations']} iterations), "
-        f"fine-tuned on 1 BRATS 2015 case with the asymmetric combination (combo, "
-        f"{fine_stage['iterations']} iterations). Unseen-case DSC "
-        f"{validation['dsc'] if validation else 'n/a'} on {', '.join(val_ids) or '-'}. "
-        "A starting point for fine-tuning on your own cases, not a clinical model.")
+        f"Original DeepMedic (Kamnitsas et al. 2017), FLAIR + T1c, binary tumour core, trained from scratch on "
+        f"the 2 BRATS 2015 cases with {technique.get('name')} ({stop_at} iterations). Leave-one-out (trained on "
+        f"one case, scored on the other, operating point from the other fold): DSC {per_fold}. "
+        + (f"Operating point: tumour where dz > {point.threshold:g}, post-processing {point.postprocess}. "
+           if point is not None else "")
+        + "A starting point for fine-tuning on your own cases, not a clinical model.")
     if args.smoke:
         description = "SMOKE RUN (toy scale, not a usable model). " + description
     provenance = {
         "recipe": "recipes/starter/train.sh" + (" --smoke" if args.smoke else ""),
-        "data": {"train": fine_stage["data"].get("train"), "val": val_ids,
-                 "pretrain_train": pre_stage["data"].get("train"), "pretrain_val": pre_stage["data"].get("val")},
-        "technique": fine_stage["technique"],
-        "iterations": {"pretrain": pre_stage["iterations"], "finetune": fine_stage["iterations"]},
+        "settings": settings,
+        "data": {"train": list((final.provenance.get("data") or {}).get("train") or []), "val": [],
+                 "source": DATA_SOURCE, "label_convention": "brats2015"},
+        "technique": technique,
+        "iterations": stop_at,
+        "schedule_iterations": settings["iterations"],
         "validation": validation,
         "validation_note": (
-            f"measured once, after the last fine-tuning iteration, on {', '.join(val_ids) or '-'}, a case the "
-            "model never saw; it was not used to select the model. One case: an indication, not an estimate "
-            "of performance on other sites."),
-        "stages": {"pretrain": pre_stage, "finetune": fine_stage},
+            "leave-one-out on the two training cases: the same network, technique and iterations trained on one "
+            "case and scored on the other, both ways, with the operating point chosen on the other fold's case; "
+            "the mean of the two folds. The shipped model (trained on both) has no unseen labelled case here. "
+            "Two cases: an indication, not an estimate of performance on other sites."),
+        "leave_one_out": {"iteration": stop_at, "techniques": table,
+                          "ranking": ranking(loo, list(settings["compare"]), list(settings["score_at"])),
+                          "heuristic": [_rounded(r) | {"case_id": r["case_id"]} for r in loo.get("heuristic", [])]},
         "base_model": None,
-        "init_seed": 2015,
-        "compute": {"seconds": seconds, "threads": args.threads, "torch": torch.__version__,
+        "init_seed": settings["seed"],
+        "compute": {"seconds": seconds, "train_seconds": train_seconds, "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "device": device,
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) visible",
                     **({"note": args.note} if args.note else {})},
         "license_note": LICENSE_NOTE,
         "cite": CITATIONS,
     }
-    card = finetuned.replace(name=args.name, description=description, provenance=provenance, created="")
+    card = final.replace(name=args.name, description=description, provenance=provenance, created="")
 
     out = args.out
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copyfile(args.finetuned / WEIGHTS_FILE, out / WEIGHTS_FILE)
-    from asymseg.modelfile import now_iso
-
+    shutil.copyfile(args.final / WEIGHTS_FILE, out / WEIGHTS_FILE)
     write_card(out, card.replace(created=now_iso()))
     loaded = load_model(out)  # checks the SHA256, the tensors and the architecture
     print(f"wrote {out / CARD_FILE}: {loaded.card.architecture}, channels {','.join(loaded.card.channels)}, "
-          f"validation {json.dumps(validation)}")
+          f"leave-one-out {json.dumps(validation)}, operating point "
+          f"{loaded.card.operating_point.describe() if loaded.card.operating_point else 'argmax'}")
     return 0
 
 

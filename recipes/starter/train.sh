@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Train the bundled starter model (asymseg-starter-deepmedic) from scratch.
+# Train the bundled starter model (asymseg-starter-deepmedic) from scratch on the two BRATS 2015 cases.
 #
 #   recipes/starter/train.sh [--smoke] [--work DIR] [--data DIR] [--device auto|cpu|cuda]
 #                            [--threads N] [--note TEXT] [--install]
 #
-# Stages (settings in pretrain.json and finetune.json beside this script):
-#   1. 18 phantom cases, 96^3 voxels, FLAIR + T1c (16 for training, 2 for validation);
-#   2. pre-train the original DeepMedic from scratch on the 16 phantoms (ce);
-#   3. fine-tune it on BRATS 2015 case pat0005 with the asymmetric combination (combo),
-#      validated once, at the end, on the unseen case pat0006 (no model selection on it);
-#   4. write the model card (data, technique, iterations, validation, licence) and verify it.
-# --smoke runs the same commands at toy scale (4 phantoms of 32^3, 2 iterations per stage, and
-# the fine-tuning validated on a phantom) to check the chain in a few minutes.
+# Stages (settings in final.json beside this script):
+#   1. leave-one-out runs: for each technique in final.json's "compare", the original DeepMedic
+#      from scratch on one case, validated on the other, both ways (loo.py; resumable, snapshots);
+#   2. score every snapshot on its held-out case, with the operating points (loo_eval.py);
+#   3. the final model: the same network from scratch on BOTH cases with final.json's technique,
+#      stopped at its "stop_at" iteration of the "iterations"-long schedule (chosen from stage 2's
+#      table, see README.md), so it matches the leave-one-out snapshot it was chosen by;
+#   4. its operating point, chosen on the two held-out cases of the leave-one-out folds of that
+#      technique and iteration (asymseg operating-point --fold-model ... --write);
+#   5. the model card (data, technique, iterations, operating point, leave-one-out numbers, licence).
+# Every stage resumes where it stopped when the same command is given again.
+# --smoke runs the chain at toy scale (a 4-layer network, 4 iterations) to check it in minutes.
 # --note TEXT is recorded in the card's provenance.compute (e.g. other load on the machine).
 # --install copies the result into AsymSeg/asymseg/models/asymseg-starter-deepmedic.
 # Everything else is written under --work (default ${TMPDIR:-/tmp}/asymseg-starter).
@@ -23,7 +27,7 @@ NAME="asymseg-starter-deepmedic"
 WORK="${TMPDIR:-/tmp}/asymseg-starter"
 DATA="$REPO/../shared/data/brats2015"
 DEVICE="auto"
-THREADS=""
+THREADS="1"
 SMOKE=0
 INSTALL=0
 NOTE=""
@@ -38,72 +42,89 @@ while [[ $# -gt 0 ]]; do
     --device) DEVICE="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
     --note) NOTE="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "train.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
-TRAIN_REAL="$DATA/brats_2013_pat0005_1"
-VAL_REAL="$DATA/brats_2013_pat0006_1"
-for case in "$TRAIN_REAL" "$VAL_REAL"; do
+CASE_A="$DATA/brats_2013_pat0005_1"
+CASE_B="$DATA/brats_2013_pat0006_1"
+for case in "$CASE_A" "$CASE_B"; do
   if [[ ! -d "$case" ]]; then
     echo "train.sh: $case: no such case folder (the two BRATS 2015 cases; pass --data DIR)" >&2
     exit 2
   fi
 done
-
-asymseg() { "$PY" -m asymseg ${THREADS:+--threads "$THREADS"} "$@"; }
-stamp() { date +%s; }
-
-if [[ $SMOKE -eq 1 ]]; then
-  CASES=4; SIZE=32; N_TRAIN=3; SCALE=(--iterations 2 --batch-size 2 --val-every 2)
-else
-  CASES=18; SIZE=96; N_TRAIN=16; SCALE=()
+if [[ $INSTALL -eq 1 && $SMOKE -eq 1 ]]; then
+  echo "train.sh: --install refused for a --smoke run" >&2
+  exit 2
 fi
 
+setting() { "$PY" -c "import json,sys; v=json.load(open('$HERE/final.json'))[sys.argv[1]]; print(','.join(map(str,v)) if isinstance(v,list) else v)" "$1"; }
+TECHNIQUE="$(setting technique)"
+ITERATIONS="$(setting iterations)"
+STOP="$(setting stop_at)"
+COMPARE="$(setting compare)"
+SNAPSHOT="$(setting snapshot_every)"
+SCORE_AT="$(setting score_at)"
+BATCH="$(setting batch_size)"
+EXTRA=()
+if [[ $SMOKE -eq 1 ]]; then
+  ITERATIONS=4; STOP=4; SNAPSHOT=2; SCORE_AT="2,4"; COMPARE="$TECHNIQUE"
+  EXTRA=(--network-param 'normal_features=[4,4,4,4]' --network-param 'lowres_features=[4,4,4,4]'
+         --network-param 'fc_features=[8]' --network-param 'dropout=[0.0,0.0]')
+  BATCH=2
+fi
+asymseg() { "$PY" -m asymseg --threads "$THREADS" "$@"; }
+stamp() { date +%s; }
+
 mkdir -p "$WORK"
-echo "starter recipe: work folder $WORK, data $DATA, device $DEVICE, smoke $SMOKE"
+echo "starter recipe: work $WORK, data $DATA, device $DEVICE, $TECHNIQUE, $STOP of $ITERATIONS iterations, smoke $SMOKE"
 T0=$(stamp)
 
-# 1. Phantom cases (deterministic: the same seed gives the same cases).
-asymseg phantom --out "$WORK/phantoms" --cases "$CASES" --size "$SIZE" --seed 2015 \
-  --channels flair,t1c --overwrite --progress none
-PRETRAIN_CASES=(); PRETRAIN_VAL=()
-for ((i = 0; i < CASES; i++)); do
-  case_dir="$WORK/phantoms/$(printf 'phantom_%03d' "$i")"
-  if ((i < N_TRAIN)); then PRETRAIN_CASES+=(--train-case "$case_dir"); else PRETRAIN_VAL+=(--val-case "$case_dir"); fi
-done
+# 1-2. Leave-one-out runs and their scores.
+"$PY" "$HERE/loo.py" --work "$WORK/loo" --data "$DATA" --techniques "$COMPARE" --iterations "$ITERATIONS" \
+  --snapshot-every "$SNAPSHOT" --batch-size "$BATCH" --lr "$(setting lr)" --optimizer "$(setting optimizer)" \
+  --seed "$(setting seed)" --threads "$THREADS" -- "${EXTRA[@]}"
+"$PY" "$HERE/loo_eval.py" --work "$WORK/loo" --data "$DATA" --techniques "$COMPARE" --iterations "$SCORE_AT" \
+  --out "$WORK/loo-eval.json"
 T1=$(stamp)
 
-# 2. Pre-training on phantoms, from scratch.
-asymseg finetune --config "$HERE/pretrain.json" "${PRETRAIN_CASES[@]}" "${PRETRAIN_VAL[@]}" \
-  --output-model "$WORK/pretrained" --device "$DEVICE" --overwrite "${SCALE[@]}" --json \
-  > "$WORK/pretrain-result.json"
+# 3. The final model on both cases.
+done_iterations() {
+  "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['iteration'])" "$WORK/final.run/checkpoint/state.json" \
+    2>/dev/null || echo 0
+}
+if [[ "$(done_iterations)" != "$STOP" ]]; then
+  if [[ -f "$WORK/final.run/checkpoint/state.json" ]]; then
+    asymseg finetune --resume "$WORK/final.run" --stop-after "$STOP" --progress none --json > "$WORK/final-result.json"
+  else
+    asymseg finetune --architecture deepmedic --channels flair,t1c --label-convention brats2015 \
+      --train-case "$CASE_A" --train-case "$CASE_B" --technique "$TECHNIQUE" --iterations "$ITERATIONS" \
+      --stop-after "$STOP" --batch-size "$BATCH" --optimizer "$(setting optimizer)" --lr "$(setting lr)" \
+      --schedule "$(setting schedule)" --seed "$(setting seed)" --val-every "$STOP" --checkpoint-every "$SNAPSHOT" \
+      --operating-point none --device "$DEVICE" "${EXTRA[@]}" --output-model "$WORK/final" \
+      --run-dir "$WORK/final.run" --overwrite --progress none --json > "$WORK/final-result.json"
+  fi
+fi
 T2=$(stamp)
 
-# 3. Fine-tuning on one real case with the asymmetric combination, validated on the other.
-FINETUNE_VAL="$VAL_REAL"
-[[ $SMOKE -eq 1 ]] && FINETUNE_VAL="${PRETRAIN_VAL[1]}"
-asymseg finetune --config "$HERE/finetune.json" --base-model "$WORK/pretrained" \
-  --train-case "$TRAIN_REAL" --val-case "$FINETUNE_VAL" \
-  --output-model "$WORK/finetuned" --device "$DEVICE" --overwrite "${SCALE[@]}" --json \
-  > "$WORK/finetune-result.json"
+# 4. The operating point from the two leave-one-out folds of that technique and iteration.
+"$PY" "$HERE/loo_eval.py" --work "$WORK/loo" --out "$WORK/folds" --export "$TECHNIQUE@$STOP"
+asymseg operating-point --model "$WORK/final" --val-case "$CASE_B" --val-case "$CASE_A" \
+  --fold-model "$WORK/folds/5to6" --fold-model "$WORK/folds/6to5" --device "$DEVICE" --write --json \
+  --progress none > "$WORK/operating-point.json"
 T3=$(stamp)
 
-# 4. The card: provenance, validation, licence; then load and verify the model.
-"$PY" "$HERE/finalize.py" --name "$NAME" --phantoms "$WORK/phantoms" --device "$DEVICE" --pretrained "$WORK/pretrained" --finetuned "$WORK/finetuned" \
-  --pretrain-result "$WORK/pretrain-result.json" --finetune-result "$WORK/finetune-result.json" \
-  --seconds "phantoms=$((T1 - T0)),pretrain=$((T2 - T1)),finetune=$((T3 - T2))" \
-  ${THREADS:+--threads "$THREADS"} ${NOTE:+--note "$NOTE"} $([[ $SMOKE -eq 1 ]] && echo --smoke) \
+# 5. The card; then load and verify the model.
+"$PY" "$HERE/finalize.py" --name "$NAME" --final "$WORK/final" --final-result "$WORK/final-result.json" \
+  --loo-eval "$WORK/loo-eval.json" --loo-work "$WORK/loo" --seconds "loo=$((T1 - T0)),final=$((T2 - T1)),operating_point=$((T3 - T2))" \
+  --threads "$THREADS" --device "$DEVICE" ${NOTE:+--note "$NOTE"} $([[ $SMOKE -eq 1 ]] && echo --smoke) \
   --out "$WORK/$NAME"
 asymseg models show "$WORK/$NAME"
 
 if [[ $INSTALL -eq 1 ]]; then
-  if [[ $SMOKE -eq 1 ]]; then
-    echo "train.sh: --install refused for a --smoke run" >&2
-    exit 2
-  fi
   DEST="$REPO/AsymSeg/asymseg/models/$NAME"
   rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
   cp "$WORK/$NAME/model.json" "$WORK/$NAME/model.safetensors" "$DEST.tmp/"
