@@ -80,36 +80,26 @@ def test_adversarial_and_mixup_steps_leave_running_statistics_to_the_clean_batch
     assert not torch.equal(combo.classifier.weight, reference.classifier.weight)
 
 
-def test_the_adversarial_step_trains_on_a_perturbation_of_norm_eps_per_pathway_input():
+@pytest.mark.parametrize("inputs", ["pathways", "image"])
+def test_the_adversarial_step_trains_on_a_perturbation_of_norm_eps_per_perturbed_input(inputs):
     x, y = batch()
     net = tiny_net()
     seen = []
     net.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
-    IterationRunner(net, net, opt, get_technique("a-at", eps=3.0), RARE, torch.Generator().manual_seed(2))(x, y)
-    # forward passes: direction (pathway inputs + d0, at the weights before the update), clean,
-    # adversarial (pathway inputs + r_adv)
+    technique = get_technique("a-at", eps=3.0, adversarial_inputs=inputs)
+    IterationRunner(net, net, opt, technique, RARE, torch.Generator().manual_seed(2))(x, y)
+    # forward passes: direction (inputs + d0, at the weights before the update), clean, adversarial
     assert len(seen) == 3
     assert torch.equal(seen[1], x)
-    clean_inputs = net.pathway_inputs(x)
-    assert isinstance(seen[2], list) and len(seen[2]) == len(clean_inputs) == 2
-    for clean, perturbed in zip(clean_inputs, seen[2]):
+    # "pathways": each pathway input perturbed on its own; "image": the full-resolution input once.
+    clean_inputs, perturbed_inputs = (net.pathway_inputs(x), seen[2]) if inputs == "pathways" else ([x], [seen[2]])
+    assert isinstance(perturbed_inputs, list) and len(perturbed_inputs) == len(clean_inputs) == \
+        (2 if inputs == "pathways" else 1)
+    for clean, perturbed in zip(clean_inputs, perturbed_inputs):
         norms = (perturbed.detach() - clean).flatten(1).norm(dim=1).numpy()
         # Every sample: the ones without rare voxels get their direction through batch norm.
         np.testing.assert_allclose(norms, [3.0] * 4, rtol=1e-4)
-
-
-def test_the_image_mode_perturbs_the_full_resolution_input_once():
-    x, y = batch()
-    net = tiny_net()
-    seen = []
-    net.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
-    technique = get_technique("a-at", eps=3.0, adversarial_inputs="image")
-    IterationRunner(net, net, opt, technique, RARE, torch.Generator().manual_seed(2))(x, y)
-    assert len(seen) == 3 and isinstance(seen[2], torch.Tensor)
-    norms = (seen[2].detach() - x).flatten(1).norm(dim=1).numpy()
-    np.testing.assert_allclose(norms, [3.0] * 4, rtol=1e-4)
 
 
 def test_an_iteration_is_repeatable_with_the_same_generators():
