@@ -236,9 +236,9 @@ class ValidationMaps:
 
 
 def _dsc(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float | None, float | None]:
-    tp = int(np.count_nonzero(predicted & reference))
-    fp = int(np.count_nonzero(predicted)) - tp
-    fn = int(np.count_nonzero(reference)) - tp
+    from asymseg.metrics import confusion
+
+    tp, fp, fn, _ = confusion(predicted, reference)
     dsc = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     return dsc, (tp / (tp + fn) if tp + fn else None), (tp / (tp + fp) if tp + fp else None)
 

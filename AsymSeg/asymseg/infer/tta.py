@@ -18,7 +18,7 @@ import numpy as np
 
 from asymseg import constants as C
 from asymseg.events import CancelToken, EventCallback, emit
-from asymseg.infer.engine import Prediction, predict_volume
+from asymseg.infer.engine import Prediction, _finish, predict_volume
 from asymseg.operating import OperatingPoint, decide
 
 #: The 8 mirrorings: each a tuple of flipped spatial axes (0 = D, 1 = H, 2 = W).
@@ -28,17 +28,6 @@ MIRRORS: tuple[tuple[int, ...], ...] = tuple(
 
 def _flip(array: np.ndarray, axes: tuple[int, ...], offset: int) -> np.ndarray:
     return np.flip(array, axis=tuple(a + offset for a in axes)) if axes else array
-
-
-def maps_from_logits(logits: np.ndarray, mask: np.ndarray, rare: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """(rare-class probability, dz) of ``(K, D, H, W)`` logits, 0 outside the mask."""
-    flags = np.asarray(rare, dtype=bool)
-    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-    probabilities = (shifted[flags].sum(axis=0) / shifted.sum(axis=0)).astype(np.float32)
-    decision = (logits[flags].max(axis=0) - logits[~flags].max(axis=0)).astype(np.float32)
-    probabilities[~mask] = 0.0
-    decision[~mask] = 0.0
-    return probabilities, decision
 
 
 def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, point: OperatingPoint, *,
@@ -96,10 +85,11 @@ def predict_with_operating_point(net: Any, image: np.ndarray, mask: np.ndarray, 
         total = logits.copy() if total is None else total + logits
         seconds = info.get("seconds", 0.0) + float(prediction.info.get("seconds") or 0.0)
         info = {**prediction.info, "seconds": seconds}
-        if point.tta:
-            emit(on_event, C.EVENT_PROGRESS, stage="tta", done=index + 1, total=len(mirrors))
+        emit(on_event, C.EVENT_PROGRESS, stage="tta", done=index + 1, total=len(mirrors))
     logits = total / len(mirrors)
-    probabilities, decision = maps_from_logits(logits, mask, rare)
+    # The engine's own conversion of logits to the maps, over the whole grid.
+    averaged = _finish(logits, (0, 0, 0), mask, np.asarray(rare, dtype=bool), True)
+    probabilities, decision = averaged.probabilities, averaged.decision
     labels = decide(decision, mask, spacing, point, logits=None if binary else logits, rare=rare)
     summary = point.to_dict()
     summary.pop("validation", None)
