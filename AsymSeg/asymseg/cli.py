@@ -5,6 +5,9 @@ Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
     def register(subparsers) -> argparse.ArgumentParser   # adds its parser, sets func=run
     def run(args, ctx: CommandContext) -> int              # calls one API function
 
+The common options (``--threads``, ``--debug``, ``--progress``: :func:`add_common_arguments`) are
+accepted before the command name and after it, by every command and action alike.
+
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
 SIGINT/SIGTERM handlers that cancel the job's token, and maps exceptions to one line on stderr
 and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
@@ -52,7 +55,7 @@ class CommandContext:
     stdout: TextIO
     stderr: TextIO
     cancel: CancelToken = field(default_factory=CancelToken)
-    progress: str = "tqdm"
+    progress: str = "auto"
     debug: bool = False
 
     def renderer(self):
@@ -60,11 +63,29 @@ class CommandContext:
         return make_renderer(self.progress, stdout=self.stdout, stderr=self.stderr)
 
 
-def add_progress_argument(parser: argparse.ArgumentParser, default: str = "tqdm") -> None:
-    parser.add_argument(
-        "--progress", choices=PROGRESS_MODES, default=default,
-        help="progress display: tqdm bars on stderr, one JSON object per line on stdout, or none",
-    )
+#: The options every command takes, before or after its name (see :func:`add_common_arguments`).
+COMMON_OPTIONS: tuple[str, ...] = ("--threads", "--debug", "--progress")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
+    """Add ``--threads``, ``--debug`` and ``--progress`` to ``parser``.
+
+    The top-level parser holds their defaults; a command's parser (``in_command=True``) adds them
+    with no default of its own, so a value given before the command name is kept unless it is
+    given again after it.
+    """
+    def default(value):
+        return argparse.SUPPRESS if in_command else value
+
+    group = parser.add_argument_group("options every command takes (before or after its name)")
+    group.add_argument("--threads", type=int, default=default(None), metavar="N",
+                       help="CPU threads for torch (default: all cores, or $ASYMSEG_THREADS)")
+    group.add_argument("--debug", action="store_true", default=default(False),
+                       help="show tracebacks and debug logs")
+    group.add_argument("--progress", choices=PROGRESS_MODES, default=default("auto"),
+                       help="progress display: auto (tqdm bars on a terminal, plain lines in a file or pipe), "
+                            "tqdm (bars always), plain, jsonl (one JSON object per line on stdout), or none; "
+                            "commands without long work show none")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,6 +97,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a command or action: it takes the common options too (and so do its actions,
+    whose parsers are of the same class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        add_common_arguments(self, in_command=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asymseg",
@@ -84,10 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asymseg {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: all cores)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_common_arguments(parser, in_command=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=CommandParser)
     for name in COMMANDS:
         module = importlib.import_module(f"asymseg.commands.{name.replace('-', '_')}")
         module.register(subparsers)
@@ -140,7 +169,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.debug)
-    ctx = CommandContext(stdout=stdout, stderr=stderr, progress=getattr(args, "progress", "tqdm"),
+    ctx = CommandContext(stdout=stdout, stderr=stderr, progress=args.progress,
                          debug=args.debug)
     try:
         _configure_threads(args.threads)

@@ -232,8 +232,7 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings | None = No
     out = prepare_out_dir(out_dir)
 
     n_train, n_test = settings.train_cases, settings.test_cases
-    _step(on_event, 1, f"writing {n_train + n_test} phantom cases ({settings.size}^3 voxels, "
-                       f"{' + '.join(channels)}) to {out / 'cases'}")
+    _step(on_event, 1, f"phantom cases ({' + '.join(channels)}): {n_train} to fine-tune on, {n_test} held out")
     paths = write_phantom_cases(out / "cases", n_train + n_test, size=(settings.size,) * 3, seed=settings.seed,
                                 channels=channels, on_event=on_event, cancel=cancel)
     train_dirs, test_dirs = [str(p) for p in paths[:n_train]], [str(p) for p in paths[n_train:]]

@@ -3,6 +3,8 @@
 Library functions take an optional ``on_event`` callback fed :class:`Event` objects and an
 optional :class:`CancelToken` they check between steps. The CLI renders events as tqdm bars
 for people or as one flushed JSON object per line (``--progress jsonl``) for the Slicer panels.
+When stderr is not a terminal (a log file, a pipe), the default ``--progress auto`` writes plain
+lines instead of bars: no carriage returns, no escape sequences.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -223,15 +226,126 @@ class NullRenderer:
     echo = JsonlRenderer.echo
 
 
-PROGRESS_MODES = ("tqdm", "jsonl", "none")
+class PlainRenderer:
+    """Renders progress as plain lines, for a log file or a pipe (what ``--progress plain`` writes).
+
+    Each message is written once, as a line. A stage's count is written as a line when the stage
+    completes (``load: 2/2 in 0.4 s``) and, while it runs, every ``interval`` seconds
+    (``train: iteration 120/500, 2.1 s/it, ETA 13m18s``), with the rate and time left measured
+    from the events' arrival. A stage that starts while another one is unfinished (loading inside
+    a case, a cell's training inside an experiment) is nested: its periodic lines are written, its
+    completion line is not (its parent's count says it). No carriage return, no escape sequence.
+
+    Args:
+        stream: where the lines go (stderr).
+        interval: seconds between two periodic lines of a stage.
+        clock: the time source (seconds), for tests.
+    """
+
+    def __init__(self, stream: TextIO, *, interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.interval = float(interval)
+        self.clock = clock
+        self._stages: dict[str | None, dict[str, Any]] = {}  # open stages, outermost first
+
+    def __call__(self, event: Event) -> None:
+        if event.kind in (C.EVENT_CANCELLED, C.EVENT_FAILED):
+            self._stages.clear()  # the command reports why, in its one error line
+            return
+        if event.kind == C.EVENT_DONE:
+            if event.total:
+                self._update(event)
+            self._stages.pop(event.stage, None)
+            if event.message:
+                self.echo(event.message, self.stream)
+            return
+        if event.message:
+            self.echo(event.message, self.stream)
+        if event.total and event.kind in (C.EVENT_START, C.EVENT_PROGRESS, C.EVENT_ITERATION):
+            self._update(event)
+
+    def _update(self, event: Event) -> None:
+        now = self.clock()
+        done, total = event.done or 0, int(event.total or 0)
+        state = self._stages.get(event.stage)
+        if state is None or state["total"] != total or done < state["done"]:  # a new run of the stage
+            self._stages.pop(event.stage, None)
+            nested = any(s["done"] < s["total"] for s in self._stages.values())
+            for name in [n for n, s in self._stages.items() if s["done"] >= s["total"]]:
+                del self._stages[name]  # finished stages: the new one follows them
+            state = {"total": total, "done": done, "first": done, "start": now, "last": now, "nested": nested,
+                     "finished": False, "iteration": False}
+            self._stages[event.stage] = state
+        state["done"] = done
+        state["iteration"] = state["iteration"] or event.kind == C.EVENT_ITERATION
+        if done >= total:
+            if not state["finished"] and not state["nested"]:
+                self.echo(f"{event.stage or 'progress'}: {self._count(state)} in {_duration(now - state['start'])}",
+                          self.stream)
+            state["finished"] = True
+        elif now - state["last"] >= self.interval:
+            state["last"] = now
+            line = f"{event.stage or 'progress'}: {self._count(state)}"
+            rate = (done - state["first"]) / max(now - state["start"], 1e-9)
+            if rate > 0:
+                per = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+                line += f", {per}, ETA {_duration((total - done) / rate)}"
+            self.echo(line, self.stream)
+
+    @staticmethod
+    def _count(state: dict[str, Any]) -> str:
+        return ("iteration " if state["iteration"] else "") + f"{state['done']}/{state['total']}"
+
+    def echo(self, text: str, stream: TextIO) -> None:
+        """Write a line to ``stream`` (a message on stderr, a result on stdout)."""
+        stream.write(text + "\n")
+        stream.flush()
+
+    def close(self) -> None:
+        self._stages.clear()
 
 
-def make_renderer(mode: str, *, stdout: TextIO, stderr: TextIO) -> JsonlRenderer | TqdmRenderer | NullRenderer:
-    """The renderer for ``--progress MODE``: jsonl on stdout, tqdm on stderr, or none."""
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``45 s``, ``13m18s``, ``1h02m``: a duration for a log line."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+#: ``--progress`` values: auto (bars on a terminal, plain lines otherwise), tqdm (bars even in a
+#: file), plain, jsonl (one JSON object per line on stdout, for the Slicer panels) and none.
+PROGRESS_MODES = ("auto", "tqdm", "plain", "jsonl", "none")
+
+
+def make_renderer(mode: str, *, stdout: TextIO, stderr: TextIO
+                  ) -> JsonlRenderer | TqdmRenderer | PlainRenderer | NullRenderer:
+    """The renderer for ``--progress MODE`` (see :data:`PROGRESS_MODES`).
+
+    ``auto`` draws tqdm bars on stderr when stderr is a terminal and writes plain lines otherwise
+    (a log file or a pipe gets no carriage returns or escape sequences).
+    """
+    if mode == "auto":
+        mode = "tqdm" if _is_terminal(stderr) else "plain"
     if mode == "jsonl":
         return JsonlRenderer(stdout)
     if mode == "tqdm":
         return TqdmRenderer(stderr)
+    if mode == "plain":
+        return PlainRenderer(stderr)
     if mode == "none":
         return NullRenderer()
     raise ValueError(f"unknown progress mode {mode!r}; expected one of {PROGRESS_MODES}")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

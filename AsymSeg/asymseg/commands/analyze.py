@@ -12,7 +12,7 @@ from asymseg.errors import InputError
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
     from asymseg.diagnostics.collect import DEFAULT_MAX_NONRARE
 
     parser = subparsers.add_parser(
@@ -43,7 +43,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--tile", type=int, default=None, help="largest inference tile edge (default: automatic)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -10,7 +10,7 @@ from asymseg import constants as C
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
     from asymseg.demo import STARTER_MODEL, DemoSettings
 
     defaults = DemoSettings()
@@ -39,7 +39,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

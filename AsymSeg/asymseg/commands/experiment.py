@@ -10,7 +10,7 @@ from asymseg import constants as C
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
 
     parser = subparsers.add_parser(
         "experiment",
@@ -42,7 +42,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results.csv, results.md and the figures from the finished cells; run nothing")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -55,7 +55,6 @@ def _patch_size(text: str) -> list[int]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_progress_argument
     from asymseg.io import add_target_arguments
     from asymseg.techniques import DESCRIPTIONS
     from asymseg.train.config import OPTIMIZERS
@@ -170,7 +169,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--stop-after", type=int, default=None, metavar="N",
                        help="pause once N iterations are done (checkpoint written; continue with --resume)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -10,7 +10,7 @@ from asymseg import constants as C
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
 
     parser = subparsers.add_parser(
         "operating-point",
@@ -32,7 +32,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--write", action="store_true", help="record the chosen operating point on the model's card")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -58,7 +58,7 @@ def parse_channels(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
 
     parser = subparsers.add_parser(
         "phantom",
@@ -79,7 +79,6 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="index of the first case (ids phantom_<index>); add cases to a folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

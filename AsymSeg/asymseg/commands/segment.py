@@ -50,7 +50,7 @@ def _postprocess(text: str) -> str:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import HelpFormatter, add_progress_argument
+    from asymseg.cli import HelpFormatter
     from asymseg.io import add_case_arguments
 
     parser = subparsers.add_parser(
@@ -97,7 +97,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="print the results as one JSON document (ignored with --progress jsonl, whose "
                              "done lines carry them)")
-    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 

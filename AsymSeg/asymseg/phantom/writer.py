@@ -217,8 +217,7 @@ def write_phantom_cases(out_dir: str | os.PathLike[str], n_cases: int, *, size: 
                     shutil.rmtree(tmp, ignore_errors=True)
             entries[case_id] = dict(case_summary(case), index=first_index + i)
             written.append(out / case_id)
-            emit(on_event, C.EVENT_PROGRESS, stage="phantom", done=i + 1, total=n_cases,
-                 message=f"{case_id}: tumour core {100 * case.params['core_fraction']:.2f}% of the brain",
+            emit(on_event, C.EVENT_PROGRESS, stage="phantom", done=i + 1, total=n_cases,  # results say the rest
                  case_id=case_id, core_fraction=case.params["core_fraction"])
     finally:
         if written:
