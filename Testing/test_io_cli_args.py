@@ -127,7 +127,8 @@ def test_values_of_no_convention_ask_for_foreground_labels():
     with pytest.raises(InputError, match=r"seg\.nii\.gz: label values \[0, 1, 5\] fit no BraTS convention; "
                                          r"pass --foreground-labels"):
         target_from_args(_parser().parse_args([]), label_values=(0, 1, 5), source="seg.nii.gz")
-    with pytest.raises(InputError, match=r"seg\.nii\.gz: cannot tell the label convention"):
+    with pytest.raises(InputError, match=r"seg\.nii\.gz: no label file found, so the label "
+                                                             r"convention cannot be guessed; pass --label-convention"):
         target_from_args(_parser().parse_args([]), label_values=None, source="seg.nii.gz")
 
 

@@ -88,6 +88,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, in_command: bool) -
                             "commands without long work show none")
 
 
+def plain_text(docstring: str) -> str:
+    """A docstring as help text: reStructuredText markup removed (``:func:`x``` and ````x```` give
+    ``x``; a literal-block ``::`` gives ``:``)."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"::$", ":", text, flags=re.M)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default in its help, except where there is nothing to show (None, False)."""
 

@@ -486,7 +486,7 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
                          f"the network {net.in_channels} and {net.num_classes}")
     if directory.exists():
         if not overwrite:
-            raise ModelError(f"{directory}: already exists; choose another directory or overwrite it")
+            raise ModelError(f"{directory}: already exists; choose another directory or pass --overwrite")
         if not directory.is_dir() or (any(directory.iterdir()) and not (directory / CARD_FILE).is_file()):
             raise ModelError(f"{directory}: exists and is not a model directory; refusing to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -332,7 +332,7 @@ def import_model(source: str | os.PathLike, *, name: str | None = None, overwrit
         target = dest_root / model_name
         if target.exists() and not overwrite:
             raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
-                             "choose another name (--name) or overwrite it")
+                             "choose another name (--name) or pass --overwrite")
         # Copy exactly the card and the weights, then verify the copy (not the source).
         final = staging / "model"
         final.mkdir()
@@ -361,7 +361,7 @@ def export_model(name_or_path: str | os.PathLike, out_path: str | os.PathLike, *
     if not lower.endswith((".zip", ".tar.gz", ".tgz")):
         raise InputError(f"{out}: the archive name must end in .zip or .tar.gz")
     if out.exists() and not overwrite:
-        raise InputError(f"{out}: exists already; choose another name or overwrite it")
+        raise InputError(f"{out}: exists already; choose another name or pass --overwrite")
     loaded = load_model(name_or_path)
     directory, card = loaded.path, loaded.card
     folder = directory.name if NAME_PATTERN.match(directory.name) else check_model_name(card.name)

@@ -191,5 +191,6 @@ def resolve_target(
     if convention:
         return TargetSpec.tumour_core(convention)
     if label_values is None:
-        raise InputError(f"{source}: cannot tell the label convention; pass --label-convention")
+        raise InputError(f"{source}: no label file found, so the label convention cannot be guessed; "
+                         "pass --label-convention")
     return TargetSpec.tumour_core(guess_convention(label_values, source))

@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 from asymseg import constants as C
-from asymseg.cli import HelpFormatter
+from asymseg.cli import HelpFormatter, plain_text
 
 #: Benchmark topics, each a module ``asymseg.bench.<topic>``; topics whose module is not
 #: installed are left out of the parser.
@@ -25,8 +25,9 @@ class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmarks: losses, inference (needs the 'bench' extra)",
-        description=__doc__.splitlines()[0] + " Benchmarks measure against a reference run on the same machine.",
+        help=f"benchmarks: {', '.join(TOPICS)} (needs the 'bench' extra)",
+        description=plain_text(__doc__.splitlines()[0])
+        + " Benchmarks measure against a reference run on the same machine.",
         formatter_class=HelpFormatter,
     )
     topics = parser.add_subparsers(dest="topic", metavar="TOPIC", required=True)
@@ -37,8 +38,8 @@ def register(subparsers) -> argparse.ArgumentParser:
             if err.name == f"asymseg.bench.{name}":
                 continue
             raise
-        summary = (module.__doc__ or name).strip().splitlines()[0]
-        sub = topics.add_parser(name, help=summary, description=module.__doc__,
+        text = plain_text(module.__doc__ or name)
+        sub = topics.add_parser(name, help=" ".join(text.strip().split("\n\n")[0].split()), description=text,
                                 formatter_class=_HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(func=run, bench_module=module.__name__)

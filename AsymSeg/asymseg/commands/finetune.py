@@ -23,7 +23,7 @@ from asymseg.techniques import MIXUP_NORMALIZE, SYMMETRY_PARTS
 _EPILOG = """\
 examples:
   asymseg finetune --train-case cases/p01 --train-case cases/p02 --val-case cases/p03 \\
-      --base-model deepmedic-brats --technique combo --iterations 2000 --output-model my-model
+      --base-model asymseg-starter-deepmedic --technique combo --iterations 2000 --output-model my-model
   asymseg finetune --config run.yaml --lr 5e-4 --output-model my-model
   asymseg finetune --resume my-model.run            (continue a cancelled or finished run)
   torchrun --standalone --nproc_per_node=2 -m asymseg finetune ...   (data-parallel; --batch-size is global)

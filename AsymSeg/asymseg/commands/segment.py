@@ -71,10 +71,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="label map file (one case) or output folder (several cases)")
     parser.add_argument("--probabilities", nargs="?", const="", default=None, metavar="PATH",
                         help="also write the rare-class probability map (float32); one case: its path (default "
-                             "<output stem>_prob.nii.gz); several cases: an optional folder")
+                             "beside --output, its name ending _prob instead of _seg: x_seg.nii.gz gives "
+                             "x_prob.nii.gz); several cases: an optional folder")
     parser.add_argument("--logits", nargs="?", const="", default=None, metavar="PATH",
                         help="also write the decision variable dz (float32), plus per-class logits for "
-                             "multi-class models; one case: its path (default <output stem>_dz.nii.gz); "
+                             "multi-class models; one case: its path (default beside --output, "
+                             "ending _dz instead of _seg: x_seg.nii.gz gives x_dz.nii.gz); "
                              "several cases: an optional folder")
     parser.add_argument("--reference", metavar="PATH", default=None,
                         help="reference label map of the single case; adds metrics (through the model's target)")

@@ -604,8 +604,10 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         last_losses=state.last_losses, last_validation=state.last_validation,
         seconds=time.perf_counter() - started, train_seconds=state.train_seconds, history=list(state.history),
         is_main=dist.is_main)
+    kept = (f"best model (iteration {state.best_iteration})" if state.best_iteration is not None
+            else f"model of iteration {state.iteration} (not evaluated yet)")
     emit(on_event, C.EVENT_DONE, stage="train", done=state.iteration, total=resolved.iterations,
-         message=f"{outcome.status}: best model (iteration {state.best_iteration}) in {output}",
+         message=f"{outcome.status}: {kept} in {output}",
          **{k: v for k, v in result.to_dict().items() if k not in ("history", "last_validation")})
     return result
 

@@ -9,7 +9,7 @@ Example file (YAML)::
 
     train_cases: [cases/case01, cases/case02]
     val_cases: [cases/case03]
-    base_model: deepmedic-brats
+    base_model: asymseg-starter-deepmedic
     technique: {name: a-focal, gamma: 2}
     iterations: 2000
     batch_size: 10
