@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
@@ -96,6 +96,39 @@ def plain_text(docstring: str) -> str:
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring)
     text = re.sub(r"``([^`]+)``", r"\1", text)
     return re.sub(r"::$", ":", text, flags=re.M)
+
+
+def add_network_param_argument(parser, help: str) -> None:
+    """Add ``--network-param KEY=VALUE`` (repeatable; read with :func:`network_params`) and
+    ``--hparam``, its former name in ``models create`` and ``bench inference``, kept out of the
+    help so that existing scripts keep working."""
+    parser.add_argument("--network-param", action="append", default=None, metavar="KEY=VALUE", help=help)
+    parser.add_argument("--hparam", action="append", dest="network_param", help=argparse.SUPPRESS)
+
+
+def network_params(items: Sequence[str] | None) -> dict[str, Any] | None:
+    """The ``--network-param KEY=VALUE`` items as a dict (None when none were given). VALUE is JSON
+    (``[64,64]``, ``5``, ``0.5``, ``true``); a bare word (``relu``) is a string.
+
+    Raises:
+        InputError: an item without ``=`` or a key, or a value that looks like JSON but is not.
+    """
+    import json
+
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--network-param {item!r}: expected KEY=VALUE (e.g. fc_features=[64,64])")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError as err:
+            if value.strip()[:1] in '[{"-.0123456789' or not value.strip():
+                raise InputError(f"--network-param {item!r}: the value is not JSON ({err.msg})") from err
+            out[key.strip()] = value.strip()
+    return out
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -60,8 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", default="2,4", help="channel counts to run, comma-separated (2 and/or 4)")
     parser.add_argument("--architecture", default="deepmedic", choices=("deepmedic", "deepmedic-tmi", "unet"),
                         help="network architecture (untrained, seeded weights)")
-    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON",
-                        help="architecture hyper-parameter override, e.g. fc_features=[50,50] (repeatable)")
+    from asymseg.cli import add_network_param_argument
+
+    add_network_param_argument(parser, "network hyper-parameter, VALUE in JSON, e.g. fc_features=[50,50] "
+                                       "(repeatable)")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods to run, comma-separated")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--tile", type=int, default=None, help="our engine's largest tile edge (default: automatic)")
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
             import monai  # noqa: F401
         except ImportError as err:
             raise InputError("the monai method needs the bench extra: pip install 'asymseg[bench]'") from err
-    hparams = _parse_hparams(args.hparam)
+    from asymseg.cli import network_params
+
+    hparams = network_params(args.network_param) or {}
     from asymseg.infer.engine import resolve_device
 
     device = resolve_device(args.device)
@@ -185,20 +189,6 @@ def _int_list(text: str, option: str) -> list[int]:
         raise InputError(f"{option} {text!r}: expected positive integers")
     return values
 
-
-def _parse_hparams(items: list[str]) -> dict[str, Any]:
-    from asymseg.errors import InputError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--hparam {item!r}: expected KEY=JSON")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise InputError(f"--hparam {item!r}: the value is not JSON ({err.msg})") from err
-    return out
 
 
 def _prepare(workdir: Path, count: int, size: tuple[int, int, int], architecture: str, hparams: dict[str, Any],

@@ -19,7 +19,6 @@ Run standalone with ``python -m asymseg.bench.training [--json]``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -40,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated technique presets")
     parser.add_argument("--architecture", default="deepmedic", choices=("deepmedic", "deepmedic-tmi", "unet"),
                         help="network")
-    parser.add_argument("--network-param", action="append", default=None, metavar="KEY=VALUE",
-                        help="network hyper-parameter, VALUE in JSON (repeatable)")
+    from asymseg.cli import add_network_param_argument
+
+    add_network_param_argument(parser, "network hyper-parameter, VALUE in JSON (repeatable)")
     parser.add_argument("--batch-size", type=int, default=10, help="patches per step (authors: 10)")
     parser.add_argument("--iterations", type=int, default=2, help="iterations per preset per round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
@@ -122,13 +122,9 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     device = resolve_device(args.device)
-    hparams = {}
-    for item in args.network_param or []:
-        key, _, value = item.partition("=")
-        try:
-            hparams[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            hparams[key.strip()] = value
+    from asymseg.cli import network_params
+
+    hparams = network_params(args.network_param) or {}
     try:
         sampler_rss = _RssSampler() if device.type == "cpu" else None
     except ImportError as err:

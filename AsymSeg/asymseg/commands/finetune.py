@@ -33,17 +33,6 @@ exit codes: 0 done, 2 bad input, 3 unusable base model, 4 out of memory or disk,
 """
 
 
-def _network_param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. fc_features=[64,64]), got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
-
-
 def _patch_size(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
@@ -55,6 +44,7 @@ def _patch_size(text: str) -> list[int]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from asymseg.cli import add_network_param_argument
     from asymseg.io import add_target_arguments
     from asymseg.techniques import DESCRIPTIONS
     from asymseg.train.config import OPTIMIZERS
@@ -94,9 +84,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--channels", default=None, metavar="NAMES",
                        help="input channels when training from scratch, e.g. flair,t1c "
                             "(default: the channels every training case has)")
-    model.add_argument("--network-param", action="append", type=_network_param, default=None, metavar="KEY=VALUE",
-                       help="network hyper-parameter when training from scratch, VALUE in JSON "
-                            "(e.g. normal_features=[16,16,16,16,16,16,16,16]); repeatable")
+    add_network_param_argument(model, "network hyper-parameter when training from scratch, VALUE in JSON "
+                                      "(e.g. normal_features=[16,16,16,16,16,16,16,16]); repeatable")
     model.add_argument("--output-model", metavar="DIR|NAME", default=None,
                        help="where the trained model goes: a folder, or a bare name for the user models folder")
     model.add_argument("--overwrite", action="store_true",
@@ -184,6 +173,8 @@ def _case_list(folders: list[str] | None, list_file: str | None) -> list[str] | 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config values given on the command line (None = not given)."""
+    from asymseg.cli import network_params
+
     technique = {
         "loss": args.loss, "margin": args.margin, "gamma": args.gamma, "symmetric": args.symmetric,
         "adversarial": args.adversarial, "eps": args.eps, "xi": args.xi, "mixup": args.mixup,
@@ -203,7 +194,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "base_model": args.base_model,
         "architecture": args.architecture,
         "channels": args.channels,
-        "network": dict(args.network_param) if args.network_param else None,
+        "network": network_params(args.network_param),
         "label_convention": args.label_convention,
         "foreground_labels": list(args.foreground_labels) if args.foreground_labels else None,
         "technique": args.technique,

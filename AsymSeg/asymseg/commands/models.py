@@ -10,21 +10,10 @@ from typing import Any
 
 from asymseg import constants as C
 from asymseg.errors import InputError
-from asymseg.cli import HelpFormatter
+from asymseg.cli import HelpFormatter, add_network_param_argument, network_params
 
 #: Default target of ``models create``: binary tumour core in the BraTS 2017-2021 labels {1, 4}.
 DEFAULT_CONVENTION = "brats2017"
-
-
-def _hparam(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. depth=5 or fc_features=[100,100]), got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value  # a bare string such as activation=relu
-    return key.strip(), parsed
 
 
 def _label_list(text: str) -> tuple[int, ...]:
@@ -60,12 +49,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, metavar="PATH", help="model directory or .zip/.tar.gz archive")
     p.add_argument("--name", default=None, help="registry name (default: the card's name)")
     p.add_argument("--overwrite", action="store_true", help="replace a user model of the same name")
+    p.add_argument("--json", action="store_true", help="print the name and folder as JSON")
     p.set_defaults(func=run_import)
 
     p = sub.add_parser("export", help="write a model as a .zip or .tar.gz archive", formatter_class=fmt)
     p.add_argument("model", metavar="NAME|DIR", help="model name or directory")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="archive path (.zip or .tar.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    p.add_argument("--json", action="store_true", help="print the model and the archive as JSON")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
@@ -85,13 +76,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name in the card (default: the directory name)")
     p.add_argument("--description", default="", help="free-text description")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
-    p.add_argument("--hparam", action="append", type=_hparam, default=[], metavar="KEY=VALUE",
-                   help="architecture hyper-parameter (JSON value), repeatable, e.g. base_features=32")
+    add_network_param_argument(p, "network hyper-parameter, VALUE in JSON, repeatable, e.g. base_features=32")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("path", help="print the user models folder", formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print the folder as JSON")
     p.set_defaults(func=run_path)
     return parser
 
@@ -202,7 +193,10 @@ def run_import(args: argparse.Namespace, ctx) -> int:
     from asymseg.registry import import_model
 
     path = import_model(args.path, name=args.name, overwrite=args.overwrite)
-    ctx.stdout.write(f"imported {path.name} -> {path}\n")
+    if args.json:
+        _write_json(ctx, {"name": path.name, "path": str(path)})
+    else:
+        ctx.stdout.write(f"imported {path.name} -> {path}\n")
     return C.EXIT_OK
 
 
@@ -210,7 +204,10 @@ def run_export(args: argparse.Namespace, ctx) -> int:
     from asymseg.registry import export_model
 
     out = export_model(args.model, args.out, overwrite=args.overwrite)
-    ctx.stdout.write(f"exported {args.model} -> {out}\n")
+    if args.json:
+        _write_json(ctx, {"model": args.model, "archive": str(Path(out).resolve())})
+    else:
+        ctx.stdout.write(f"exported {args.model} -> {out}\n")
     return C.EXIT_OK
 
 
@@ -227,7 +224,7 @@ def run_create(args: argparse.Namespace, ctx) -> int:
         target = TargetSpec.foreground(args.foreground_labels)
     else:
         target = TargetSpec.tumour_core(args.label_convention or DEFAULT_CONVENTION)
-    hparams = dict(args.hparam)
+    hparams = network_params(args.network_param) or {}
     name = args.name or args.out.name
     net, card = create_model(args.architecture, channels, target, seed=args.seed, name=name,
                              description=args.description, **hparams)
@@ -245,5 +242,8 @@ def run_create(args: argparse.Namespace, ctx) -> int:
 def run_path(args: argparse.Namespace, ctx) -> int:
     from asymseg.registry import user_models_dir
 
-    ctx.stdout.write(f"{user_models_dir()}\n")
+    if args.json:
+        _write_json(ctx, {"path": str(user_models_dir())})
+    else:
+        ctx.stdout.write(f"{user_models_dir()}\n")
     return C.EXIT_OK
