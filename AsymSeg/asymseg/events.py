@@ -281,7 +281,7 @@ class PlainRenderer:
         state["iteration"] = state["iteration"] or event.kind == C.EVENT_ITERATION
         if done >= total:
             if not state["finished"] and not state["nested"]:
-                self.echo(f"{event.stage or 'progress'}: {self._count(state)} in {_duration(now - state['start'])}",
+                self.echo(f"{event.stage or 'progress'}: {self._count(state)} in {format_duration(now - state['start'])}",
                           self.stream)
             state["finished"] = True
         elif now - state["last"] >= self.interval:
@@ -290,7 +290,7 @@ class PlainRenderer:
             rate = (done - state["first"]) / max(now - state["start"], 1e-9)
             if rate > 0:
                 per = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
-                line += f", {per}, ETA {_duration((total - done) / rate)}"
+                line += f", {per}, ETA {format_duration((total - done) / rate)}"
             self.echo(line, self.stream)
 
     @staticmethod
@@ -306,7 +306,7 @@ class PlainRenderer:
         self._stages.clear()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """``0.4 s``, ``45 s``, ``13m18s``, ``1h02m``: a duration for a log line."""
     if seconds < 10:
         return f"{seconds:.1f} s"

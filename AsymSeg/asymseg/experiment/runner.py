@@ -27,7 +27,7 @@ from typing import Any
 from asymseg import constants as C
 from asymseg.diagnostics.result import atomic_write_bytes
 from asymseg.errors import InputError
-from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.events import CancelToken, EventCallback, emit, format_duration
 from asymseg.experiment.cell import CaseCache, PlannedCell, load_cell_result, read_json, run_cell, write_json
 from asymseg.experiment.config import ExperimentConfig
 from asymseg.experiment.data import ExperimentData, expected_data, prepare_data
@@ -80,6 +80,32 @@ class ExperimentResult:
         """Cells of the grid without a finished result."""
         done = {r["cell"] for r in self.rows}
         return [c.id for c in self.cells if c.id not in done]
+
+
+def _without_run_estimates(on_event: EventCallback | None) -> EventCallback | None:
+    """``on_event`` without the time estimate each cell's training run writes (the experiment
+    writes one for all its cells)."""
+    if on_event is None:
+        return None
+
+    def forward(event):
+        if not (event.kind == C.EVENT_LOG and event.stage == "train" and "estimated_seconds" in event.data):
+            on_event(event)
+
+    return forward
+
+
+def _emit_estimate(config: ExperimentConfig, data: ExperimentData, out_dir: Path, cells: Sequence[Cell],
+                   left: Sequence[PlannedCell], on_event: EventCallback | None) -> None:
+    """After the first cell run here: the time the remaining cells will take, from the cells
+    measured so far on this machine."""
+    if not left:
+        return
+    estimates = {p.cell.id: p.estimated_seconds for p in plan(config, data, out_dir, cells)}
+    seconds = sum(estimates[p.cell.id] for p in left)
+    emit(on_event, C.EVENT_LOG, stage="experiment",
+         message=f"estimate: about {format_duration(seconds)} for the remaining {len(left)} cell(s) on this "
+                 "machine (from the cells measured so far)", estimated_seconds=seconds)
 
 
 def plan(config: ExperimentConfig, data: ExperimentData, out_dir: Path,
@@ -220,6 +246,8 @@ def run_experiment(
     emit(on_event, C.EVENT_START, stage="experiment", total=len(todo),
          message=f"experiment {config.name}: {len(todo)} cell(s), "
                  f"{sum(p.finished for p in todo)} already finished")
+    cell_events = _without_run_estimates(on_event)
+    estimated = False
     for done, item in enumerate(todo, start=1):
         if cancel is not None:
             cancel.check()
@@ -232,7 +260,7 @@ def run_experiment(
                  message=f"{item.cell.id}: training on {item.cell.n_train} case(s)", cell=item.cell.id,
                  skipped=False)
             cell_result = run_cell(config, item, data, out, cache, logit_figure=item.cell.id in figure_cells,
-                                   on_event=on_event, cancel=cancel)
+                                   on_event=cell_events, cancel=cancel)
             result.ran.append(item.cell.id)
             mean = cell_result["metrics"]["mean"]
             emit(on_event, C.EVENT_LOG, stage="experiment",
@@ -241,6 +269,9 @@ def run_experiment(
                          f"{_num(cell_result['analysis']['shift_rare'])} "
                          f"({cell_result['timing']['total_seconds']:.0f} s)",
                  cell=item.cell.id, metrics=mean, shift_rare=cell_result["analysis"]["shift_rare"])
+        if not item.finished and not estimated:
+            estimated = True
+            _emit_estimate(config, data, out, all_cells, [p for p in todo[done:] if not p.finished], on_event)
         emit(on_event, C.EVENT_PROGRESS, stage="experiment", done=done, total=len(todo), cell=item.cell.id)
     result.rows, result.files = write_report(config, out, all_cells, hashes)
     result.seconds = time.perf_counter() - started

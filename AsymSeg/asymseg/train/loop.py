@@ -39,7 +39,7 @@ from torch import nn
 
 from asymseg import constants as C
 from asymseg.errors import AsymSegError, Cancelled
-from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.events import CancelToken, EventCallback, emit, format_duration
 from asymseg.techniques import Technique
 from asymseg.train import distributed as D
 from asymseg.train.bnstats import BatchNormWindow
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 #: Minimum seconds between two "iteration" progress events (the first and last always go out).
 EVENT_INTERVAL = 0.2
+#: The time estimate of a run is written after this many iterations of the session: the first one
+#: (one-off costs: allocation, first-touch of the weights) and the timed ones after it.
+ESTIMATE_AFTER = 4
 
 
 class TrainingDiverged(AsymSegError):
@@ -182,6 +185,7 @@ class Trainer:
         self._last_event = -math.inf
         self._session_iterations = 0
         self._session_seconds = 0.0
+        self._first_seconds = 0.0
         self._resumed = False
         self.state.best_kind = "validation_dsc" if self.val_cases or not dist.is_main else "training_loss"
 
@@ -217,6 +221,8 @@ class Trainer:
         self.state.last_losses = losses.to_dict()
         self._session_iterations += 1
         self._session_seconds += seconds
+        if self._session_iterations == 1:
+            self._first_seconds = seconds
         if self.runlog is not None:
             self.runlog.record("iteration", iteration=self.state.iteration, lr=lr, losses=losses.to_dict(),
                                seconds=seconds)
@@ -355,6 +361,24 @@ class Trainer:
              total=self.config.iterations, **fields, lr=lr, losses=losses.to_dict(),
              iterations_per_second=rate, eta_seconds=remaining / rate if rate else None)
 
+    def _emit_estimate(self) -> None:
+        """After the warm-up: how long the rest of the run will take on this device, from the
+        iterations timed after the first one (validation passes not included)."""
+        timed = self._session_iterations - 1
+        remaining = self.config.iterations - self.state.iteration
+        if timed < 1 or remaining < 1:
+            return
+        per = (self._session_seconds - self._first_seconds) / timed
+        device = "CPU" if self.device.type == "cpu" else f"{self.device.type.upper()} device"
+        threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        extra = (f"; validation every {self.config.val_every} iterations comes on top"
+                 if self.val_cases and self.config.val_every < self.config.iterations else "")
+        emit(self.on_event, C.EVENT_LOG, stage="train",
+             message=f"estimate: about {format_duration(per * remaining)} for the remaining {remaining} "
+                     f"iteration(s) on this {device}{threads} ({per:.2f} s per iteration, measured on iterations "
+                     f"{self.state.iteration - timed + 1}-{self.state.iteration}{extra})",
+             estimated_seconds=per * remaining, seconds_per_iteration=per)
+
     # -- the loop ------------------------------------------------------------------------------------
     def _agree(self, *flags: bool) -> list[bool]:
         """Element-wise OR of flags over the processes (one collective)."""
@@ -398,6 +422,8 @@ class Trainer:
                                 val_dsc=mean.get("dsc"), val_sensitivity=mean.get("sensitivity"),
                                 val_precision=mean.get("precision"), seconds=self.state.train_seconds)
             self._emit_iteration(losses, force=it == cfg.iterations or it == 1 or evaluated)
+            if self._session_iterations == ESTIMATE_AFTER and self.on_event is not None:
+                self._emit_estimate()
             cancelled, early = self._agree(self.cancel.cancelled or validation_cancelled, early)
             if cancelled:
                 self._cancelled()
