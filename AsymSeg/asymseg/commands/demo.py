@@ -11,7 +11,7 @@ from asymseg import constants as C
 
 def register(subparsers) -> argparse.ArgumentParser:
     from asymseg.cli import HelpFormatter
-    from asymseg.demo import STARTER_MODEL, DemoSettings
+    from asymseg.demo import STARTER_MIN_SIZE, STARTER_MODEL, DemoSettings
 
     defaults = DemoSettings()
     parser = subparsers.add_parser(
@@ -28,11 +28,16 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="model to start from (bundled or user model name, or a model folder)")
     parser.add_argument("--quick", action="store_true",
                         help="a smaller, faster run (48^3 phantoms, 1 held-out case, 3 iterations of batch 2)")
-    parser.add_argument("--size", type=int, default=None, help=f"phantom edge in voxels (default {defaults.size})")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"phantom edge in voxels (default {defaults.size}; the starter model needs at least "
+                             f"{STARTER_MIN_SIZE})")
     parser.add_argument("--iterations", type=int, default=None,
                         help=f"fine-tuning iterations per technique (default {defaults.iterations})")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"patches per step (default {defaults.batch_size})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"fine-tuning learning rate (default {defaults.lr:g}: a tenth of finetune's, so that "
+                             "a few iterations adapt the starter model rather than overturn it)")
     parser.add_argument("--test-cases", type=int, default=None,
                         help=f"held-out phantom cases (default {defaults.test_cases})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the fine-tuning runs")
@@ -47,7 +52,8 @@ def _settings(args: argparse.Namespace):
     from asymseg.demo import DemoSettings
 
     changes = {k: v for k, v in (("size", args.size), ("iterations", args.iterations),
-                                 ("batch_size", args.batch_size), ("test_cases", args.test_cases)) if v is not None}
+                                 ("batch_size", args.batch_size), ("lr", args.lr),
+                                 ("test_cases", args.test_cases)) if v is not None}
     changes.update(model=args.model, seed=args.seed, device=args.device)
     return DemoSettings.quick(**changes) if args.quick else DemoSettings(**changes)
 
@@ -63,7 +69,7 @@ def _report(result) -> str:
         "",
         f"mean over {len(result.cases['test'])} held-out phantom(s): the starter model as it is, and fine-tuned "
         f"on {len(result.cases['train'])} phantoms with ce and with combo ({cfg['iterations']} iterations of "
-        f"{cfg['batch_size']} patches each):",
+        f"{cfg['batch_size']} patches each, learning rate {cfg['lr']:g}):",
         *("  " + row for row in result.table()),
         "  (logit shift: mean dz = z_tumour - z_background on held-out minus training cases;",
         "   a large negative tumour shift is the overfitting the asymmetric techniques reduce)",
