@@ -21,10 +21,10 @@ def standalone_main(topic: str, description: str, add_arguments: Callable[[argpa
                     run: Callable[[argparse.Namespace, Any], Any], argv: list[str] | None = None) -> int:
     """``python -m asymseg.bench.<topic>``: the same arguments as ``asymseg bench <topic>``, the same
     one-line errors and exit codes."""
-    from asymseg.cli import CommandContext, HelpFormatter
+    from asymseg.cli import CommandContext, HelpFormatter, plain_text
     from asymseg.errors import AsymSegError
 
-    parser = argparse.ArgumentParser(prog=f"python -m asymseg.bench.{topic}", description=description,
+    parser = argparse.ArgumentParser(prog=f"python -m asymseg.bench.{topic}", description=plain_text(description),
                                      formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
