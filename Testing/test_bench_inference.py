@@ -20,8 +20,8 @@ def test_tiny_benchmark_runs_every_method_with_identical_labels(tmp_path, asymse
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     runs = {r["method"]: r for r in report["runs"]}
-    assert set(runs) == {"ours", "monai", "naive"}
-    for method in ("monai", "naive"):
+    assert set(runs) == {"ours", "monai", "monai-crop", "naive"}
+    for method in ("monai", "monai-crop", "naive"):
         assert runs[method]["label_mismatches"] == 0, runs[method]
         assert runs[method]["max_probability_difference"] < 1e-4
     for run in runs.values():
@@ -30,13 +30,23 @@ def test_tiny_benchmark_runs_every_method_with_identical_labels(tmp_path, asymse
         assert run["peak_share"] == pytest.approx(run["gflops"] / report["matmul_peak_gflops"]["best"])
     # MONAI's windows overlap and the naive segments cover the whole volume: both compute more.
     assert runs["monai"]["computed_voxels"] > runs["ours"]["computed_voxels"]
+    # Given the brain box on our output grid, MONAI computes the box's voxels (its windows may overlap).
+    assert runs["ours"]["computed_voxels"] <= runs["monai-crop"]["computed_voxels"] < runs["monai"]["computed_voxels"]
+    assert runs["monai-crop"]["settings_text"].startswith("brain box ")
     assert runs["naive"]["computed_voxels"] >= 36 * 33 * 30
-    assert set(report["goals"]["2ch"]) >= {"speedup_vs_monai", "ours_peak_share", "ours_peak_rss_gb"}
+    assert set(report["goals"]["2ch"]) >= {"speedup_vs_monai", "ours_peak_share", "ours_peak_rss_gb",
+                                           "per_voxel_vs_monai", "speedup_vs_monai_same_crop",
+                                           "per_voxel_vs_monai_same_crop"}
+    goal = report["goals"]["2ch"]
+    assert goal["speedup_vs_monai_same_crop"] == pytest.approx(runs["monai-crop"]["seconds"] / runs["ours"]["seconds"])
+    assert goal["per_voxel_vs_monai"] == pytest.approx(
+        runs["ours"]["voxels_per_second"] / runs["monai"]["voxels_per_second"])
 
     from asymseg.bench.inference import markdown
 
     table = markdown(report)
-    assert "| 2 | monai |" in table and "identical" in table and "% of peak" in table
+    assert "| 2 | monai |" in table and "| 2 | monai-crop |" in table and "identical" in table and "% of peak" in table
+    assert "MONAI given the same brain box: " in table and "x per computed voxel" in table
 
 
 def test_bench_dispatches_to_the_inference_topic():
@@ -44,7 +54,7 @@ def test_bench_dispatches_to_the_inference_topic():
 
     args = build_parser().parse_args(["bench", "inference", "--size", "40", "--channels", "2"])
     assert args.bench_module == "asymseg.bench.inference"
-    assert args.size == "40" and args.channels == "2" and args.methods == "ours,monai,naive"
+    assert args.size == "40" and args.channels == "2" and args.methods == "ours,monai,monai-crop,naive"
 
 
 def test_bad_options_exit_2(cli):
