@@ -323,6 +323,27 @@ def _bad_json(model, tmp):
     return copy
 
 
+def _nested(model, tmp):
+    copy = B.copy_model(model, tmp / "nested")
+    text = (copy / "model.json").read_text().rstrip()
+    (copy / "model.json").write_text(text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return copy
+
+
+def _huge_number(model, tmp):
+    copy = B.copy_model(model, tmp / "huge_number")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": ' + "9" * 5000, 1))
+    return copy
+
+
+def _overflow(model, tmp):
+    copy = B.copy_model(model, tmp / "overflow")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": 1e999', 1))
+    return copy
+
+
 def _version(model, tmp):
     return B.edit_card(B.copy_model(model, tmp / "future"), format_version=99)
 
@@ -448,6 +469,11 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "unknown-model": ("unknown model name",
                       model_row(lambda m, t: "no-such-model", ("no-such-model", "unknown model"))),
     "card-invalid-json": ("model card with invalid JSON", model_row(_bad_json, ("model.json", "invalid JSON"))),
+    "card-nested": ("model card nested 100,000 deep", model_row(_nested, ("model.json", "nested too deeply"))),
+    "card-huge-integer": ("model card with a 5,000-digit integer",
+                          model_row(_huge_number, ("model.json", "5,000 digits is out of range"))),
+    "card-overflowing-number": ("model card with a number that overflows (1e999)",
+                                model_row(_overflow, ("model.json", "1e999 is out of range"))),
     "card-version": ("model card with an unknown format version",
                      model_row(_version, ("model.json", "format_version"))),
     "weights-sha256": ("weights whose SHA256 does not match",
@@ -478,6 +504,9 @@ APPLIES = {
     "wrong-channels": ("segment", "finetune", "analyze"),
     "unknown-model": ("segment", "finetune", "analyze"),
     "card-invalid-json": ("segment", "finetune", "analyze"),
+    "card-nested": ("segment", "finetune", "analyze"),
+    "card-huge-integer": ("segment", "finetune", "analyze"),
+    "card-overflowing-number": ("segment", "finetune", "analyze"),
     "card-version": ("segment", "finetune", "analyze"),
     "weights-sha256": ("segment", "finetune", "analyze"),
     "pickle-checkpoint": ("segment", "finetune", "analyze"),

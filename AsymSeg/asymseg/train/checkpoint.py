@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from asymseg import jsontext
 from asymseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     if path is None:
         raise InputError(f"{run_dir}: no training checkpoint found (expected {run_dir / CHECKPOINT_DIR})")
     try:
-        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        state = jsontext.loads((path / _STATE).read_text(encoding="utf-8"), allow_nan=True)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{path / _STATE}: unreadable checkpoint state ({err})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path / _STATE}: not an asymseg training checkpoint")
