@@ -147,8 +147,9 @@ def broken_prediction(ws: Workspace, tmp: Path, damage: Callable[[Path], object]
 
 
 def file_row(role: str, damage: Callable[[Path], object], problem: str, *, prediction: bool = True,
-             code: int = C.EXIT_USAGE) -> Callable[[Workspace, Path], dict[str, Spec]]:
-    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate)."""
+             code: int = C.EXIT_USAGE, label_problem: str | None = None) -> Callable[[Workspace, Path], dict[str, Spec]]:
+    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate);
+    ``label_problem``: what evaluate says when the prediction, a label map, differs from an image."""
 
     def build(ws: Workspace, tmp: Path) -> dict[str, Spec]:
         case, name = broken_case(ws, tmp, role, damage)
@@ -157,7 +158,7 @@ def file_row(role: str, damage: Callable[[Path], object], problem: str, *, predi
                  for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
         if prediction:
             pred, ref = broken_prediction(ws, tmp, damage)
-            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, problem), (out,))
+            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, label_problem or problem), (out,))
         return specs
 
     return build
@@ -460,6 +461,11 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "mask-grid": ("brain mask on a different grid", mask_grid),
     "nan-voxels": ("NaN voxels", file_row(B.FLAIR, lambda p: B.put_nonfinite(p, np.nan), "NaN")),
     "inf-voxels": ("Inf voxels", file_row(B.T1C, lambda p: B.put_nonfinite(p, np.inf), "infinite")),
+    "beyond-float32": ("float64 voxels beyond the float32 range (1e300)",
+                       file_row(B.FLAIR, B.put_beyond_float32, "beyond the float32 range",
+                                label_problem="1e+300 are beyond the int32 range")),
+    "nifti-zero-pixdim": ("NIfTI header with a zero voxel size (pixdim)",
+                          file_row(B.T1C, B.zero_pixdim, "voxel size (pixdim) is not positive")),
     "constant-image": ("constant image", constant_image),
     "empty-mask": ("empty brain mask", empty_mask),
     "label-outside-convention": ("label value outside the convention", label_outside_convention),

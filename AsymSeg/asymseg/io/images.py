@@ -178,6 +178,8 @@ def _scan_nifti_or_raise(path: Path, role: str) -> None:
         raise InputError(f"{path}: cannot read {role} image: {scan.problem}")
     if scan.nonfinite:  # ITK would read these as 0
         raise InputError(f"{path}: {role} image has {scan.nonfinite} NaN or infinite voxels")
+    if scan.spacing_problem:  # ITK would read 1 mm
+        raise InputError(f"{path}: {role} image: {scan.spacing_problem}")
 
 
 def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
@@ -267,8 +269,12 @@ def read_image(path: str | os.PathLike[str], *, role: str = "channel") -> tuple[
     array = sitk.GetArrayFromImage(image)
     _check_finite(array, path, role)
     if array.dtype != np.float32:
+        if array.dtype.kind == "f" and array.size:
+            largest = float(np.max(np.abs(array)))
+            if largest > float(np.finfo(np.float32).max):
+                raise InputError(f"{path}: {role} image has values beyond the float32 range (largest magnitude "
+                                 f"{largest:.3g}); rescale the image")
         array = array.astype(np.float32)
-        _check_finite(array, path, role)  # float64 values beyond the float32 range
     return array, geometry
 
 
