@@ -6,8 +6,9 @@ Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
     def run(args, ctx: CommandContext) -> int              # calls one API function
 
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
-SIGINT/SIGTERM handlers that cancel the job's token, and maps exceptions to one line on stderr
-and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
+SIGINT/SIGTERM handlers that cancel the job's token (restored on return), and maps exceptions to
+one line on stderr and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows
+tracebacks.
 """
 
 from __future__ import annotations
@@ -117,15 +118,15 @@ def _configure_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _install_signal_handlers(token: CancelToken) -> None:
+def _install_signal_handlers(token: CancelToken) -> dict[int, object]:
+    """SIGINT/SIGTERM cancel ``token`` (a second one stops at once); returns the previous handlers."""
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if token.cancelled:  # a second signal: stop now
             raise KeyboardInterrupt
         token.cancel(f"cancelled by {name}")
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 def one_line(message: str) -> str:
@@ -133,8 +134,14 @@ def one_line(message: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit code (``constants.EXIT_*``)."""
+         stderr: TextIO | None = None, early_signals: Sequence[int] = ()) -> int:
+    """Run the CLI; returns the exit code (``constants.EXIT_*``).
+
+    ``early_signals``: SIGINT/SIGTERM numbers recorded before ``main`` ran (``python -m asymseg``
+    records them from its first line, still appending until ``main`` installs its own handlers):
+    the command is then not started and the exit is "cancelled". The signal handlers ``main``
+    installs are restored when it returns.
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
@@ -142,9 +149,14 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     _configure_logging(args.debug)
     ctx = CommandContext(stdout=stdout, stderr=stderr, progress=getattr(args, "progress", "tqdm"),
                          debug=args.debug)
+    previous: dict[int, object] = {}
     try:
+        previous = _install_signal_handlers(ctx.cancel)
+        if early_signals:
+            names = ", ".join(sorted({signal.Signals(n).name for n in early_signals}))
+            stderr.write(f"asymseg {args.command}: cancelled by {names} before the work started\n")
+            return C.EXIT_CANCELLED
         _configure_threads(args.threads)
-        _install_signal_handlers(ctx.cancel)
         return int(args.func(args, ctx) or 0)
     except AsymSegError as err:
         if args.debug:
@@ -173,6 +185,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         stderr.write(f"asymseg {args.command}: internal error: {type(err).__name__}: {one_line(str(err))} "
                      "(run with --debug for the traceback)\n")
         return C.EXIT_INTERNAL
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":
