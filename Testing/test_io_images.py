@@ -401,3 +401,22 @@ def test_the_voxel_cap_can_be_raised_and_must_be_a_number(tmp_path, monkeypatch)
     monkeypatch.setenv("ASYMSEG_MAX_VOXELS", "lots")
     with pytest.raises(InputError, match="ASYMSEG_MAX_VOXELS"):
         read_image(path)
+
+
+def test_a_write_removes_the_temporaries_that_killed_writers_left_of_the_same_file(tmp_path):
+    """A writer killed mid-write leaves ``.<name>.<pid>-<hex>.tmp<ext>``; the next write of that file
+    removes those whose process is gone and keeps everything else."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getppid()
+    stale = tmp_path / f".seg.{dead.pid}-0123abcd.tmp.nii.gz"
+    kept = [tmp_path / f".seg.{live}-0123abcd.tmp.nii.gz",  # its writer may still be at work
+            tmp_path / f".other.{dead.pid}-0123abcd.tmp.nii.gz",  # another output's
+            tmp_path / f".seg.{dead.pid}-0123abcd.tmp.nrrd",  # another file type's
+            tmp_path / "seg.nii.gz.bak"]
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial")
+    write_image(np.zeros((6, 5, 4), np.uint8), Geometry.default((6, 5, 4)), tmp_path / "seg.nii.gz")
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["seg.nii.gz", *(p.name for p in kept)])
