@@ -325,3 +325,20 @@ def test_no_command_touches_the_network(ws, tmp_path, home):
     assert (out / "seg.nii.gz").exists() and (out / "analysis" / "analysis.json").exists()
     assert load_model(out / "tuned").card.provenance["iterations"] == 3
     shutil.rmtree(out)
+
+
+def test_an_error_line_is_bounded_whatever_value_it_echoes(ws, tmp_path, home, cli, capfd):
+    """A 200,000-character model name is named in the error, shortened: one line of at most 1000
+    characters (after the command's prefix) that keeps the start and the end of the message."""
+    from asymseg.cli import MAX_ERROR_CHARS
+
+    root, model, case = ws
+    name = "m" * 200_000
+    capfd.readouterr()
+    result = cli("segment", "--model", name, "--case", case, "--output", tmp_path / "seg.nii.gz",
+                 "--progress", "none")
+    line = _one_line(result.err + capfd.readouterr().err)
+    assert result.code in (C.EXIT_USAGE, C.EXIT_MODEL)
+    assert len(line) <= MAX_ERROR_CHARS + len("asymseg segment: error: "), len(line)
+    assert line.startswith("asymseg segment: error: ") and "mmmm" in line and "characters]..." in line, line[:200]
+    assert not (tmp_path / "seg.nii.gz").exists()

@@ -129,8 +129,19 @@ def _install_signal_handlers(token: CancelToken) -> dict[int, object]:
     return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
+#: Longest error line written (characters); longer messages keep their start and end.
+MAX_ERROR_CHARS = 1000
+
+
 def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+    """``message`` on one line, at most :data:`MAX_ERROR_CHARS` long: a value a user or a crafted
+    file put into an error (a huge option, a path, a parser's quote) cannot flood the terminal."""
+    text = " ".join(str(message).split())
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    cut = len(text) - MAX_ERROR_CHARS + 40
+    head = (MAX_ERROR_CHARS - 40) * 2 // 3
+    return f"{text[:head]} ...[{cut:,} characters]... {text[head + cut:]}"
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
@@ -177,7 +188,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
         code = C.EXIT_RESOURCES if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else C.EXIT_USAGE
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        stderr.write(f"asymseg {args.command}: error: {where}{one_line(err.strerror or str(err))}\n")
+        stderr.write(f"asymseg {args.command}: error: {one_line(where + (err.strerror or str(err)))}\n")
         return code
     except Exception as err:  # a bug: say so in one line; --debug shows the traceback
         if args.debug:
