@@ -24,28 +24,31 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text):,} digits is out of range")
-    return int(text)
+def _int_parser(max_digits: int):
+    def parse(text: str) -> int:
+        if len(text) > max_digits:
+            raise ValueError(f"an integer of {len(text):,} digits is out of range")
+        return int(text)
+    return parse
 
 
 def _parse_constant(text: str) -> float:
     raise ValueError(f"{text} is not a number JSON allows")
 
 
-def loads(text: str, *, allow_nan: bool = False) -> Any:
+def loads(text: str, *, allow_nan: bool = False, max_int_digits: int = MAX_INT_DIGITS) -> Any:
     """Parse JSON text; finite numbers only, integers up to :data:`MAX_INT_DIGITS` digits.
 
     ``allow_nan`` accepts the ``NaN``/``Infinity`` literals that ``json.dumps(allow_nan=True)``
     writes (our own checkpoint states); numbers that overflow to infinity stay refused.
+    ``max_int_digits``: a checkpoint state holds 128-bit random generator states (39 digits).
 
     Raises:
         json.JSONDecodeError: invalid JSON (with line and column).
         ValueError: a non-finite or out-of-range number, or nesting deeper than Python can parse.
     """
     try:
-        return json.loads(text, parse_float=_parse_float, parse_int=_parse_int,
+        return json.loads(text, parse_float=_parse_float, parse_int=_int_parser(max_int_digits),
                           parse_constant=float if allow_nan else _parse_constant)
     except RecursionError as err:
         raise ValueError("nested too deeply") from err

@@ -257,7 +257,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     if path is None:
         raise InputError(f"{run_dir}: no training checkpoint found (expected {run_dir / CHECKPOINT_DIR})")
     try:
-        state = jsontext.loads((path / _STATE).read_text(encoding="utf-8"), allow_nan=True)
+        state = jsontext.loads((path / _STATE).read_text(encoding="utf-8"), allow_nan=True,
+                               max_int_digits=100)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{path / _STATE}: unreadable checkpoint state ({err})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
