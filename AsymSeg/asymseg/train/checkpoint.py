@@ -17,6 +17,7 @@ is one complete checkpoint. Nothing here unpickles: tensors go through safetenso
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from asymseg import jsontext
-from asymseg.errors import InputError
+from asymseg.errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,13 @@ def save_checkpoint(run_dir: str | Path, *, weights: Mapping[str, torch.Tensor],
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
         swap_in_directory(tmp, run_dir / CHECKPOINT_DIR, run_dir / CHECKPOINT_OLD)
+    except (OSError, ResourceError) as err:  # name the checkpoint, not the temporary folder removed now
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = run_dir / CHECKPOINT_DIR
+        if isinstance(err, ResourceError) or err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise ResourceError(f"{where}: cannot write the checkpoint: out of disk space or over the file size "
+                                "limit (the previous checkpoint, if any, is kept)") from err
+        raise InputError(f"{where}: cannot write the checkpoint: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
