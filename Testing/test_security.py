@@ -28,7 +28,8 @@ import pytest
 
 from asymseg import constants as C
 from asymseg.errors import ModelError
-from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, load_model, sha256_file
+from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, sha256_file
+from asymseg.registry import load_model
 from helpers import broken as B
 
 HELPERS = Path(__file__).resolve().parent / "helpers"

@@ -10,7 +10,8 @@ import torch
 
 from asymseg.errors import Cancelled, InputError, ModelError
 from asymseg.events import CancelToken
-from asymseg.modelfile import create_model, load_model, save_model
+from asymseg.modelfile import create_model, save_model
+from asymseg.registry import load_model
 from asymseg.target import TargetSpec
 from asymseg.techniques import TECHNIQUES
 from asymseg.train import TrainConfig, finetune, load_run_config

@@ -87,7 +87,7 @@ def calibrate(model: str | os.PathLike[str], cases: Sequence[Any], *,
         ModelError: a model cannot be loaded, or ``write`` on a bundled model.
     """
     from asymseg.infer.engine import resolve_device
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
     from asymseg.registry import find_model
 
     if not cases:

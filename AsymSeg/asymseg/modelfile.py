@@ -397,11 +397,11 @@ def build_from_card(card: ModelCard, source: Path | str = CARD_FILE) -> Segmenta
         raise ModelError(f"{source}: architecture.hparams: {' '.join(str(err).split())[:300]}") from err
 
 
-def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model directory (or a registry name) into a network in eval mode.
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory into a network in eval mode (by name: :func:`asymseg.registry.load_model`).
 
     Args:
-        path_or_name: a model directory, its model.json, or a name from ``asymseg models list``.
+        path: a model directory or its model.json.
         device: where to put the network.
 
     Returns:
@@ -411,9 +411,10 @@ def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = 
         ModelError: pickle checkpoint, invalid card, SHA256 mismatch, missing or extra
             tensors, or shapes that do not fit the architecture.
     """
-    from asymseg.registry import find_model
-
-    directory = find_model(path_or_name)
+    folder = Path(path).expanduser()
+    if not folder.exists() and len(folder.parts) == 1:
+        raise ModelError(f"{path}: no such model folder (to load a model by name, use asymseg.registry.load_model)")
+    directory = model_directory(folder)
     card = read_card(directory)
     tensors = read_weights(directory, card)
     card_path = directory / CARD_FILE
@@ -503,7 +504,7 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
                             created=card.created or now_iso())
         write_card(tmp, card)
         os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; a model folder is an ordinary one
-        _replace_directory(tmp, directory)
+        replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -552,7 +553,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
         raise OSError(code, os.strerror(code), str(shown)) from err
 
 
-def _replace_directory(new: Path, target: Path) -> None:
+def replace_directory(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``; an existing ``target`` is moved aside first, then removed."""
     if not target.exists():
         os.rename(new, target)

@@ -29,20 +29,24 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asymseg.errors import AsymSegError, InputError, ModelError
 from asymseg.modelfile import (
     CARD_FILE,
     PICKLE_SUFFIXES,
+    LoadedModel,
     ModelCard,
-    _replace_directory,
-    load_model,
     model_directory,
     pickle_refusal,
     read_card,
+    replace_directory,
     write_card,
 )
+from asymseg.modelfile import load_model as _load_directory
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,16 @@ def find_model(name_or_path: str | os.PathLike) -> Path:
     available = ", ".join(names) if names else "none installed"
     raise ModelError(f"unknown model {text!r}; available: {available} (see asymseg models list), "
                      "or pass a model directory")
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by registry name or directory (:func:`find_model`) into a network in eval mode.
+
+    Raises:
+        ModelError: an unknown or ambiguous name, and everything :func:`asymseg.modelfile.load_model`
+            refuses (pickle checkpoint, invalid card, SHA256 mismatch, tensors that do not fit).
+    """
+    return _load_directory(find_model(name_or_path), device=device)
 
 
 # -- import ---------------------------------------------------------------------------------------
@@ -375,8 +389,8 @@ def _import_staged(source: Path, staging: Path, dest_root: Path, *, name: str | 
     shutil.copyfile(root / card.weights_file, final / card.weights_file)
     if model_name != card.name:
         write_card(final, read_card(final).replace(name=model_name))
-    load_model(final)
-    _replace_directory(final, target)
+    _load_directory(final)
+    replace_directory(final, target)
     log.info("imported model %s from %s to %s", model_name, source, target)
     return target
 
@@ -427,5 +441,5 @@ def export_model(name_or_path: str | os.PathLike, out_path: str | os.PathLike, *
 
 __all__ = [
     "ModelInfo", "bundled_models_dir", "check_model_name", "export_model", "find_model", "import_model",
-    "list_models", "user_models_dir",
+    "list_models", "load_model", "user_models_dir",
 ]

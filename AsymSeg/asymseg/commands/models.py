@@ -145,7 +145,7 @@ def describe(loaded) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace, ctx) -> int:
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     info = describe(load_model(args.model))
     if args.json:

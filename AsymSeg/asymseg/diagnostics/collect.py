@@ -87,7 +87,7 @@ def _resolve_model(model: Any) -> Any:
     """A loaded model (``asymseg.modelfile.LoadedModel``) from itself, a model folder or a registry name."""
     if hasattr(model, "net") and hasattr(model, "card"):
         return model
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     return load_model(model)
 

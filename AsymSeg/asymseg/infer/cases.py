@@ -269,7 +269,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
     """
     if not hasattr(model, "net"):
         from asymseg.infer.engine import resolve_device
-        from asymseg.modelfile import load_model
+        from asymseg.registry import load_model
 
         model = load_model(model, device="cpu" if resolve_device(device).type == "cpu" else device)
     if isinstance(outputs, (str, os.PathLike)):

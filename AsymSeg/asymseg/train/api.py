@@ -183,7 +183,7 @@ class _ModelSource:
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any, Path]:
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     try:
         loaded = load_model(config.base_model, device="cpu")
