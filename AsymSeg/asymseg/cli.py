@@ -20,13 +20,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
+from asymseg.context import CommandContext, HelpFormatter
 from asymseg.errors import AsymSegError, InputError
-from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
+from asymseg.events import PROGRESS_MODES, CancelToken
 
 #: Subcommand modules under asymseg.commands, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -46,35 +46,11 @@ COMMANDS: tuple[str, ...] = (
 log = logging.getLogger("asymseg")
 
 
-@dataclass
-class CommandContext:
-    """What a command gets from ``main``: streams, the cancel token and the event renderer."""
-
-    stdout: TextIO
-    stderr: TextIO
-    cancel: CancelToken = field(default_factory=CancelToken)
-    progress: str = "tqdm"
-    debug: bool = False
-
-    def renderer(self):
-        """The event callback for ``--progress`` (call ``.close()`` when done)."""
-        return make_renderer(self.progress, stdout=self.stdout, stderr=self.stderr)
-
-
 def add_progress_argument(parser: argparse.ArgumentParser, default: str = "tqdm") -> None:
     parser.add_argument(
         "--progress", choices=PROGRESS_MODES, default=default,
         help="progress display: tqdm bars on stderr, one JSON object per line on stdout, or none",
     )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default in its help, except where there is nothing to show (None, False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == []:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

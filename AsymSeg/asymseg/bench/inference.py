@@ -18,7 +18,7 @@ weights (``create_model`` with a seed) runs through three methods:
 Each method runs in a fresh subprocess (so peak RSS, ``ru_maxrss``, is its own: the interpreter,
 torch, the case and the inference), one after the other on the same machine, with the process
 settings of ``asymseg segment`` (torch threads, glibc keeping freed memory: see
-:func:`asymseg.commands.segment.configure_malloc`). Reported per run: wall time of the inference
+:func:`asymseg.infer.memory.configure_malloc`). Reported per run: wall time of the inference
 (case loading excluded, reported apart) and its process CPU time, computed output voxels and
 their rate, FLOPs counted from the architecture (``net.flops``: convolutions, 2 per multiply-add,
 for every tile the method ran), achieved GFLOP/s as a share of a float32 matmul peak measured in
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
 
     import torch
 
-    from asymseg.commands.phantom import parse_size
+    from asymseg.io.cli_args import parse_size
     from asymseg.errors import InputError
 
     size = parse_size(args.size)
@@ -411,9 +411,9 @@ def _worker(spec_path: str) -> int:
     import torch
 
     from asymseg.io import discover_case, load_case
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
-    from asymseg.commands.segment import configure_malloc
+    from asymseg.infer.memory import configure_malloc
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec["threads"]))
