@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -59,7 +60,7 @@ DEFAULT_NORMALIZATION = "zscore-brain"
 #: File suffixes of pickle-based checkpoints (refused).
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _KNOWN_KEYS = frozenset({"format_version", "name", "description", "created", "architecture", "channels",
-                         "target", "provenance", "weights", "operating_point"})
+                         "target", "provenance", "weights", "operating_point", "spacing"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Largest model card read, in bytes (cards are a few kilobytes; the starter's is about 20 KB).
 MAX_CARD_BYTES = 1_000_000
@@ -89,6 +90,9 @@ class ModelCard:
         operating_point: how dz becomes the mask (:class:`asymseg.operating.OperatingPoint`:
             threshold, post-processing, TTA, and the validation they were chosen on); None =
             the plain argmax.
+        spacing: the voxel spacing (mm, x y z) the model was trained at; cases are resampled to it
+            in the physical space of their reference channel (:mod:`asymseg.io.resample`). None
+            (cards written before it existed) = every case is used at its own spacing.
     """
 
     name: str
@@ -105,6 +109,7 @@ class ModelCard:
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     operating_point: OperatingPoint | None = None
+    spacing: tuple[float, float, float] | None = None
 
     @property
     def in_channels(self) -> int:
@@ -134,6 +139,8 @@ class ModelCard:
         })
         if self.operating_point is not None:
             data["operating_point"] = self.operating_point.to_dict()
+        if self.spacing is not None:
+            data["spacing"] = list(self.spacing)
         return data
 
     @classmethod
@@ -200,8 +207,15 @@ class ModelCard:
                 point = OperatingPoint.from_dict(data["operating_point"])
             except InputError as err:
                 raise fail("operating_point", str(err)) from err
+        spacing = data.get("spacing")
+        if spacing is not None:
+            if (not isinstance(spacing, list) or len(spacing) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                               for v in spacing)):
+                raise fail("spacing", f"expected three positive numbers (mm, x y z), got {spacing!r}")
+            spacing = tuple(float(v) for v in spacing)
         return cls(
-            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels,
+            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels, spacing=spacing,
             normalization=norms, target=target, description=data.get("description", ""),
             created=data.get("created", ""), provenance=dict(provenance), weights_file=weights_file,
             weights_sha256=sha, format_version=version,

@@ -135,6 +135,9 @@ class CaseFiles:
     mask: Path | None = None
     #: How each file was found: "discovered" or "given", by role.
     origin: dict[str, str] = field(default_factory=dict)
+    #: The channel whose physical space (and original grid) the case is processed in and whose
+    #: grid the results are written on; None = the first channel the model takes.
+    reference_channel: str | None = None
 
     @property
     def where(self) -> str:
@@ -151,6 +154,7 @@ class CaseFiles:
             "channels": {k: str(v) for k, v in self.channels.items()},
             "label": str(self.label) if self.label is not None else None,
             "mask": str(self.mask) if self.mask is not None else None,
+            "reference_channel": self.reference_channel,
         }
 
 
