@@ -211,8 +211,11 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
     case = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
                      strict=strict)
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=1, total=1, case_id=files.case_id)
-    for finding in case.findings:  # already logged; the JSON lines carry them for the Slicer panel
-        emit(on_event, C.EVENT_LOG, stage="checks", case_id=files.case_id, level="warning", **finding.to_dict())
+    for finding in case.findings:
+        # Already logged on stderr (which the Slicer panels show); the JSON line carries it too, with
+        # the text under "warning" rather than "message" so the terminal does not print it twice.
+        emit(on_event, C.EVENT_LOG, stage="checks", case_id=files.case_id, level="warning", check=finding.check,
+             file=finding.file, warning=finding.message, value=finding.value)
     reference_classes = (_reference_classes(ref_path, case.reference_geometry, target)
                          if ref_path is not None else None)
     if cancel is not None:
