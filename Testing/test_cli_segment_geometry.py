@@ -18,7 +18,7 @@ ROTATED = (0.9659258262890683, -0.25881904510252074, 0.0, 0.25881904510252074, 0
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The same tiny network twice: a card without spacing and one trained at 1 mm."""
+    """The same tiny network twice: a card without spacing and one trained at 1 mm, LPS axes."""
     from asymseg.modelfile import create_model, save_model
     from asymseg.target import TargetSpec
 
@@ -26,7 +26,7 @@ def models(tmp_path_factory):
     net, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.tumour_core("brats2017"), seed=3,
                              name="tiny", **TINY_NET)
     return {"none": save_model(root / "no-spacing", net, card),
-            "1mm": save_model(root / "at-1mm", net, card.replace(spacing=(1.0, 1.0, 1.0)))}
+            "1mm": save_model(root / "at-1mm", net, card.replace(spacing=(1.0, 1.0, 1.0), orientation="LPS"))}
 
 
 def _head(folder, geometry: Geometry):
@@ -78,7 +78,7 @@ def test_outputs_go_back_onto_the_reference_channels_original_grid(cli, models, 
     lines = [json.loads(line) for line in result.out.splitlines()]
     done = lines[-1]
     assert done["event"] == "done" and done["working_grid"]["spacing"] == [1.0, 1.0, 1.0]
-    assert done["working_grid"]["resampled"] is (geometry.spacing != (1.0, 1.0, 1.0))
+    assert done["working_grid"]["resampled"] is True
     for name in ("seg.nii.gz", "seg_prob.nii.gz", "seg_dz.nii.gz"):
         array, out_geometry = _read(seg.with_name(name))
         assert array.shape == geometry.shape_zyx and out_geometry.differences(geometry, tol=1e-6) == [], name
@@ -107,3 +107,25 @@ def test_strict_refuses_a_skull_before_the_network_runs(cli, models, tmp_path, c
         "SwissSkullStripper extension) or pass the brain mask with --mask (refused with --strict; run without it "
         "to go on anyway)")
     assert not (out / "seg.nii.gz").exists()
+
+
+def test_flipped_axes_give_the_same_segmentation_exactly(cli, models, tmp_path, one_torch_thread):
+    """Axes reversed in the file: the case is turned back to the card's LPS axes, exactly, and back."""
+    plain = _head(tmp_path / "case-plain", Geometry((40, 40, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    flipped = tmp_path / "case-flipped"
+    flipped.mkdir()
+    for name in ("flair", "t1c"):  # the same voxels, stored with x and y reversed
+        array, _ = _read(plain / f"{name}.nii.gz")
+        geometry = Geometry((40, 40, 32), (1.0, 1.0, 1.0), (39.0, 39.0, 0.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+        sitk.WriteImage(geometry.apply_to(sitk.GetImageFromArray(array[:, ::-1, ::-1].copy())),
+                        str(flipped / f"{name}.nii.gz"))
+    arrays = {}
+    for name, case in (("plain", plain), ("flipped", flipped)):
+        seg = tmp_path / name / "seg.nii.gz"
+        result = cli("segment", "--model", models["1mm"], "--case", case, "--output", seg, "--probabilities",
+                     "--progress", "none")
+        assert result.code == 0, result.err
+        arrays[name] = [_read(seg.with_name(n))[0] for n in ("seg.nii.gz", "seg_prob.nii.gz")]
+    assert arrays["plain"][0].any()
+    for plain_array, flipped_array in zip(arrays["plain"], arrays["flipped"]):
+        assert np.array_equal(plain_array, flipped_array[:, ::-1, ::-1])

@@ -11,7 +11,15 @@ import SimpleITK as sitk
 
 from asymseg.errors import InputError
 from asymseg.io import Geometry, discover_case, load_case
-from asymseg.io.resample import labels_to_grid, overlap_fraction, resample_array, working_grid
+from asymseg.io.resample import (
+    axis_mapping,
+    check_orientation,
+    labels_to_grid,
+    overlap_fraction,
+    reoriented,
+    resample_array,
+    working_grid,
+)
 
 ROTATED = (0.9659258262890683, -0.25881904510252074, 0.0, 0.25881904510252074, 0.9659258262890683, 0.0,
            0.0, 0.0, 1.0)  # 15 degrees about z
@@ -43,6 +51,34 @@ def test_working_grid_keeps_direction_and_centre_and_rounds_the_size():
         return np.asarray(g.origin) + d @ (np.asarray(g.spacing) * (np.asarray(g.size) - 1) / 2)
 
     np.testing.assert_allclose(centre(grid), centre(ref), atol=1e-9)
+
+
+def test_reorienting_permutes_and_flips_axes_without_moving_a_voxel():
+    ras = Geometry((30, 20, 10), (0.5, 2.0, 3.0), (10.0, 20.0, -5.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    lps = reoriented(ras, "LPS")
+    assert lps.direction == (1, 0, 0, 0, 1, 0, 0, 0, 1) and lps.size == (30, 20, 10)
+    assert lps.origin == (10.0 - 29 * 0.5, 20.0 - 19 * 2.0, -5.0)
+    sagittal = Geometry((10, 20, 30), (3.0, 2.0, 0.5), (0.0, 0.0, 0.0), (0, 0, 1, 1, 0, 0, 0, 1, 0))
+    turned = reoriented(sagittal, "LPS")
+    assert turned.direction == (1, 0, 0, 0, 1, 0, 0, 0, 1) and turned.size == (30, 10, 20)
+    assert turned.spacing == (0.5, 3.0, 2.0)
+    assert working_grid(lps, None, "LPS") is lps
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=sagittal.shape_zyx).astype(np.float32)
+    moved = resample_array(array, sagittal, turned)
+    assert axis_mapping(sagittal, turned) is not None
+    assert np.array_equal(resample_array(moved, turned, sagittal), array)  # exact both ways
+    image = sagittal.apply_to(sitk.GetImageFromArray(array))
+    back = turned.apply_to(sitk.GetImageFromArray(moved))
+    for index in ((0, 0, 0), (3, 7, 21), (9, 19, 29)):
+        point = image.TransformIndexToPhysicalPoint(index)
+        assert back[back.TransformPhysicalPointToIndex(point)] == image[index]
+
+
+@pytest.mark.parametrize("code", ["LP", "LPX", "LLS", "lps "])
+def test_bad_orientation_codes_are_refused(code):
+    with pytest.raises(ValueError, match="expected 3 letters, one of each pair L/R, P/A, S/I"):
+        check_orientation(code)
 
 
 def test_overlap_fraction_known_answers():

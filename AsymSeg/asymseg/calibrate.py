@@ -48,7 +48,8 @@ def validation_maps(model: Any, case: Any, *, tta: bool = False, device: str = "
     if files.label is None:
         raise InputError(f"{files.where}: a validation case needs a label file (none found)")
     check_case_channels(files, card.channels)
-    loaded = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing)
+    loaded = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
+                       orientation=card.orientation)
     card.target.check_label_values(np.unique(loaded.label), source=str(files.label))
     classes = card.target.class_map(loaded.label)  # the label on the working grid (nearest neighbour)
     rare = np.asarray(card.target.rare, dtype=bool)

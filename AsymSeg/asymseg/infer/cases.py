@@ -209,6 +209,7 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         ref_path = files.label
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=1, case_id=files.case_id)
     case = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
+                     orientation=card.orientation,
                      strict=strict)
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=1, total=1, case_id=files.case_id)
     for finding in case.findings:

@@ -196,15 +196,16 @@ def _onto(array: np.ndarray, geometry: Geometry, grid: Geometry, *, kind: str, d
 
 def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normalize: bool = True,
               require_label: bool = False, spacing: Sequence[float] | None = None,
-              strict: bool = False) -> Case:
+              orientation: str | None = None, strict: bool = False) -> Case:
     """Read a case's channels, label and mask onto one working grid, check it, and normalise.
 
     The working grid is the reference channel's grid (``files.reference_channel``, else the
-    first requested channel) at ``spacing`` (:func:`~asymseg.io.resample.working_grid`); images
+    first requested channel) in ``orientation`` and at ``spacing``
+    (:func:`~asymseg.io.resample.working_grid`); images
     on other grids are resampled by their physical geometry (channels linearly, the label by
     nearest neighbour, the mask linearly then thresholded at 0.5). Images whose physical extent
     barely overlaps the reference's are refused. When every image is on the reference grid and
-    ``spacing`` is None or the reference's own, nothing is resampled.
+    ``spacing`` and ``orientation`` are None or the reference's own, nothing is resampled.
 
     Brain mask (one rule for every command): the mask file when there is one; else the voxels
     that differ from the border background in ANY channel the case holds (not only the requested
@@ -222,6 +223,8 @@ def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normal
         require_label: fail when the case has no label file.
         spacing: the working spacing in mm, (x, y, z) (a model card's ``spacing``); None keeps
             the reference channel's.
+        orientation: the working axis orientation (a model card's ``orientation``, e.g. "LPS");
+            None keeps the reference channel's axes.
         strict: refuse the case when a plausibility check fails.
 
     Returns:
@@ -261,7 +264,7 @@ def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normal
         path = files.channels[name]
         array, geo = read_image(path, role=f"{name} channel")
         if grid is None:
-            reference_geometry, grid = geo, working_grid(geo, spacing)
+            reference_geometry, grid = geo, working_grid(geo, spacing, orientation)
             image = np.empty((len(wanted), *grid.shape_zyx), dtype=np.float32)
         else:
             checks.check_overlap(reference_geometry, reference_path, geo, path)
