@@ -1,5 +1,5 @@
 """Real cases on clinical geometry: a BRATS 2015 case (cropped around its tumour) resampled to 0.9 x 0.9 x
-5.5 mm, stored with flipped axes, and with its T1c on its own tilted, shifted grid, segmented with the
+5.5 mm with its T1c on its own tilted, shifted grid, segmented with the
 starter model; the external BraTS 2023-named raw scan for discovery, normalisation and the one brain-mask
 rule. Skipped when ../shared/data is absent. docs/DATA.md quotes the DSC figures
 (``python Testing/helpers/clinical.py CASE...`` prints them for every variant)."""
@@ -14,12 +14,15 @@ from helpers import clinical
 
 pytestmark = pytest.mark.data
 
-#: DSC of the variant's segmentation, brought back onto the original grid, against the reference
-#: run on the original case (measured 0.946 / 1.000 / 0.994 on brats_2013_pat0006_1).
-MIN_DSC = {"aniso": 0.90, "flipped": 1.0, "t1c-own-grid": 0.97}
+#: DSC of the segmentation of the "clinical" variant (FLAIR, mask and label at 0.9 x 0.9 x 5.5 mm,
+#: T1c on its own tilted and shifted 1.2 mm grid), brought back onto the original grid, against
+#: the reference run on the original case: measured 0.932 on brats_2013_pat0006_1. The single
+#: variants are measured by Testing/helpers/clinical.py (docs/DATA.md); flipped axes are exact
+#: (Testing/test_cli_segment_geometry.py checks that with a tiny model).
+MIN_DSC = 0.90
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cropped(brats2015, tmp_path_factory):
     root = tmp_path_factory.mktemp("clinical")
     crop = clinical.crop_case(brats2015 / "brats_2013_pat0006_1", root / "crop")
@@ -28,10 +31,9 @@ def cropped(brats2015, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(MIN_DSC))
-def test_a_variant_segments_without_manual_steps_and_matches_the_reference_run(cropped, tmp_path, kind):
+def test_a_thick_slice_case_with_a_separate_tilted_t1c_matches_the_reference_run(cropped, tmp_path):
     crop, reference_path = cropped
-    variant = clinical.make_variant(crop, tmp_path / kind, kind)
+    variant = clinical.make_variant(crop, tmp_path / "clinical", "clinical")
     result = clinical.segment(variant, tmp_path / "seg.nii.gz")
     # The output lies on the variant's FLAIR grid, exactly.
     flair = sitk.ReadImage(str(next(variant.glob("Flair*"))))
@@ -41,9 +43,8 @@ def test_a_variant_segments_without_manual_steps_and_matches_the_reference_run(c
     reference_image = sitk.ReadImage(str(reference_path))
     reference = sitk.GetArrayFromImage(reference_image) > 0
     back = clinical.labels_on(tmp_path / "seg.nii.gz", reference_image) > 0
-    assert clinical.dsc(back, reference) >= MIN_DSC[kind]
-    checks = [w["check"] for w in result["warnings"]]
-    assert checks == (["slice-thickness", "slice-thickness"] if kind == "aniso" else [])
+    assert clinical.dsc(back, reference) >= MIN_DSC
+    assert [(w["check"], w["value"]) for w in result["warnings"]] == [("slice-thickness", 5.5)]
 
 
 # -- the external raw scan ------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ Variants (every file of the case keeps its physical position; only the grids cha
 - ``t1c-own-grid``: the T1c alone on a 1.2 mm grid rotated by 15 degrees whose origin is shifted
   by (12.5, -8.5, 3.5) mm (and which is larger, so it still covers the case), as if acquired
   separately in the same session.
+- ``clinical``: ``aniso`` for every file but the T1c, which gets ``t1c-own-grid``'s grid.
 
-Run ``python Testing/helpers/clinical.py CASE_DIR [CASE_DIR ...]`` (with the engine importable)
-to print the table of docs/DATA.md.
+Run ``python Testing/helpers/clinical.py [--variants a,b] CASE_DIR [CASE_DIR ...]`` (with the
+engine importable) to print the table of docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-VARIANTS = ("aniso", "tilted", "flipped", "t1c-own-grid")
+VARIANTS = ("aniso", "tilted", "flipped", "t1c-own-grid", "clinical")
 STARTER = "asymseg-starter-deepmedic"
 
 
@@ -118,7 +119,9 @@ def make_variant(case: Path, dest: Path, kind: str) -> Path:
             direction = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag([-1.0, -1.0, 1.0])
             flipped.SetDirection(tuple(float(v) for v in direction.ravel()))
             image = flipped
-        elif kind == "t1c-own-grid" and role == "t1c":
+        elif kind == "clinical" and role != "t1c":
+            image = _resample(image, _grid_around(image, (0.9, 0.9, 5.5), np.eye(3)), label=is_label)
+        elif kind in ("t1c-own-grid", "clinical") and role == "t1c":
             image = _resample(image, _grid_around(image, (1.2, 1.2, 1.2), _rotation(15), shift=(12.5, -8.5, 3.5)),
                               label=False)
         sitk.WriteImage(image, str(dest / path.name))
@@ -150,6 +153,9 @@ def segment(case: Path, output: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    kinds = VARIANTS
+    if argv[:1] == ["--variants"]:
+        kinds, argv = tuple(argv[1].split(",")), argv[2:]
     for folder in map(Path, argv):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
@@ -160,7 +166,7 @@ def main(argv: list[str]) -> int:
             segment(crop, root / "ref.nii.gz")
             reference = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "ref.nii.gz"))) > 0
             print(f"{folder.name} crop {original.GetSize()}: reference run DSC vs label {dsc(reference, truth):.3f}")
-            for kind in VARIANTS:
+            for kind in kinds:
                 variant = make_variant(crop, root / kind, kind)
                 result = segment(variant, root / f"{kind}.nii.gz")
                 back = labels_on(root / f"{kind}.nii.gz", original) > 0
