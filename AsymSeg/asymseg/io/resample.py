@@ -110,7 +110,8 @@ def working_grid(reference: Geometry, spacing: Sequence[float] | None, orientati
     spacing = tuple(float(s) for s in spacing)
     size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(reference.size, reference.spacing, spacing))
     direction = np.asarray(reference.direction, dtype=np.float64).reshape(3, 3)
-    centre = np.asarray(reference.origin) + direction @ (np.asarray(reference.spacing) * (np.asarray(reference.size) - 1) / 2)
+    half = np.asarray(reference.spacing) * (np.asarray(reference.size) - 1) / 2
+    centre = np.asarray(reference.origin) + direction @ half
     origin = centre - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
     return Geometry(size, spacing, tuple(float(v) for v in origin), reference.direction)
 
