@@ -129,3 +129,22 @@ def test_flipped_axes_give_the_same_segmentation_exactly(cli, models, tmp_path, 
     assert arrays["plain"][0].any()
     for plain_array, flipped_array in zip(arrays["plain"], arrays["flipped"]):
         assert np.array_equal(plain_array, flipped_array[:, ::-1, ::-1])
+
+
+def test_reference_channel_puts_the_outputs_on_its_grid(cli, models, tmp_path, one_torch_thread):
+    case = _head(tmp_path / "c", Geometry((40, 40, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    tilted = Geometry((36, 36, 30), (1.2, 1.2, 1.2), (4.0, -6.0, 1.5), ROTATED)
+    t1c, geometry = _read(case / "t1c.nii.gz")
+    moved = sitk.Resample(geometry.apply_to(sitk.GetImageFromArray(t1c)), list(tilted.size), sitk.Transform(),
+                          sitk.sitkLinear, tilted.origin, tilted.spacing, tilted.direction, 0.0, sitk.sitkFloat32)
+    sitk.WriteImage(moved, str(case / "t1c.nii.gz"))
+    seg = tmp_path / "out" / "seg.nii.gz"
+    result = cli("segment", "--model", models["1mm"], "--case", case, "--output", seg, "--reference-channel", "T1ce",
+                 "--progress", "none")
+    assert result.code == 0, result.err
+    assert _read(seg)[1].differences(tilted, tol=1e-6) == []
+    missing = cli("segment", "--model", models["1mm"], "--case", case, "--output", seg, "--reference-channel", "t2",
+                  "--progress", "none")
+    assert missing.code == 2
+    assert missing.err.strip().splitlines()[-1] == (f"asymseg segment: error: {case}: --reference-channel t2: the case "
+                                                   "has no t2 channel (found: flair, t1c)")
