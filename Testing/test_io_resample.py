@@ -239,3 +239,12 @@ def test_ct_intensities_are_reported(tmp_path):
 
 def test_a_plausible_case_has_no_findings(tmp_path):
     assert load_case(discover_case(_case(tmp_path / "c")), spacing=(1.0, 1.0, 1.0)).findings == []
+
+
+def test_a_working_grid_beyond_the_voxel_limit_is_refused_naming_the_file(tmp_path, monkeypatch):
+    folder = _case(tmp_path / "c", Geometry((48, 48, 40), (1.0, 1.0, 100.0), (0.0, 0.0, 0.0)), with_label=False)
+    monkeypatch.setenv("ASYMSEG_MAX_VOXELS", str(48 * 48 * 1000))
+    with pytest.raises(InputError, match=r"flair\.nii\.gz: at the model's spacing \(1\.0, 1\.0, 1\.0\) mm this image "
+                                         r"would have 48 x 48 x 4000 = 9,216,000 voxels, above the limit of 2,304,000 "
+                                         r"\(check its spacing \(1\.0, 1\.0, 100\.0\) mm; ASYMSEG_MAX_VOXELS allows more\)"):
+        load_case(discover_case(folder), spacing=(1.0, 1.0, 1.0))

@@ -13,7 +13,7 @@ from asymseg import constants as C
 from asymseg.errors import InputError
 from asymseg.io.discovery import CaseFiles, canonical_channel
 from asymseg.io.geometry import Geometry
-from asymseg.io.images import read_image, read_label
+from asymseg.io.images import MAX_VOXELS_ENV, max_voxels, read_image, read_label
 from asymseg.io.resample import LINEAR, MASK, NEAREST, resample_array, working_grid
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,11 @@ def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normal
         array, geo = read_image(path, role=f"{name} channel")
         if grid is None:
             reference_geometry, grid = geo, working_grid(geo, spacing, orientation)
+            voxels, limit = int(np.prod(grid.size, dtype=np.int64)), max_voxels()
+            if voxels > limit:  # e.g. a header claiming 100 mm slices, resampled to 1 mm
+                raise InputError(f"{path}: at the model's spacing {tuple(grid.spacing)} mm this image would have "
+                                 f"{' x '.join(map(str, grid.size))} = {voxels:,} voxels, above the limit of "
+                                 f"{limit:,} (check its spacing {tuple(geo.spacing)} mm; {MAX_VOXELS_ENV} allows more)")
             image = np.empty((len(wanted), *grid.shape_zyx), dtype=np.float32)
         else:
             checks.check_overlap(reference_geometry, reference_path, geo, path)
