@@ -41,6 +41,8 @@ def _head(folder, geometry: Geometry):
         array = np.where(radius < 16, rng.normal(mean, 20.0, geometry.shape_zyx), 0.0).astype(np.float32)
         array[radius < 5] += 2 * mean
         sitk.WriteImage(geometry.apply_to(sitk.GetImageFromArray(array)), str(folder / f"{name}.nii.gz"))
+    label = np.where(radius < 5, 1, np.where(radius < 8, 2, 0)).astype(np.uint8)  # core 1, oedema 2
+    sitk.WriteImage(geometry.apply_to(sitk.GetImageFromArray(label)), str(folder / "seg.nii.gz"))
     return folder
 
 
@@ -148,3 +150,29 @@ def test_reference_channel_puts_the_outputs_on_its_grid(cli, models, tmp_path, o
     assert missing.code == 2
     assert missing.err.strip().splitlines()[-1] == (f"asymseg segment: error: {case}: --reference-channel t2: the case "
                                                    "has no t2 channel (found: flair, t1c)")
+
+
+def test_finetune_takes_thick_slice_cases_onto_the_base_models_spacing(cli, models, tmp_path, capfd, monkeypatch,
+                                                                        one_torch_thread):
+    import asymseg.io
+
+    loaded = []
+    real_load_case = asymseg.io.load_case
+
+    def recording_load_case(*args, **kwargs):  # the real loader; only the grids it returns are noted
+        case = real_load_case(*args, **kwargs)
+        loaded.append(case.geometry)
+        return case
+
+    monkeypatch.setattr(asymseg.io, "load_case", recording_load_case)
+    case = _head(tmp_path / "c", Geometry((44, 44, 7), (0.9, 0.9, 5.5), (0.0, 0.0, 0.0)))
+    out = tmp_path / "tuned"
+    result = cli("finetune", "--train-case", case, "--base-model", models["1mm"], "--output-model", out,
+                 "--iterations", 2, "--batch-size", 2, "--val-every", 2, "--seed", 0, "--label-convention", "brats2017",
+                 "--progress", "none")
+    assert result.code == 0, result.err
+    card = json.loads((out / "model.json").read_text())
+    assert card["spacing"] == [1.0, 1.0, 1.0] and card["orientation"] == "LPS"
+    assert loaded and all(g.spacing == (1.0, 1.0, 1.0) and g.size == (40, 40, 38) for g in loaded)
+    logged = capfd.readouterr().err
+    assert f"{case / 'flair.nii.gz'}: voxels are 5.5 mm thick, far above the 1 mm the model was trained at" in logged
