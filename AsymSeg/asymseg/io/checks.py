@@ -5,13 +5,13 @@ to do. :func:`~asymseg.io.load_case` collects them on :attr:`Case.findings`, log
 warnings and, with ``strict``, refuses the case instead (:class:`~asymseg.errors.InputError`).
 The commands copy them into their ``--json`` output and their JSON progress lines.
 
-==================  ==========================================================================
+==================  ====================================================================================
 check               fires when
-==================  ==========================================================================
+==================  ====================================================================================
 brain-volume        the brain mask is larger than ``constants.MAX_BRAIN_ML`` (skull left in)
-slice-thickness     a channel's thickest axis exceeds ``SLICE_THICKNESS_FACTOR`` x the model's
+slice-thickness     a channel's thickest axis exceeds ``SLICE_THICKNESS_FACTOR`` x the model's spacing
 not-mr              at least ``CT_AIR_FRACTION`` of the voxels lie at -1100..-500 (CT in HU)
-==================  ==========================================================================
+==================  ====================================================================================
 
 Channels whose physical extents barely overlap are not a finding but an error in every mode
 (:func:`check_overlap`): they are probably not from the same visit.
