@@ -198,11 +198,16 @@ def mhd_without_data(ws, tmp):
 
 
 def grid_row(what: str):
+    """A channel on another grid of the same physical space is resampled (exit 0, outputs written);
+    a prediction on another grid than its reference is still an error for evaluate."""
     def build(ws, tmp):
         case, name = broken_case(ws, tmp, B.T1C, lambda p: B.change_grid(p, what))
         out = out_dir(tmp)
-        specs = {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", what), (out,))
-                 for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+        specs = {
+            "segment": Spec(segment(ws, tmp, case), 0, watch=(out,), expect=("seg.nii.gz",)),
+            "finetune": Spec(finetune(ws, tmp, case), 0, watch=(out,), expect=("model/model.json",)),
+            "analyze": Spec(analyze(ws, tmp, case), 0, watch=(out,), expect=("analysis/analysis.json",)),
+        }
         pred, ref = broken_prediction(ws, tmp, lambda p: B.change_grid(p, what))
         specs["evaluate"] = Spec(evaluate(pred, ref), 2, (pred.name, ref.name, "different grids", what), (out,))
         return specs
@@ -210,19 +215,19 @@ def grid_row(what: str):
     return build
 
 
-def label_grid(ws, tmp):
-    case, name = broken_case(ws, tmp, B.SEG, lambda p: B.change_grid(p, "spacing"))
-    out = out_dir(tmp)
-    return {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", "spacing"), (out,))
-            for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+def far_apart(role: str):
+    """A file whose physical extent barely overlaps the reference channel's (another visit): refused."""
+    def build(ws, tmp):
+        if role == B.MASK:
+            case = B.copy_case(ws.case, tmp / "bad_case")
+            name = B.brain_mask_file(case, grid="far").name
+        else:
+            case, name = broken_case(ws, tmp, role, lambda p: B.change_grid(p, "far"))
+        out = out_dir(tmp)
+        return {cmd: Spec(fn(ws, tmp, case), 2, (name, "overlap by only", "register them first"), (out,))
+                for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
 
-
-def mask_grid(ws, tmp):
-    case = B.copy_case(ws.case, tmp / "bad_case")
-    name = B.brain_mask_file(case, grid="origin").name
-    out = out_dir(tmp)
-    return {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", "origin"), (out,))
-            for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+    return build
 
 
 def empty_mask(ws, tmp):
@@ -457,8 +462,9 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "grid-spacing": ("channels on different grids: spacing", grid_row("spacing")),
     "grid-origin": ("channels on different grids: origin", grid_row("origin")),
     "grid-direction": ("channels on different grids: direction", grid_row("direction")),
-    "label-grid": ("label on a different grid", label_grid),
-    "mask-grid": ("brain mask on a different grid", mask_grid),
+    "channel-far-apart": ("channels that barely overlap in physical space (another visit)", far_apart(B.T1C)),
+    "label-far-apart": ("label that barely overlaps the channels", far_apart(B.SEG)),
+    "mask-far-apart": ("brain mask that barely overlaps the channels", far_apart(B.MASK)),
     "nan-voxels": ("NaN voxels", file_row(B.FLAIR, lambda p: B.put_nonfinite(p, np.nan), "NaN")),
     "inf-voxels": ("Inf voxels", file_row(B.T1C, lambda p: B.put_nonfinite(p, np.inf), "infinite")),
     "beyond-float32": ("float64 voxels beyond the float32 range (1e300)",
@@ -503,8 +509,9 @@ SUBPROCESS = {("header-without-data", "segment"), ("header-without-data", "evalu
 #: Which commands each row applies to (the others are marked n/a in docs/ROBUSTNESS.md).
 APPLIES = {
     "header-without-data": ("segment", "evaluate"),
-    "label-grid": ("segment", "finetune", "analyze"),
-    "mask-grid": ("segment", "finetune", "analyze"),
+    "channel-far-apart": ("segment", "finetune", "analyze"),
+    "label-far-apart": ("segment", "finetune", "analyze"),
+    "mask-far-apart": ("segment", "finetune", "analyze"),
     "empty-mask": ("segment", "finetune", "analyze"),
     "label-fits-no-convention": ("finetune", "evaluate"),
     "wrong-channels": ("segment", "finetune", "analyze"),

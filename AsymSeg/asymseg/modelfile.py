@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -60,7 +61,8 @@ DEFAULT_NORMALIZATION = "zscore-brain"
 #: File suffixes of pickle-based checkpoints (refused).
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _KNOWN_KEYS = frozenset({"format_version", "name", "description", "created", "architecture", "channels",
-                         "target", "provenance", "weights", "operating_point"})
+                         "target", "provenance", "weights", "operating_point", "spacing",
+                         "orientation"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Largest model card read, in bytes (cards are a few kilobytes; the starter's is about 20 KB).
 MAX_CARD_BYTES = 1_000_000
@@ -90,6 +92,12 @@ class ModelCard:
         operating_point: how dz becomes the mask (:class:`asymseg.operating.OperatingPoint`:
             threshold, post-processing, TTA, and the validation they were chosen on); None =
             the plain argmax.
+        spacing: the voxel spacing (mm, x y z) the model was trained at; cases are resampled to it
+            in the physical space of their reference channel (:mod:`asymseg.io.resample`). None
+            (cards written before it existed) = every case is used at its own spacing.
+        orientation: the direction the array axes x, y, z ran in the training data, as 3 letters
+            (``"LPS"``: toward Left, Posterior, Superior, ITK's identity direction); cases are
+            reoriented to it (axis permutations and flips only). None = cases keep their axes.
     """
 
     name: str
@@ -106,6 +114,8 @@ class ModelCard:
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     operating_point: OperatingPoint | None = None
+    spacing: tuple[float, float, float] | None = None
+    orientation: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -135,6 +145,10 @@ class ModelCard:
         })
         if self.operating_point is not None:
             data["operating_point"] = self.operating_point.to_dict()
+        if self.spacing is not None:
+            data["spacing"] = list(self.spacing)
+        if self.orientation is not None:
+            data["orientation"] = self.orientation
         return data
 
     @classmethod
@@ -201,8 +215,26 @@ class ModelCard:
                 point = OperatingPoint.from_dict(data["operating_point"])
             except InputError as err:
                 raise fail("operating_point", str(err)) from err
+        spacing = data.get("spacing")
+        if spacing is not None:
+            if (not isinstance(spacing, list) or len(spacing) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                               for v in spacing)):
+                raise fail("spacing", f"expected three positive numbers (mm, x y z), got {spacing!r}")
+            spacing = tuple(float(v) for v in spacing)
+        orientation = data.get("orientation")
+        if orientation is not None:
+            from asymseg.io.resample import check_orientation
+
+            try:
+                orientation = check_orientation(orientation) if isinstance(orientation, str) else None
+            except ValueError as err:
+                raise fail("orientation", str(err)) from err
+            if orientation is None:
+                raise fail("orientation", f"expected a 3-letter code such as \"LPS\", got {data['orientation']!r}")
         return cls(
-            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels,
+            orientation=orientation,
+            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels, spacing=spacing,
             normalization=norms, target=target, description=data.get("description", ""),
             created=data.get("created", ""), provenance=dict(provenance), weights_file=weights_file,
             weights_sha256=sha, format_version=version,

@@ -146,7 +146,8 @@ def make_constant(path: Path, value: float = 7.0) -> Path:
 
 # -- grids --------------------------------------------------------------------------------------------
 def change_grid(path: Path, what: str) -> Path:
-    """Rewrite ``path`` on another grid: "size" (crop one slice), "spacing", "origin" or "direction"."""
+    """Rewrite ``path`` on another grid: "size" (crop one slice), "spacing", "origin", "direction", or
+    "far" (shifted so that it barely overlaps its original extent)."""
     array, image = read(path)
     if what == "size":
         out = sitk.GetImageFromArray(array[:-1])
@@ -161,6 +162,10 @@ def change_grid(path: Path, what: str) -> Path:
         return write(path, array, image, origin=(3.0, 0.0, 0.0))
     if what == "direction":
         return write(path, array, image, direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    if what == "far":  # shifted by 80% of its x extent: another visit, not the same scanner space
+        shift = 0.8 * image.GetSize()[0] * image.GetSpacing()[0]
+        origin = image.GetOrigin()
+        return write(path, array, image, origin=(origin[0] + shift, origin[1], origin[2]))
     raise ValueError(what)
 
 

@@ -272,7 +272,8 @@ def run(args: argparse.Namespace, ctx) -> int:
         results = segment_cases(model, cases, outputs if batch else [outputs],
                                 references=[args.reference] * len(cases), evaluate=args.evaluate, device=device,
                                 tile=args.tile, batch_size=args.batch_size, amp=args.amp, on_event=renderer,
-                                cancel=ctx.cancel, on_case=on_case, operating_point=operating_point)
+                                cancel=ctx.cancel, on_case=on_case, operating_point=operating_point,
+                                strict=args.strict)
     finally:
         renderer.close()
     summary: dict[str, Any] = {"model": str(model.path), "cases": results,

@@ -263,10 +263,13 @@ def _unique_ids(files: Sequence[Any]) -> list[str]:
     return ids
 
 
-def _load(files: Any, channels: Sequence[str], target: TargetSpec) -> Any:
+def _load(files: Any, channels: Sequence[str], target: TargetSpec, spacing: Sequence[float] | None,
+          orientation: str | None) -> Any:
+    """A training or validation case on the model's working grid (the card's spacing and orientation)."""
     from asymseg.io import load_case
 
-    case = load_case(files, channels=list(channels), normalize=True, require_label=True)
+    case = load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
+                     orientation=orientation)
     target.check_label_values(np.unique(case.label), source=str(files.label))
     return case
 
@@ -515,7 +518,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
     cases: list[TrainingCase] = []
     for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
         cancel.check()
-        case = _load(files, source.channels, source.target)
+        case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
         # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
         # cropping to the box of brain and labelled voxels loses nothing.
         cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
@@ -525,7 +528,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
     if dist.is_main:
         for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
             cancel.check()
-            case = _load(files, source.channels, source.target)
+            case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
             val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask,
                                                      case.geometry.spacing, source.target, context=net.context,
                                                      output_multiple=net.output_multiple))
