@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, jobs, models, sampledata, scene, widgetsupport
+from AsymSegLib import channels, install, jobs, models, sampledata, scene, views, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegLib.widgetsupport import PanelWidgetMixin
 
@@ -438,20 +438,14 @@ class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showResults(request: jobs.SegmentationRequest, result: jobs.SegmentationResult) -> None:
-        """Show the input with the segmentation, and the metrics table and logit plot (GUI)."""
+        """Show the input with the segmentation and, with a reference, the metrics table and logit
+        plot in the four-up plot/table layout (GUI)."""
         firstVolume = next(iter(request.volumes.values()))
-        slicer.util.setSliceViewerLayers(background=firstVolume, fit=True)
-        if result.metricsTable is None and result.plotNodes is None:
-            return
         layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpQuantitativeView)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        if result.metricsTable is not None:
-            selection.SetActiveTableID(result.metricsTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
-        if result.plotNodes is not None:
-            selection.SetActivePlotChartID(result.plotNodes.chart.GetID())
-            slicer.app.applicationLogic().PropagatePlotChartSelection()
+        views.showResults(slicer.mrmlScene, slicer.app.applicationLogic(), layoutManager.layoutLogic().GetLayoutNode(),
+                          firstVolume, tableNode=result.metricsTable,
+                          chartNode=result.plotNodes.chart if result.plotNodes is not None else None)
+        slicer.util.resetSliceViews()
 
 
 #

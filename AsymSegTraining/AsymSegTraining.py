@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, models, widgetsupport
+from AsymSegLib import channels, install, models, views, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegLib.widgetsupport import PanelWidgetMixin
 from AsymSegTrainingLib import export, jobs, params
@@ -435,17 +435,10 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if not layoutNode.IsLayoutDescription(TRAINING_LAYOUT_ID):
-            layoutNode.AddLayoutDescription(TRAINING_LAYOUT_ID, TRAINING_LAYOUT)
-        if layoutManager.layout != TRAINING_LAYOUT_ID:
-            layoutManager.setLayout(TRAINING_LAYOUT_ID)
-        charts = {"AsymSegLoss": job.lossPlot, "AsymSegValidation": job.validationPlot}
-        for index in range(layoutManager.plotViewCount):
-            viewNode = layoutManager.plotWidget(index).mrmlPlotViewNode()
-            nodes = charts.get(viewNode.GetSingletonTag())
-            if nodes is not None:
-                viewNode.SetPlotChartNodeID(nodes.chart.GetID())
+        charts = {"AsymSegLoss": job.lossPlot.chart if job.lossPlot else None,
+                  "AsymSegValidation": job.validationPlot.chart if job.validationPlot else None}
+        views.showChartsInLayout(slicer.mrmlScene, layoutManager.layoutLogic().GetLayoutNode(), TRAINING_LAYOUT_ID,
+                                 TRAINING_LAYOUT, charts)
 
 
 #

@@ -17,5 +17,6 @@ Modules:
     sampledata: the BraTS sample cases for the SampleData module.
     scene: volume nodes <-> files with exact geometry, segmentation import and export.
     tables: the metrics table node.
+    views: layouts, slice layers, table and plot views through MRML (results, training charts).
     widgetsupport: what the module widgets share (parameter-node wiring, job polling, model lists).
 """
