@@ -103,6 +103,8 @@ class AsymSegTrainingParameterNode:
     """The panel's settings, saved with the scene.
 
     caseFlairVolume ... caseLabels: the scene case being added.
+    coreLabels: label values forming the tumour core of a scene case (default: 1,3,4, the core
+        in every BraTS convention). coreSegments: names of the core segments (empty: by name or value).
     baseModelName, technique, symmetric, iterations, learningRate, fgFraction, outputModelName,
     labelConvention, seed, forceCpu: the fine-tuning settings.
     """
@@ -112,6 +114,8 @@ class AsymSegTrainingParameterNode:
     caseT1Volume: vtkMRMLScalarVolumeNode
     caseT2Volume: vtkMRMLScalarVolumeNode
     caseLabels: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
+    coreLabels: str = ",".join(str(v) for v in export.DEFAULT_CORE_LABELS)
+    coreSegments: str = ""
     baseModelName: str = ""
     technique: str = params.DEFAULT_TECHNIQUE
     symmetric: bool = False
@@ -147,6 +151,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self._trainingCases: list = []  # SceneCase or folder path (str)
         self._validationCases: list = []
         self._pendingChanges: set[str] = set()
+        self._corePreviews: dict[str, export.CorePreview] = {}  # scene case id -> its core
         self._lastPlotRefresh = 0.0
         self._timer = None
 
@@ -172,6 +177,11 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.ui.techniqueSelector.setItemData(self.ui.techniqueSelector.count - 1, description, qt.Qt.ToolTipRole)
         for convention in ("auto",) + params.LABEL_CONVENTIONS:
             self.ui.labelConventionSelector.addItem(convention)
+        self.ui.coreConventionSelector.addItem(_("BraTS convention..."))
+        for name, values in export.BRATS_CORE_LABELS.items():
+            self.ui.coreConventionSelector.addItem(name)
+            self.ui.coreConventionSelector.setItemData(self.ui.coreConventionSelector.count - 1,
+                                                       ",".join(map(str, values)), qt.Qt.ToolTipRole)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -179,6 +189,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self.ui.baseModelSelector.connect("currentIndexChanged(int)", self.onBaseModelSelected)
         self.ui.techniqueSelector.connect("currentIndexChanged(int)", self.onTechniqueSelected)
         self.ui.labelConventionSelector.connect("currentIndexChanged(int)", self.onLabelConventionSelected)
+        self.ui.coreConventionSelector.connect("currentIndexChanged(int)", self.onCoreConventionSelected)
         self.ui.addTrainingCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=False))
         self.ui.addValidationCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=True))
         self.ui.addTrainingFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=False))
@@ -272,6 +283,12 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if self._parameterNode is not None:
             self._parameterNode.labelConvention = self.ui.labelConventionSelector.currentText
 
+    def onCoreConventionSelected(self, index: int) -> None:
+        values = export.BRATS_CORE_LABELS.get(self.ui.coreConventionSelector.currentText)
+        if values is not None and self._parameterNode is not None:
+            self._parameterNode.coreLabels = ",".join(map(str, values))
+        self.ui.coreConventionSelector.setCurrentIndex(0)
+
     # ------------------------------------------------------------------ cases
     def addSceneCase(self, validation: bool) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot add the case."), waitCursor=False):
@@ -286,8 +303,9 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             taken = {c.caseId for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)}
             firstVolume = next(iter(volumes.values()))
             case = export.SceneCase(caseId=caseIdFromName(firstVolume.GetName(), taken), volumes=volumes,
-                                    labels=p.caseLabels)
-            case.check()
+                                    labels=p.caseLabels, labelValues=export.parseLabelValues(p.coreLabels),
+                                    segmentNames=export.parseSegmentNames(p.coreSegments))
+            self._corePreviews[case.caseId] = self.logic.checkSceneCases([case], needed)[0]
             (self._validationCases if validation else self._trainingCases).append(case)
             self._refreshCaseLists()
 
@@ -314,8 +332,10 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                     listWidget.addItem(_("folder: {path}").format(path=case))
                 else:
                     names = ", ".join(f"{c}={n.GetName()}" for c, n in case.volumes.items())
-                    listWidget.addItem(_("scene: {id} ({names}; {labels})").format(
-                        id=case.caseId, names=names, labels=case.labels.GetName()))
+                    preview = self._corePreviews.get(case.caseId)
+                    listWidget.addItem(_("scene: {id} ({names}; {labels}) - {core}").format(
+                        id=case.caseId, names=names, labels=case.labels.GetName(),
+                        core=preview.text() if preview else ""))
         self._checkCanRun()
 
     # ------------------------------------------------------------------ running
@@ -330,6 +350,10 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
             p = self._parameterNode
             model = self._selectedModel()
+            sceneCases = [c for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)]
+            needed = [channels.canonicalChannel(c) for c in model.channels] if model else []
+            for preview in self.logic.checkSceneCases(sceneCases, needed):  # refuses cases that do not fit
+                self._corePreviews[preview.caseId] = preview
             parameters = params.TrainingParameters(
                 trainCases=[c for c in self._trainingCases if isinstance(c, str)],
                 valCases=[c for c in self._validationCases if isinstance(c, str)],
@@ -339,6 +363,8 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 labelConvention=None if p.labelConvention == "auto" else p.labelConvention,
                 seed=p.seed, device="cpu" if p.forceCpu else "auto")
             self.ui.trainingLogTextEdit.clear()
+            for case in sceneCases:
+                self._appendLog(_("Tumour core of {text}").format(text=self._corePreviews[case.caseId].text()))
             self._job = self.logic.startTraining(
                 parameters,
                 sceneTrainCases=[c for c in self._trainingCases if isinstance(c, export.SceneCase)],
@@ -410,6 +436,16 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return AsymSegTrainingParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def checkSceneCases(cases, modelChannels) -> list[export.CorePreview]:
+        """Check that scene cases fit a model (channels, grids, core labels); their core previews.
+
+        Raises:
+            ValueError: the first case that does not fit, with the reason.
+        """
+        return [export.checkCaseFits(case, modelChannels, slicer.modules.segmentations.logic(), slicer.mrmlScene)
+                for case in cases]
 
     def createTrainingJob(self, parameters: params.TrainingParameters, sceneTrainCases=(),
                           sceneValCases=()) -> jobs.TrainingJob:

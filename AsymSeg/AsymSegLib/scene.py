@@ -409,6 +409,13 @@ def segmentsToArray(segmentationNode, segmentIds: Sequence[str], referenceVolume
         removeNodes(scene, [labelNode])
 
 
+def isTumourCoreSegment(segment) -> bool:
+    """True for a segment named "... core" or tagged with the Neoplasm terminology."""
+    tag = vtk.reference("")
+    hasTag = segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    return "core" in segment.GetName().lower() or bool(hasTag and f"^{NEOPLASM_CODE}^" in str(tag))
+
+
 def referenceSegmentIds(segmentationNode, labelValues: Iterable[int] | None = None) -> list[str]:
     """The segments of a reference segmentation that make up the tumour core.
 
@@ -418,13 +425,7 @@ def referenceSegmentIds(segmentationNode, labelValues: Iterable[int] | None = No
     """
     segmentation = segmentationNode.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-    named = []
-    for segmentId in ids:
-        segment = segmentation.GetSegment(segmentId)
-        tag = vtk.reference("")
-        hasTag = segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
-        if "core" in segment.GetName().lower() or (hasTag and f"^{NEOPLASM_CODE}^" in str(tag)):
-            named.append(segmentId)
+    named = [i for i in ids if isTumourCoreSegment(segmentation.GetSegment(i))]
     if named:
         return named
     if labelValues is not None:
