@@ -60,7 +60,7 @@ class AsymSeg(ScriptedLoadableModule):
         self.parent.title = _("AsymSeg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.contributors = ["AsymSeg maintainers (SlicerAsymSeg project)"]
         self.parent.helpText = _("""
 Segments the brain-tumour core from MR volumes (FLAIR, post-contrast T1, ...) with a model
 trained for small data. Given a reference segmentation it also shows DSC, sensitivity,

@@ -80,7 +80,7 @@ class AsymSegTraining(ScriptedLoadableModule):
         self.parent.title = _("AsymSeg Training")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.contributors = ["AsymSeg maintainers (SlicerAsymSeg project)"]
         self.parent.helpText = _("""
 Fine-tunes a brain-tumour-core model on a few labelled cases from the scene or from case folders,
 with the asymmetric large margin, focal loss, adversarial training and mixup techniques that keep
