@@ -161,7 +161,8 @@ def runEngineCommand(args: Sequence[object], pythonExecutable: str | None = None
     command = engineProcess.engineCommand(args, pythonExecutable)
     try:
         completed = runner(command, capture_output=True, text=True, timeout=timeout,
-                           env=engineProcess.engineEnvironment(extra=env), stdin=subprocess.DEVNULL)
+                           env=engineProcess.engineEnvironment(extra=env), stdin=subprocess.DEVNULL,
+                           creationflags=engineProcess.noWindowFlags())
     except subprocess.TimeoutExpired as err:
         raise ModelRegistryError(f"asymseg {args[0]}: no answer within {timeout:.0f} s") from err
     except OSError as err:

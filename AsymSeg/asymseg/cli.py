@@ -6,7 +6,8 @@ Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
     def run(args, ctx: CommandContext) -> int              # calls one API function
 
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
-SIGINT/SIGTERM handlers that cancel the job's token, and maps exceptions to one line on stderr
+SIGINT/SIGTERM handlers and the cancel-file watcher (``ASYMSEG_CANCEL_FILE``) that cancel the
+job's token, and maps exceptions to one line on stderr
 and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
 """
 
@@ -24,6 +25,7 @@ from typing import TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
+from asymseg.cancelfile import watch_cancel_file
 from asymseg.errors import AsymSegError, InputError
 from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
 
@@ -145,6 +147,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     try:
         _configure_threads(args.threads)
         _install_signal_handlers(ctx.cancel)
+        watch_cancel_file(ctx.cancel)  # ASYMSEG_CANCEL_FILE: the same graceful stop on every platform
         return int(args.func(args, ctx) or 0)
     except AsymSegError as err:
         if args.debug:
