@@ -228,13 +228,10 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         return changed
 
     def refreshModels(self) -> None:
-        """Ask the engine for the model list and refill the selector."""
+        """Read the model cards and refill the selector (no engine process: the panel never waits)."""
         wanted = self._parameterNode.modelName if self._parameterNode else ""
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models, problem = self.logic.listModels()
-            if problem:
-                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}). "
-                                  "Missing packages are installed on the first Apply.").format(problem=problem))
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=False):
+            self._models = self.logic.listModels()
         self._modelsFolderChanged()
         widgetsupport.fillModelSelector(self.ui.modelSelector, self._models, wanted, qt.Qt.ToolTipRole)
         self.onModelSelected(self.ui.modelSelector.currentIndex)

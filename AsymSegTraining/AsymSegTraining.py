@@ -250,11 +250,8 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def refreshModels(self) -> None:
         wanted = self._parameterNode.baseModelName if self._parameterNode else ""
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models, problem = self.logic.listModels()
-            if problem:
-                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}).")
-                                .format(problem=problem))
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=False):
+            self._models = self.logic.listModels()  # read from the model cards: no engine process
         widgetsupport.fillModelSelector(self.ui.baseModelSelector, self._models, wanted, qt.Qt.ToolTipRole)
         self.onBaseModelSelected(self.ui.baseModelSelector.currentIndex)
 

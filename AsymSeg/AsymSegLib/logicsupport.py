@@ -3,7 +3,7 @@
 :class:`EngineLogicMixin` goes before ``ScriptedLoadableModuleLogic`` in a module Logic's bases
 (``class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic)``); it gives the Logic its
 interpreter, engine processes, the Slicer 5.12 console launcher, the model list, first-use
-installs and a blocking engine call. Qt-free: it imports under slicer-core.
+installs and a blocking engine call. The model list comes from the model cards (no subprocess). Qt-free: it imports under slicer-core.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ class EngineLogicMixin:
 
         return launcher
 
-    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
-        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
-        return models.listModelsOrScan(self.pythonExecutable)
+    @staticmethod
+    def listModels() -> list[models.ModelInfo]:
+        """The bundled and user models, read from their cards: no engine process, the GUI never waits."""
+        return models.listModelsFromCards()
 
     @staticmethod
     def ensureDependencies(confirm: Callable[[str], bool]) -> install.DependencyReport:
