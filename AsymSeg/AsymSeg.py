@@ -141,6 +141,7 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         self._models: list[models.ModelInfo] = []
         self._modelsFolderStamp = None
         self._timer = None
+        self._session = None  # the last run's operating point (AsymSegLib.operatingpoint)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -170,8 +171,12 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         self.ui.importModelFolderButton.connect("clicked(bool)", self.onImportModelFolder)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.autoAssignButton.connect("clicked(bool)", lambda checked: self.autoAssignChannels(overwrite=True))
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.resetThresholdButton.connect("clicked(bool)", self.onResetThreshold)
+        self.ui.saveModelCopyButton.connect("clicked(bool)", self.onSaveModelCopy)
         self.ui.progressBar.setVisible(False)
         self.ui.logCollapsibleButton.collapsed = True
+        self._showSession(None)
 
         self.initializeParameterNode()
         self.refreshModels()
@@ -184,6 +189,7 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
             self._job.process.kill()
+        self._showSession(None)
         self.setParameterNode(None)
 
     # ------------------------------------------------------------------ parameter node
@@ -358,6 +364,50 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             self._appendLog(_("Finished in {seconds:.1f} s on {device}.").format(
                 seconds=result.engine.seconds, device=result.device or "?"))
             self.logic.showResults(job.request, result)
+            self._showSession(result.session)
+
+    # ------------------------------------------------------------------ operating point
+    def _showSession(self, session) -> None:
+        """Point the threshold slider at a run's operating point (None: no run to adjust)."""
+        self._session = session
+        self.ui.operatingPointCollapsibleButton.enabled = session is not None
+        if session is None:
+            self.ui.operatingPointLabel.text = _("Run a segmentation first (binary tumour-core models).")
+            return
+        low, high = session.range
+        wasBlocked = self.ui.thresholdSlider.blockSignals(True)
+        self.ui.thresholdSlider.minimum = low
+        self.ui.thresholdSlider.maximum = high
+        self.ui.thresholdSlider.value = session.threshold
+        self.ui.thresholdSlider.blockSignals(wasBlocked)
+        self.ui.operatingPointLabel.text = session.summary()
+
+    def onThresholdChanged(self, value: float) -> None:
+        if self._session is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to apply the threshold."), waitCursor=True):
+            self._session.setThreshold(value)
+            self.ui.operatingPointLabel.text = self._session.summary()
+
+    def onResetThreshold(self, checked=False) -> None:
+        if self._session is not None:
+            self.ui.thresholdSlider.value = self._session.runThreshold  # valueChanged applies it
+
+    def onSaveModelCopy(self, checked=False) -> None:
+        if self._session is None:
+            return
+        model = self._selectedModel()
+        suggestion = f"{model.name if model else 'model'}-t{self._session.threshold:g}".replace(".", "_")
+        name = qt.QInputDialog.getText(self.parent, _("Save as a new model"),
+                                       _("Name of the copy with threshold {t:g}:").format(t=self._session.threshold),
+                                       qt.QLineEdit.Normal, suggestion)
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the model copy."), waitCursor=True):
+            folder = self._session.saveModelCopy(name)
+            self._appendLog(_("Saved {folder}: the model with threshold {t:g} on its card.").format(
+                folder=folder, t=self._session.threshold))
+            self.refreshModels()
 
 
 #
