@@ -33,9 +33,12 @@ EXCHANGE_EXTENSION = ".nrrd"
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 
 #: Terminology entry (Slicer's TerminologyEntry tag): category Morphologically Altered Structure
-#: (SCT 49755003), type Neoplasm (SCT 108369006), anatomic region Brain (SCT 12738006).
+#: (SCT 49755003), type Neoplasm (SCT 108369006), anatomic region Brain (SCT 12738006). Neoplasm is
+#: in the DICOM master list; the 3D Slicer General Anatomy list (the subset behind the
+#: GenericAnatomyColors table) does not have it.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 TUMOUR_CORE_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
+    f"{TERMINOLOGY_CONTEXT}"
     "~SCT^49755003^Morphologically Altered Structure"
     "~SCT^108369006^Neoplasm"
     "~^^"

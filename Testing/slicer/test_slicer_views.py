@@ -162,3 +162,14 @@ def test_the_name_check_reports_a_layout_that_slicer_does_not_have():
     used = slicerNamesUsed((REPO / "AsymSeg" / "AsymSeg.py").read_text(encoding="utf-8"))
     assert {"vtkMRMLSegmentationNode", "vtkMRMLTableNode"} <= used["classes"]
     assert "resetSliceViews" in used["util"]
+
+
+def test_the_tumour_core_terminology_names_the_list_that_has_neoplasm():
+    from AsymSegLib import scene as S
+
+    context, category, kind, _, anatomicContext, region, _ = S.TUMOUR_CORE_TERMINOLOGY.split("~")
+    # Neoplasm (SCT 108369006) under Morphologically Altered Structure is in the DICOM master list;
+    # the 3D Slicer General Anatomy list, the GenericAnatomyColors subset, lacks it
+    assert context == "Segmentation category and type - DICOM master list"
+    assert category == "SCT^49755003^Morphologically Altered Structure" and kind == "SCT^108369006^Neoplasm"
+    assert anatomicContext == "Anatomic codes - DICOM master list" and region == "SCT^12738006^Brain"
