@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 from AsymSegLib import channels, install, models, views, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegLib.widgetsupport import PanelWidgetMixin
-from AsymSegTrainingLib import export, jobs, params
+from AsymSegTrainingLib import estimate, export, jobs, params
 
 #: Channels the panel offers for scene cases.
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
@@ -119,7 +119,7 @@ class AsymSegTrainingParameterNode:
     baseModelName: str = ""
     technique: str = params.DEFAULT_TECHNIQUE
     symmetric: bool = False
-    iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
+    iterations: Annotated[int, WithinRange(1, 1000000)] = params.PANEL_ITERATIONS
     learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-3
     fgFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     outputModelName: str = "my-finetuned-model"
@@ -186,6 +186,9 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+        self.ui.overwriteButton.connect("clicked(bool)", lambda checked: self._start(mode="overwrite"))
+        self.ui.resumeButton.connect("clicked(bool)", lambda checked: self._start(mode="resume"))
+        self.ui.estimateButton.connect("clicked(bool)", lambda checked: self._start(mode="estimate"))
         self.ui.baseModelSelector.connect("currentIndexChanged(int)", self.onBaseModelSelected)
         self.ui.techniqueSelector.connect("currentIndexChanged(int)", self.onTechniqueSelected)
         self.ui.labelConventionSelector.connect("currentIndexChanged(int)", self.onLabelConventionSelected)
@@ -230,9 +233,18 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if index >= 0:
             comboBox.setCurrentIndex(index)
 
+    def _outputState(self) -> params.OutputState | None:
+        name = self._parameterNode.outputModelName.strip() if self._parameterNode else ""
+        try:
+            return params.outputState(name) if name else None
+        except (OSError, ValueError):
+            return None
+
     def _checkCanRun(self, caller=None, event=None) -> None:
         if self._job is not None:
-            self.ui.startButton.enabled = True
+            self.ui.startButton.enabled = True  # it is the Cancel button now
+            for button in (self.ui.overwriteButton, self.ui.resumeButton, self.ui.estimateButton):
+                button.enabled = False
             return
         reason = None
         if self._selectedModel() is None:
@@ -241,8 +253,15 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             reason = _("Add at least one training case")
         elif self._parameterNode is None or not self._parameterNode.outputModelName.strip():
             reason = _("Enter a name for the new model")
-        self.ui.startButton.enabled = reason is None
-        self.ui.startButton.toolTip = reason or _("Start fine-tuning")
+        state = self._outputState()
+        taken = state is not None and not state.free
+        self.ui.startButton.enabled = reason is None and not taken
+        self.ui.startButton.toolTip = reason or (state.text() if taken else _("Start fine-tuning"))
+        self.ui.overwriteButton.enabled = reason is None and taken
+        self.ui.resumeButton.enabled = state is not None and state.canResume
+        self.ui.estimateButton.enabled = reason is None
+        if taken:
+            self.ui.statusLabel.text = state.text()
 
     # ------------------------------------------------------------------ models and settings
     def _selectedModel(self) -> models.ModelInfo | None:
@@ -341,7 +360,13 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._job.cancel()
             self.ui.startButton.text = _("Cancelling...")
             self.ui.startButton.enabled = False
-            self._appendLog(_("Cancelling: the engine finishes its step and keeps its best model..."))
+            self._appendLog(_("Cancelling: the engine finishes its step and keeps its checkpoint and best model..."))
+            return
+        self._start(mode="start")
+
+    def _start(self, mode: str) -> None:
+        """Start a run: "start" (a new model), "overwrite", "resume", or "estimate" (a timed warm-up)."""
+        if self._job is not None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
             self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
@@ -349,8 +374,10 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             model = self._selectedModel()
             sceneCases = [c for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)]
             needed = [channels.canonicalChannel(c) for c in model.channels] if model else []
-            for preview in self.logic.checkSceneCases(sceneCases, needed):  # refuses cases that do not fit
-                self._corePreviews[preview.caseId] = preview
+            if mode != "resume":
+                for preview in self.logic.checkSceneCases(sceneCases, needed):  # refuses cases that do not fit
+                    self._corePreviews[preview.caseId] = preview
+            state = self._outputState()
             parameters = params.TrainingParameters(
                 trainCases=[c for c in self._trainingCases if isinstance(c, str)],
                 valCases=[c for c in self._validationCases if isinstance(c, str)],
@@ -358,15 +385,25 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 technique=p.technique, symmetric=p.symmetric, iterations=p.iterations,
                 learningRate=p.learningRate, fgFraction=p.fgFraction,
                 labelConvention=None if p.labelConvention == "auto" else p.labelConvention,
-                seed=p.seed, device="cpu" if p.forceCpu else "auto")
+                seed=p.seed, device="cpu" if p.forceCpu else "auto", overwrite=mode == "overwrite",
+                resume=str(state.runFolder) if mode == "resume" and state is not None else None)
+            trainScene = [c for c in self._trainingCases if isinstance(c, export.SceneCase)]
             self.ui.trainingLogTextEdit.clear()
-            for case in sceneCases:
-                self._appendLog(_("Tumour core of {text}").format(text=self._corePreviews[case.caseId].text()))
-            self._job = self.logic.startTraining(
-                parameters,
-                sceneTrainCases=[c for c in self._trainingCases if isinstance(c, export.SceneCase)],
-                sceneValCases=[c for c in self._validationCases if isinstance(c, export.SceneCase)],
-                launcher=self.logic.consoleLauncher())
+            if mode == "estimate":
+                self._appendLog(_("Timing {n} iterations of this run on this device...").format(
+                    n=estimate.WARMUP_ITERATIONS))
+                self._job = self.logic.startEstimate(parameters, sceneTrainCases=trainScene,
+                                                     launcher=self.logic.consoleLauncher())
+            else:
+                if mode != "resume":
+                    for case in sceneCases:
+                        self._appendLog(_("Tumour core of {text}").format(
+                            text=self._corePreviews[case.caseId].text()))
+                self._job = self.logic.startTraining(
+                    parameters, sceneTrainCases=[] if mode == "resume" else trainScene,
+                    sceneValCases=[] if mode == "resume" else
+                    [c for c in self._validationCases if isinstance(c, export.SceneCase)],
+                    launcher=self.logic.consoleLauncher())
             self._appendLog(" ".join(self._job.process.command))
             self._setRunning(True)
             self._timer.start()
@@ -399,6 +436,8 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.ui.trainingProgressBar.value = int(1000 * fraction)
         self.ui.statusLabel.text = job.progress.statusText()
         now = time.monotonic()
+        if isinstance(job, estimate.WarmupJob):
+            return  # its curves are not the run's
         if self._pendingChanges and (now - self._lastPlotRefresh >= PLOT_REFRESH_SECONDS or job.finished):
             job.updatePlots(self._pendingChanges)
             self.logic.showTrainingPlots(job)
@@ -406,6 +445,15 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._lastPlotRefresh = now
 
     def _showOutcome(self, job: jobs.TrainingJob) -> None:
+        if isinstance(job, estimate.WarmupJob):
+            with slicer.util.tryWithErrorDisplay(_("Timing the run failed."), waitCursor=True):
+                if job.process.result().cancelled:
+                    job.cleanup()
+                    self.ui.statusLabel.text = _("Cancelled.")
+                    return
+                self.ui.statusLabel.text = job.finish().text()
+                self._appendLog(self.ui.statusLabel.text)
+            return
         with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
             result = job.finish()
             self.logic.showTrainingPlots(job)
@@ -413,7 +461,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 self.ui.statusLabel.text = _("Model saved: {path}. It is listed in the AsymSeg module.").format(
                     path=result.modelPath or self._parameterNode.outputModelName)
             elif result.engine.cancelled:
-                self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}").format(
+                self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}. Resume continues the run.").format(
                     path=result.modelPath or _("none written"))
             else:
                 result.engine.raiseIfFailed()
@@ -456,6 +504,21 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
         job = self.createTrainingJob(parameters, sceneTrainCases, sceneValCases)
         job.start(launcher=launcher)
         return job
+
+    def startEstimate(self, parameters: params.TrainingParameters, sceneTrainCases=(),
+                      launcher=None) -> estimate.WarmupJob:
+        """Start a timed warm-up of the planned run; ``job.finish()`` gives the :class:`RuntimeEstimate`."""
+        job = estimate.WarmupJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                 sceneTrainCases=sceneTrainCases, processFactory=self.newEngineProcess)
+        job.start(launcher=launcher)
+        return job
+
+    def estimateRunTime(self, parameters: params.TrainingParameters, sceneTrainCases=(),
+                        timeout: float | None = None) -> estimate.RuntimeEstimate:
+        """Time a short warm-up of the planned run and wait (scripts, tests)."""
+        job = estimate.WarmupJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                 sceneTrainCases=sceneTrainCases, processFactory=self.newEngineProcess)
+        return job.run(timeout=timeout)
 
     def train(self, parameters: params.TrainingParameters, sceneTrainCases=(), sceneValCases=(),
               timeout: float | None = None, onEvent=None) -> jobs.TrainingResult:
