@@ -298,13 +298,16 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             self.ui.applyButton.enabled = False
             self._appendLog(_("Cancelling..."))
             return
+        self.ui.logTextEdit.clear()
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text),
+                                          onStatus=self._showInstallStatus, keepAlive=slicer.app.processEvents)
             request = self._buildRequest()
-            self.ui.logTextEdit.clear()
             self._job = self.logic.startSegmentation(request, launcher=self.logic.consoleLauncher())
             self._setRunning(True)
             self._timer.start()
+        if self._job is None:  # a failed install or start: back to idle, Apply tries again
+            self._setRunning(False)
 
     def _buildRequest(self) -> jobs.SegmentationRequest:
         p = self._parameterNode
@@ -330,7 +333,17 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             metricsTable=p.metricsTable, device="cpu" if p.forceCpu else "auto",
         )
 
+    def _showInstallStatus(self, text: str) -> None:
+        """First-run installation: a busy bar with the current step, every line in the log."""
+        self.ui.logCollapsibleButton.collapsed = False
+        self._appendLog(text)
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.setRange(0, 0)  # busy: the installers report no fraction
+        self.ui.progressBar.setFormat(text[:100])
+        slicer.app.processEvents()
+
     def _setRunning(self, running: bool) -> None:
+        self.ui.progressBar.setRange(0, 1000)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = True
         self.ui.progressBar.setVisible(running)

@@ -369,7 +369,9 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if self._job is not None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
-            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            self.ui.trainingLogTextEdit.clear()
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text),
+                                          onStatus=self._showInstallStatus, keepAlive=slicer.app.processEvents)
             p = self._parameterNode
             model = self._selectedModel()
             sceneCases = [c for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)]
@@ -388,7 +390,6 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 seed=p.seed, device="cpu" if p.forceCpu else "auto", overwrite=mode == "overwrite",
                 resume=str(state.runFolder) if mode == "resume" and state is not None else None)
             trainScene = [c for c in self._trainingCases if isinstance(c, export.SceneCase)]
-            self.ui.trainingLogTextEdit.clear()
             if mode == "estimate":
                 self._appendLog(_("Timing {n} iterations of this run on this device...").format(
                     n=estimate.WARMUP_ITERATIONS))
@@ -407,8 +408,19 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._appendLog(" ".join(self._job.process.command))
             self._setRunning(True)
             self._timer.start()
+        if self._job is None:  # a failed install or start: back to idle, the buttons try again
+            self._setRunning(False)
+
+    def _showInstallStatus(self, text: str) -> None:
+        """First-run installation: the current step in the status line, every line in the log."""
+        self._appendLog(text)
+        self.ui.statusLabel.text = text
+        self.ui.trainingProgressBar.setVisible(True)
+        self.ui.trainingProgressBar.setRange(0, 0)  # busy: the installers report no fraction
+        slicer.app.processEvents()
 
     def _setRunning(self, running: bool) -> None:
+        self.ui.trainingProgressBar.setRange(0, 1000)
         self.ui.startButton.text = _("Cancel") if running else _("Start training")
         self.ui.startButton.enabled = True
         self.ui.trainingProgressBar.setVisible(running)

@@ -64,11 +64,22 @@ class EngineLogicMixin:
         """The bundled and user models, read from their cards: no engine process, the GUI never waits."""
         return models.listModelsFromCards()
 
-    @staticmethod
-    def ensureDependencies(confirm: Callable[[str], bool]) -> install.DependencyReport:
-        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``."""
-        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension,
-                                          install.pipInstallWithSlicer)
+    def ensureDependencies(self, confirm: Callable[[str], bool], onStatus: Callable[[str], None] | None = None,
+                           keepAlive: Callable[[], None] | None = None) -> install.DependencyReport:
+        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``.
+
+        The PyTorch extension is looked for before asking. ``onStatus`` receives a line per step
+        and pip's output; ``keepAlive`` runs while pip works (the panel passes
+        ``slicer.app.processEvents``). A failure can simply be retried.
+        """
+        status = onStatus or (lambda text: None)
+
+        def pipInstall(requirements, constraints):
+            install.runPip(requirements, constraints, status, pythonExecutable=self.pythonExecutable,
+                           keepAlive=keepAlive)
+
+        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension, pipInstall,
+                                          torchInstallerAvailable=install.pyTorchExtensionAvailable, onStatus=status)
 
     def runEngine(self, args: Sequence[object], timeout: float | None = None) -> process.EngineResult:
         """Run any ``asymseg`` command and wait; raises EngineError on failure."""
