@@ -303,6 +303,10 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text),
                                           onStatus=self._showInstallStatus, keepAlive=slicer.app.processEvents)
             request = self._buildRequest()
+            model = self._selectedModel()
+            note = sampledata.trainedOnNote(model.name, model.card, [v.GetName() for v in request.volumes.values()])
+            if note:
+                self._appendLog(_("Note: {note}.").format(note=note))
             self._job = self.logic.startSegmentation(request, launcher=self.logic.consoleLauncher())
             self._setRunning(True)
             self._timer.start()

@@ -64,3 +64,16 @@ def test_the_module_logics_list_models_from_the_cards(moduleFile, moduleName, mo
     monkeypatch.setenv("ASYMSEG_HOME", str(tmp_path))
     logic = getattr(moduleFile(moduleName), f"{moduleName}Logic")
     assert [m.name for m in logic.listModels()] == ["asymseg-starter-deepmedic"]
+
+
+def test_the_sample_cases_are_named_as_the_starters_training_cases_and_the_panel_notices_them():
+    from AsymSegLib import sampledata
+
+    starter = {m.name: m for m in models.listModelsFromCards()}["asymseg-starter-deepmedic"]
+    trained = sampledata.trainingCases(starter.card)
+    assert sorted(trained) == sorted(c.caseId for c in sampledata.SAMPLE_CASES)
+    assert all("(a starter-model training case)" in c.sampleName for c in sampledata.SAMPLE_CASES)
+    note = sampledata.trainedOnNote(starter.name, starter.card, ["pat0005_flair", "pat0005_t1c"])
+    assert note.startswith("brats_2013_pat0005_1 is one of the cases asymseg-starter-deepmedic was trained on")
+    assert sampledata.trainedOnNote(starter.name, starter.card, ["BraTS-GLI-00001-000-t2f"]) is None
+    assert sampledata.trainedOnNote("m", {}, ["pat0005_flair"]) is None  # a card without provenance
