@@ -264,3 +264,22 @@ def _with_info(mask, reference_image):
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.CopyInformation(reference_image)
     return image
+
+
+def test_the_command_line_parser_and_info_do_not_import_torch(tmp_path):
+    """Parsing any command line (``--help``, an error) and ``info`` never pay for importing torch
+    (seconds and ~200 MB): only the commands that run a network do."""
+    import subprocess
+    import sys
+
+    from asymseg.phantom import write_phantom_cases
+
+    (case,) = write_phantom_cases(tmp_path / "cases", 1, size=(16, 16, 16), seed=1)
+    code = ("import sys\n"
+            "from asymseg.cli import build_parser, main\n"
+            "build_parser()\n"
+            f"assert main(['info', {str(case)!r}]) == 0\n"
+            "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"

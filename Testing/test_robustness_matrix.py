@@ -147,8 +147,9 @@ def broken_prediction(ws: Workspace, tmp: Path, damage: Callable[[Path], object]
 
 
 def file_row(role: str, damage: Callable[[Path], object], problem: str, *, prediction: bool = True,
-             code: int = C.EXIT_USAGE) -> Callable[[Workspace, Path], dict[str, Spec]]:
-    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate)."""
+             code: int = C.EXIT_USAGE, label_problem: str | None = None) -> Callable[[Workspace, Path], dict[str, Spec]]:
+    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate);
+    ``label_problem``: what evaluate says when the prediction, a label map, differs from an image."""
 
     def build(ws: Workspace, tmp: Path) -> dict[str, Spec]:
         case, name = broken_case(ws, tmp, role, damage)
@@ -157,7 +158,7 @@ def file_row(role: str, damage: Callable[[Path], object], problem: str, *, predi
                  for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
         if prediction:
             pred, ref = broken_prediction(ws, tmp, damage)
-            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, problem), (out,))
+            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, label_problem or problem), (out,))
         return specs
 
     return build
@@ -323,6 +324,27 @@ def _bad_json(model, tmp):
     return copy
 
 
+def _nested(model, tmp):
+    copy = B.copy_model(model, tmp / "nested")
+    text = (copy / "model.json").read_text().rstrip()
+    (copy / "model.json").write_text(text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return copy
+
+
+def _huge_number(model, tmp):
+    copy = B.copy_model(model, tmp / "huge_number")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": ' + "9" * 5000, 1))
+    return copy
+
+
+def _overflow(model, tmp):
+    copy = B.copy_model(model, tmp / "overflow")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": 1e999', 1))
+    return copy
+
+
 def _version(model, tmp):
     return B.edit_card(B.copy_model(model, tmp / "future"), format_version=99)
 
@@ -439,6 +461,11 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "mask-grid": ("brain mask on a different grid", mask_grid),
     "nan-voxels": ("NaN voxels", file_row(B.FLAIR, lambda p: B.put_nonfinite(p, np.nan), "NaN")),
     "inf-voxels": ("Inf voxels", file_row(B.T1C, lambda p: B.put_nonfinite(p, np.inf), "infinite")),
+    "beyond-float32": ("float64 voxels beyond the float32 range (1e300)",
+                       file_row(B.FLAIR, B.put_beyond_float32, "beyond the float32 range",
+                                label_problem="1e+300 are beyond the int32 range")),
+    "nifti-zero-pixdim": ("NIfTI header with a zero voxel size (pixdim)",
+                          file_row(B.T1C, B.zero_pixdim, "voxel size (pixdim) is not positive")),
     "constant-image": ("constant image", constant_image),
     "empty-mask": ("empty brain mask", empty_mask),
     "label-outside-convention": ("label value outside the convention", label_outside_convention),
@@ -448,6 +475,11 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "unknown-model": ("unknown model name",
                       model_row(lambda m, t: "no-such-model", ("no-such-model", "unknown model"))),
     "card-invalid-json": ("model card with invalid JSON", model_row(_bad_json, ("model.json", "invalid JSON"))),
+    "card-nested": ("model card nested 100,000 deep", model_row(_nested, ("model.json", "nested too deeply"))),
+    "card-huge-integer": ("model card with a 5,000-digit integer",
+                          model_row(_huge_number, ("model.json", "5,000 digits is out of range"))),
+    "card-overflowing-number": ("model card with a number that overflows (1e999)",
+                                model_row(_overflow, ("model.json", "1e999 is out of range"))),
     "card-version": ("model card with an unknown format version",
                      model_row(_version, ("model.json", "format_version"))),
     "weights-sha256": ("weights whose SHA256 does not match",
@@ -478,6 +510,9 @@ APPLIES = {
     "wrong-channels": ("segment", "finetune", "analyze"),
     "unknown-model": ("segment", "finetune", "analyze"),
     "card-invalid-json": ("segment", "finetune", "analyze"),
+    "card-nested": ("segment", "finetune", "analyze"),
+    "card-huge-integer": ("segment", "finetune", "analyze"),
+    "card-overflowing-number": ("segment", "finetune", "analyze"),
     "card-version": ("segment", "finetune", "analyze"),
     "weights-sha256": ("segment", "finetune", "analyze"),
     "pickle-checkpoint": ("segment", "finetune", "analyze"),

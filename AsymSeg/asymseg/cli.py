@@ -7,8 +7,8 @@ Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
 
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
 SIGINT/SIGTERM handlers and the cancel-file watcher (``ASYMSEG_CANCEL_FILE``) that cancel the
-job's token, and maps exceptions to one line on stderr
-and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
+job's token (both undone on return), and maps exceptions to one line on stderr and a documented
+exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -119,24 +119,41 @@ def _configure_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _install_signal_handlers(token: CancelToken) -> None:
+def _install_signal_handlers(token: CancelToken) -> dict[int, object]:
+    """SIGINT/SIGTERM cancel ``token`` (a second one stops at once); returns the previous handlers."""
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if token.cancelled:  # a second signal: stop now
             raise KeyboardInterrupt
         token.cancel(f"cancelled by {name}")
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+#: Longest error line written (characters); longer messages keep their start and end.
+MAX_ERROR_CHARS = 1000
 
 
 def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+    """``message`` on one line, at most :data:`MAX_ERROR_CHARS` long: a value a user or a crafted
+    file put into an error (a huge option, a path, a parser's quote) cannot flood the terminal."""
+    text = " ".join(str(message).split())
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    cut = len(text) - MAX_ERROR_CHARS + 40
+    head = (MAX_ERROR_CHARS - 40) * 2 // 3
+    return f"{text[:head]} ...[{cut:,} characters]... {text[head + cut:]}"
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit code (``constants.EXIT_*``)."""
+         stderr: TextIO | None = None, early_signals: Sequence[int] = ()) -> int:
+    """Run the CLI; returns the exit code (``constants.EXIT_*``).
+
+    ``early_signals``: SIGINT/SIGTERM numbers recorded before ``main`` ran (``python -m asymseg``
+    records them from its first line, still appending until ``main`` installs its own handlers):
+    the command is then not started and the exit is "cancelled". The signal handlers ``main``
+    installs are restored when it returns.
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
@@ -144,10 +161,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     _configure_logging(args.debug)
     ctx = CommandContext(stdout=stdout, stderr=stderr, progress=getattr(args, "progress", "tqdm"),
                          debug=args.debug)
+    previous: dict[int, object] = {}
+    watcher = None
     try:
+        previous = _install_signal_handlers(ctx.cancel)
+        if early_signals:
+            names = ", ".join(sorted({signal.Signals(n).name for n in early_signals}))
+            stderr.write(f"asymseg {args.command}: cancelled by {names} before the work started\n")
+            return C.EXIT_CANCELLED
         _configure_threads(args.threads)
-        _install_signal_handlers(ctx.cancel)
-        watch_cancel_file(ctx.cancel)  # ASYMSEG_CANCEL_FILE: the same graceful stop on every platform
+        watcher = watch_cancel_file(ctx.cancel)  # ASYMSEG_CANCEL_FILE: one graceful stop on every platform
         return int(args.func(args, ctx) or 0)
     except AsymSegError as err:
         if args.debug:
@@ -168,7 +191,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
         code = C.EXIT_RESOURCES if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else C.EXIT_USAGE
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        stderr.write(f"asymseg {args.command}: error: {where}{one_line(err.strerror or str(err))}\n")
+        stderr.write(f"asymseg {args.command}: error: {one_line(where + (err.strerror or str(err)))}\n")
         return code
     except Exception as err:  # a bug: say so in one line; --debug shows the traceback
         if args.debug:
@@ -176,6 +199,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         stderr.write(f"asymseg {args.command}: internal error: {type(err).__name__}: {one_line(str(err))} "
                      "(run with --debug for the traceback)\n")
         return C.EXIT_INTERNAL
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if watcher is not None:
+            watcher.stop()
 
 
 if __name__ == "__main__":

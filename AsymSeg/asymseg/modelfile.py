@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asymseg import jsontext
 from asymseg.errors import InputError, ModelError, ResourceError
 from asymseg.operating import OperatingPoint
 from asymseg.target import TargetSpec
@@ -294,9 +295,11 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     except UnicodeDecodeError as err:
         raise ModelError(f"{card_path}: not UTF-8 text ({err.reason})") from err
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except json.JSONDecodeError as err:
         raise ModelError(f"{card_path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except ValueError as err:
+        raise ModelError(f"{card_path}: invalid card: {err}") from err
     return ModelCard.from_dict(data, source=card_path)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from asymseg.errors import InputError, ModelError
+from asymseg.errors import AsymSegError, InputError, ModelError
 from asymseg.modelfile import (
     CARD_FILE,
     PICKLE_SUFFIXES,
@@ -225,7 +225,28 @@ def _write_member(stream, dest: Path, staging: Path, size: int, archive: Path, n
             out.write(chunk)
 
 
+def _zip_declared_entries(archive: Path) -> int | None:
+    """The entry count the zip's end-of-central-directory record declares (None: no record found).
+
+    Read before ``zipfile`` loads the central directory, so an archive declaring a flood of
+    entries is refused without building them all in memory. A zip64 archive declares 0xFFFF here.
+    """
+    with open(archive, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        tail_size = min(size, 22 + 0xFFFF)  # the record is 22 bytes plus a comment of up to 64 KiB
+        handle.seek(size - tail_size)
+        tail = handle.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    return int.from_bytes(tail[at + 10:at + 12], "little")
+
+
 def _unpack_zip(archive: Path, staging: Path) -> None:
+    declared = _zip_declared_entries(archive)
+    if declared is not None:
+        _check_total(archive, declared, 0)
     with zipfile.ZipFile(archive) as zf:
         entries = []
         for info in zf.infolist():
@@ -248,9 +269,10 @@ def _unpack_zip(archive: Path, staging: Path) -> None:
 
 def _unpack_tar(archive: Path, staging: Path) -> None:
     with tarfile.open(archive, "r:*") as tf:
-        members = tf.getmembers()
         entries = []
-        for m in members:
+        for m in tf:  # streamed: a bomb of entries is refused at entry MAX_ARCHIVE_ENTRIES + 1
+            if len(entries) >= MAX_ARCHIVE_ENTRIES:
+                _check_total(archive, len(entries) + 1, 0)
             if m.issym() or m.islnk():
                 raise ModelError(f"{archive}: entry {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link; "
                                  "refusing the archive")
@@ -308,42 +330,53 @@ def import_model(source: str | os.PathLike, *, name: str | None = None, overwrit
     dest_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import.", suffix=".tmp", dir=dest_root))
     try:
-        unpacked = staging / "unpacked"
-        unpacked.mkdir()
-        if source.is_dir():
-            root = model_directory(source)
-        elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
-            try:
-                if source.name.lower().endswith(".zip"):
-                    _unpack_zip(source, unpacked)
-                else:
-                    _unpack_tar(source, unpacked)
-            except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-                raise ModelError(f"{source}: unreadable archive: {err}") from err
-            root = _model_root(unpacked, source)
-        elif source.suffix.lower() in PICKLE_SUFFIXES:
-            raise pickle_refusal(source)
-        else:
-            raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
-        card = read_card(root)
-        model_name = check_model_name(name if name is not None else card.name)
-        if (bundled_models_dir() / model_name).exists():
-            raise ModelError(f"{model_name!r} is the name of a bundled model; import under another name (--name)")
-        target = dest_root / model_name
-        if target.exists() and not overwrite:
-            raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
-                             "choose another name (--name) or overwrite it")
-        # Copy exactly the card and the weights, then verify the copy (not the source).
-        final = staging / "model"
-        final.mkdir()
-        shutil.copyfile(root / CARD_FILE, final / CARD_FILE)
-        shutil.copyfile(root / card.weights_file, final / card.weights_file)
-        if model_name != card.name:
-            write_card(final, read_card(final).replace(name=model_name))
-        load_model(final)
-        _replace_directory(final, target)
+        return _import_staged(source, staging, dest_root, name=name, overwrite=overwrite)
+    except AsymSegError as err:
+        # Errors found in the unpacked copy name the archive's member, not the staging folder.
+        text = str(err).replace(str(staging / "unpacked"), str(source)).replace(str(staging / "model"), str(source))
+        if text == str(err):
+            raise
+        raise type(err)(text) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _import_staged(source: Path, staging: Path, dest_root: Path, *, name: str | None, overwrite: bool) -> Path:
+    """Unpack (archives), verify and install ``source`` using the staging folder ``staging``."""
+    unpacked = staging / "unpacked"
+    unpacked.mkdir()
+    if source.is_dir():
+        root = model_directory(source)
+    elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        try:
+            if source.name.lower().endswith(".zip"):
+                _unpack_zip(source, unpacked)
+            else:
+                _unpack_tar(source, unpacked)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+            raise ModelError(f"{source}: unreadable archive: {err}") from err
+        root = _model_root(unpacked, source)
+    elif source.suffix.lower() in PICKLE_SUFFIXES:
+        raise pickle_refusal(source)
+    else:
+        raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
+    card = read_card(root)
+    model_name = check_model_name(name if name is not None else card.name)
+    if (bundled_models_dir() / model_name).exists():
+        raise ModelError(f"{model_name!r} is the name of a bundled model; import under another name (--name)")
+    target = dest_root / model_name
+    if target.exists() and not overwrite:
+        raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
+                         "choose another name (--name) or replace it (--overwrite)")
+    # Copy exactly the card and the weights, then verify the copy (not the source).
+    final = staging / "model"
+    final.mkdir()
+    shutil.copyfile(root / CARD_FILE, final / CARD_FILE)
+    shutil.copyfile(root / card.weights_file, final / card.weights_file)
+    if model_name != card.name:
+        write_card(final, read_card(final).replace(name=model_name))
+    load_model(final)
+    _replace_directory(final, target)
     log.info("imported model %s from %s to %s", model_name, source, target)
     return target
 

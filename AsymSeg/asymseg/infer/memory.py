@@ -127,14 +127,16 @@ def default_tile(model: ActivationModel, region: Sequence[int], *, multiple: int
 
 
 def cheapest_exact_tile(model: ActivationModel, region: Sequence[int], *, multiple: int, budget_bytes: int,
-                        max_tile: int, cost: Callable[[Triple], float], dtype_bytes: int = 4) -> Triple:
+                        max_tile: int, cost: Callable[[Triple], float], dtype_bytes: int = 4,
+                        tiles_run: Callable[[Triple], int] | None = None) -> Triple:
     """The exact-plan tile shape that covers ``region`` at the least total cost within the budget.
 
     Per axis, splitting the region into n balanced tiles gives an edge of
     ``round_up(ceil(L / n), multiple)``; every combination of a few tile counts per axis is
     priced as ``tiles * cost(tile)`` (the FLOPs of one tile, halo included) and the cheapest one
-    whose :meth:`ActivationModel.peak_bytes` fits ``budget_bytes`` is chosen. Falls back to
-    :func:`default_tile` when no combination fits.
+    whose :meth:`ActivationModel.peak_bytes` fits ``budget_bytes`` is chosen. ``tiles_run(shape)``,
+    when given, says how many tiles of that shape will run (those holding a brain voxel); by
+    default all of them. Falls back to :func:`default_tile` when no combination fits.
     """
     import itertools
 
@@ -154,7 +156,8 @@ def cheapest_exact_tile(model: ActivationModel, region: Sequence[int], *, multip
         shape = tuple(edge for edge, _ in combo)
         if model.peak_bytes(shape, 1, dtype_bytes) > budget_bytes:
             continue
-        total = math.prod(n for _, n in combo) * cost(shape)  # type: ignore[arg-type]
+        count = tiles_run(shape) if tiles_run is not None else math.prod(n for _, n in combo)  # type: ignore[arg-type]
+        total = count * cost(shape)  # type: ignore[arg-type]
         if best is None or total < best[0]:
             best = (total, shape)  # type: ignore[assignment]
     if best is None:
