@@ -553,4 +553,12 @@ class AsymSegTest(ScriptedLoadableModuleTest):
         self.assertIn("dsc", result.metrics)
         self.assertGreater(result.metricsTable.GetNumberOfRows(), 0)
         self.assertEqual(result.plotNodes.chart.GetNumberOfPlotSeriesNodes(), 2)
+
+        self.delayDisplay("Showing the results and moving the operating point")
+        logic.showResults(jobs.SegmentationRequest(volumes={"flair": flair, "t1c": t1c}, model=str(folder / "model"),
+                                                   outputSegmentation=segmentation), result)
+        self.assertEqual(slicer.app.layoutManager().layout, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        metrics = result.session.setThreshold(result.session.runThreshold - 1.0)
+        self.assertIn("dsc", metrics)
+        self.assertEqual(float(segmentation.GetAttribute("AsymSeg.Threshold")), result.session.runThreshold - 1.0)
         self.delayDisplay("Test passed")
