@@ -239,11 +239,14 @@ class SegmentationJob(EngineJob[SegmentationResult]):
             args += ["--channel", f"{channel}={path}"]
         self.paths["output"] = self.folder / f"labels{S.EXCHANGE_EXTENSION}"
         args += ["--output", str(self.paths["output"])]
-        # dz and the probability always: the operating-point slider works on them after the run
-        self.paths["probabilities"] = self.folder / f"probabilities{S.EXCHANGE_EXTENSION}"
-        args += ["--probabilities", str(self.paths["probabilities"])]
-        self.paths["logits"] = self.folder / f"logits{S.EXCHANGE_EXTENSION}"
-        args += ["--logits", str(self.paths["logits"])]
+        # dz and the probability of a binary model: the operating-point slider works on them after the run
+        slider = len(request.segments) == 1
+        if slider or request.probabilityVolume is not None:
+            self.paths["probabilities"] = self.folder / f"probabilities{S.EXCHANGE_EXTENSION}"
+            args += ["--probabilities", str(self.paths["probabilities"])]
+        if slider or (request.reference is not None and request.logitPlot):
+            self.paths["logits"] = self.folder / f"logits{S.EXCHANGE_EXTENSION}"
+            args += ["--logits", str(self.paths["logits"])]
         if request.reference is not None:
             self._referenceArray = S.referenceToArray(
                 request.reference, self.referenceVolume, self.segmentationsLogic, self.scene,
@@ -298,14 +301,14 @@ class SegmentationJob(EngineJob[SegmentationResult]):
                 table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
             tables.updateMetricsTable(table, result.metrics)
             result.metricsTable = table
-        dz = self._readArray("logits")
+        dz = self._readArray("logits") if "logits" in self.paths else None
         if request.reference is not None and request.logitPlot and self._referenceArray is not None:
             result.histogram = self._logitHistogram(dz)
             result.plotNodes = plots.updateLogitDistributionPlot(
                 self.scene, result.histogram, title=f"{request.outputSegmentation.GetName()} logit distribution")
         result.operatingPoint = dict(done.data["operating_point"]) if done is not None and isinstance(
             done.data.get("operating_point"), Mapping) else None
-        if result.operatingPoint is not None and len(request.segments) == 1:
+        if result.operatingPoint is not None and len(request.segments) == 1 and dz is not None:
             result.session = operatingpoint.OperatingPointSession(
                 dz, operatingpoint.brainMask(dz, self._readArray("probabilities")), self.scene,
                 self.segmentationsLogic, request.outputSegmentation, request.segments[0].segmentId,
