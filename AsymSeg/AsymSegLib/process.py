@@ -472,6 +472,10 @@ class EngineProcess:
         if grace <= 0:
             self.kill()
             return
+        if self.cancelFile is None:  # attached from outside without our environment: ask with a signal
+            log.info("Cancelling the process %s (no cancel file)", self._popen.pid)
+            self._signalTree(kill=False)
+            return
         log.info("Cancelling the engine (pid %s) through %s", self._popen.pid, self.cancelFile)
         try:
             self.cancelFile.touch()
