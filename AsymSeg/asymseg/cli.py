@@ -6,9 +6,9 @@ Each subcommand lives in ``asymseg/commands/<name>.py`` and defines::
     def run(args, ctx: CommandContext) -> int              # calls one API function
 
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
-SIGINT/SIGTERM handlers that cancel the job's token (restored on return), and maps exceptions to
-one line on stderr and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows
-tracebacks.
+SIGINT/SIGTERM handlers and the cancel-file watcher (``ASYMSEG_CANCEL_FILE``) that cancel the
+job's token (both undone on return), and maps exceptions to one line on stderr and a documented
+exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
+from asymseg.cancelfile import watch_cancel_file
 from asymseg.context import CommandContext, HelpFormatter
 from asymseg.errors import AsymSegError, InputError
 from asymseg.events import PROGRESS_MODES, CancelToken
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     ctx = CommandContext(stdout=stdout, stderr=stderr, progress=getattr(args, "progress", "tqdm"),
                          debug=args.debug)
     previous: dict[int, object] = {}
+    watcher = None
     try:
         previous = _install_signal_handlers(ctx.cancel)
         if early_signals:
@@ -144,6 +146,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             stderr.write(f"asymseg {args.command}: cancelled by {names} before the work started\n")
             return C.EXIT_CANCELLED
         _configure_threads(args.threads)
+        watcher = watch_cancel_file(ctx.cancel)  # ASYMSEG_CANCEL_FILE: one graceful stop on every platform
         return int(args.func(args, ctx) or 0)
     except AsymSegError as err:
         if args.debug:
@@ -175,6 +178,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        if watcher is not None:
+            watcher.stop()
 
 
 if __name__ == "__main__":
