@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q Testing
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --durations=25 Testing
 
 demo: $(STAMP)
 	$(PY) -m asymseg demo --out $(DEMO_OUT)

@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, jobs, models, sampledata, scene, widgetsupport
+from AsymSegLib import channels, install, jobs, models, sampledata, scene, views, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegLib.widgetsupport import PanelWidgetMixin
 
@@ -60,7 +60,7 @@ class AsymSeg(ScriptedLoadableModule):
         self.parent.title = _("AsymSeg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.contributors = ["AsymSeg maintainers (SlicerAsymSeg project)"]
         self.parent.helpText = _("""
 Segments the brain-tumour core from MR volumes (FLAIR, post-contrast T1, ...) with a model
 trained for small data. Given a reference segmentation it also shows DSC, sensitivity,
@@ -141,6 +141,7 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         self._models: list[models.ModelInfo] = []
         self._modelsFolderStamp = None
         self._timer = None
+        self._session = None  # the last run's operating point (AsymSegLib.operatingpoint)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -170,8 +171,12 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         self.ui.importModelFolderButton.connect("clicked(bool)", self.onImportModelFolder)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.autoAssignButton.connect("clicked(bool)", lambda checked: self.autoAssignChannels(overwrite=True))
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.resetThresholdButton.connect("clicked(bool)", self.onResetThreshold)
+        self.ui.saveModelCopyButton.connect("clicked(bool)", self.onSaveModelCopy)
         self.ui.progressBar.setVisible(False)
         self.ui.logCollapsibleButton.collapsed = True
+        self._showSession(None)
 
         self.initializeParameterNode()
         self.refreshModels()
@@ -184,6 +189,7 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
             self._job.process.kill()
+        self._showSession(None)
         self.setParameterNode(None)
 
     # ------------------------------------------------------------------ parameter node
@@ -228,13 +234,10 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         return changed
 
     def refreshModels(self) -> None:
-        """Ask the engine for the model list and refill the selector."""
+        """Read the model cards and refill the selector (no engine process: the panel never waits)."""
         wanted = self._parameterNode.modelName if self._parameterNode else ""
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models, problem = self.logic.listModels()
-            if problem:
-                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}). "
-                                  "Missing packages are installed on the first Apply.").format(problem=problem))
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=False):
+            self._models = self.logic.listModels()
         self._modelsFolderChanged()
         widgetsupport.fillModelSelector(self.ui.modelSelector, self._models, wanted, qt.Qt.ToolTipRole)
         self.onModelSelected(self.ui.modelSelector.currentIndex)
@@ -295,13 +298,20 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             self.ui.applyButton.enabled = False
             self._appendLog(_("Cancelling..."))
             return
+        self.ui.logTextEdit.clear()
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text),
+                                          onStatus=self._showInstallStatus, keepAlive=slicer.app.processEvents)
             request = self._buildRequest()
-            self.ui.logTextEdit.clear()
+            model = self._selectedModel()
+            note = sampledata.trainedOnNote(model.name, model.card, [v.GetName() for v in request.volumes.values()])
+            if note:
+                self._appendLog(_("Note: {note}.").format(note=note))
             self._job = self.logic.startSegmentation(request, launcher=self.logic.consoleLauncher())
             self._setRunning(True)
             self._timer.start()
+        if self._job is None:  # a failed install or start: back to idle, Apply tries again
+            self._setRunning(False)
 
     def _buildRequest(self) -> jobs.SegmentationRequest:
         p = self._parameterNode
@@ -327,7 +337,17 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             metricsTable=p.metricsTable, device="cpu" if p.forceCpu else "auto",
         )
 
+    def _showInstallStatus(self, text: str) -> None:
+        """First-run installation: a busy bar with the current step, every line in the log."""
+        self.ui.logCollapsibleButton.collapsed = False
+        self._appendLog(text)
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.setRange(0, 0)  # busy: the installers report no fraction
+        self.ui.progressBar.setFormat(text[:100])
+        slicer.app.processEvents()
+
     def _setRunning(self, running: bool) -> None:
+        self.ui.progressBar.setRange(0, 1000)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = True
         self.ui.progressBar.setVisible(running)
@@ -361,6 +381,50 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
             self._appendLog(_("Finished in {seconds:.1f} s on {device}.").format(
                 seconds=result.engine.seconds, device=result.device or "?"))
             self.logic.showResults(job.request, result)
+            self._showSession(result.session)
+
+    # ------------------------------------------------------------------ operating point
+    def _showSession(self, session) -> None:
+        """Point the threshold slider at a run's operating point (None: no run to adjust)."""
+        self._session = session
+        self.ui.operatingPointCollapsibleButton.enabled = session is not None
+        if session is None:
+            self.ui.operatingPointLabel.text = _("Run a segmentation first (binary tumour-core models).")
+            return
+        low, high = session.range
+        wasBlocked = self.ui.thresholdSlider.blockSignals(True)
+        self.ui.thresholdSlider.minimum = low
+        self.ui.thresholdSlider.maximum = high
+        self.ui.thresholdSlider.value = session.threshold
+        self.ui.thresholdSlider.blockSignals(wasBlocked)
+        self.ui.operatingPointLabel.text = session.summary()
+
+    def onThresholdChanged(self, value: float) -> None:
+        if self._session is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to apply the threshold."), waitCursor=True):
+            self._session.setThreshold(value)
+            self.ui.operatingPointLabel.text = self._session.summary()
+
+    def onResetThreshold(self, checked=False) -> None:
+        if self._session is not None:
+            self.ui.thresholdSlider.value = self._session.runThreshold  # valueChanged applies it
+
+    def onSaveModelCopy(self, checked=False) -> None:
+        if self._session is None:
+            return
+        model = self._selectedModel()
+        suggestion = f"{model.name if model else 'model'}-t{self._session.threshold:g}".replace(".", "_")
+        name = qt.QInputDialog.getText(self.parent, _("Save as a new model"),
+                                       _("Name of the copy with threshold {t:g}:").format(t=self._session.threshold),
+                                       qt.QLineEdit.Normal, suggestion)
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the model copy."), waitCursor=True):
+            folder = self._session.saveModelCopy(name)
+            self._appendLog(_("Saved {folder}: the model with threshold {t:g} on its card.").format(
+                folder=folder, t=self._session.threshold))
+            self.refreshModels()
 
 
 #
@@ -438,20 +502,14 @@ class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showResults(request: jobs.SegmentationRequest, result: jobs.SegmentationResult) -> None:
-        """Show the input with the segmentation, and the metrics table and logit plot (GUI)."""
+        """Show the input with the segmentation and, with a reference, the metrics table and logit
+        plot in the four-up plot/table layout (GUI)."""
         firstVolume = next(iter(request.volumes.values()))
-        slicer.util.setSliceViewerLayers(background=firstVolume, fit=True)
-        if result.metricsTable is None and result.plotNodes is None:
-            return
         layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpQuantitativeView)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        if result.metricsTable is not None:
-            selection.SetActiveTableID(result.metricsTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
-        if result.plotNodes is not None:
-            selection.SetActivePlotChartID(result.plotNodes.chart.GetID())
-            slicer.app.applicationLogic().PropagatePlotChartSelection()
+        views.showResults(slicer.mrmlScene, slicer.app.applicationLogic(), layoutManager.layoutLogic().GetLayoutNode(),
+                          firstVolume, tableNode=result.metricsTable,
+                          chartNode=result.plotNodes.chart if result.plotNodes is not None else None)
+        slicer.util.resetSliceViews()
 
 
 #
@@ -495,4 +553,12 @@ class AsymSegTest(ScriptedLoadableModuleTest):
         self.assertIn("dsc", result.metrics)
         self.assertGreater(result.metricsTable.GetNumberOfRows(), 0)
         self.assertEqual(result.plotNodes.chart.GetNumberOfPlotSeriesNodes(), 2)
+
+        self.delayDisplay("Showing the results and moving the operating point")
+        logic.showResults(jobs.SegmentationRequest(volumes={"flair": flair, "t1c": t1c}, model=str(folder / "model"),
+                                                   outputSegmentation=segmentation), result)
+        self.assertEqual(slicer.app.layoutManager().layout, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        metrics = result.session.setThreshold(result.session.runThreshold - 1.0)
+        self.assertIn("dsc", metrics)
+        self.assertEqual(float(segmentation.GetAttribute("AsymSeg.Threshold")), result.session.runThreshold - 1.0)
         self.delayDisplay("Test passed")

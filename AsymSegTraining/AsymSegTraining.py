@@ -20,10 +20,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AsymSegLib import channels, install, models, widgetsupport
+from AsymSegLib import channels, install, models, views, widgetsupport
 from AsymSegLib.logicsupport import EngineLogicMixin
 from AsymSegLib.widgetsupport import PanelWidgetMixin
-from AsymSegTrainingLib import export, jobs, params
+from AsymSegTrainingLib import estimate, export, jobs, params
 
 #: Channels the panel offers for scene cases.
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
@@ -80,7 +80,7 @@ class AsymSegTraining(ScriptedLoadableModule):
         self.parent.title = _("AsymSeg Training")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AsymSeg developers"]
+        self.parent.contributors = ["AsymSeg maintainers (SlicerAsymSeg project)"]
         self.parent.helpText = _("""
 Fine-tunes a brain-tumour-core model on a few labelled cases from the scene or from case folders,
 with the asymmetric large margin, focal loss, adversarial training and mixup techniques that keep
@@ -103,6 +103,8 @@ class AsymSegTrainingParameterNode:
     """The panel's settings, saved with the scene.
 
     caseFlairVolume ... caseLabels: the scene case being added.
+    coreLabels: label values forming the tumour core of a scene case (default: 1,3,4, the core
+        in every BraTS convention). coreSegments: names of the core segments (empty: by name or value).
     baseModelName, technique, symmetric, iterations, learningRate, fgFraction, outputModelName,
     labelConvention, seed, forceCpu: the fine-tuning settings.
     """
@@ -112,10 +114,12 @@ class AsymSegTrainingParameterNode:
     caseT1Volume: vtkMRMLScalarVolumeNode
     caseT2Volume: vtkMRMLScalarVolumeNode
     caseLabels: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
+    coreLabels: str = ",".join(str(v) for v in export.DEFAULT_CORE_LABELS)
+    coreSegments: str = ""
     baseModelName: str = ""
     technique: str = params.DEFAULT_TECHNIQUE
     symmetric: bool = False
-    iterations: Annotated[int, WithinRange(1, 1000000)] = 1000
+    iterations: Annotated[int, WithinRange(1, 1000000)] = params.PANEL_ITERATIONS
     learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-3
     fgFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     outputModelName: str = "my-finetuned-model"
@@ -147,6 +151,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self._trainingCases: list = []  # SceneCase or folder path (str)
         self._validationCases: list = []
         self._pendingChanges: set[str] = set()
+        self._corePreviews: dict[str, export.CorePreview] = {}  # scene case id -> its core
         self._lastPlotRefresh = 0.0
         self._timer = None
 
@@ -172,13 +177,22 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.ui.techniqueSelector.setItemData(self.ui.techniqueSelector.count - 1, description, qt.Qt.ToolTipRole)
         for convention in ("auto",) + params.LABEL_CONVENTIONS:
             self.ui.labelConventionSelector.addItem(convention)
+        self.ui.coreConventionSelector.addItem(_("BraTS convention..."))
+        for name, values in export.BRATS_CORE_LABELS.items():
+            self.ui.coreConventionSelector.addItem(name)
+            self.ui.coreConventionSelector.setItemData(self.ui.coreConventionSelector.count - 1,
+                                                       ",".join(map(str, values)), qt.Qt.ToolTipRole)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+        self.ui.overwriteButton.connect("clicked(bool)", lambda checked: self._start(mode="overwrite"))
+        self.ui.resumeButton.connect("clicked(bool)", lambda checked: self._start(mode="resume"))
+        self.ui.estimateButton.connect("clicked(bool)", lambda checked: self._start(mode="estimate"))
         self.ui.baseModelSelector.connect("currentIndexChanged(int)", self.onBaseModelSelected)
         self.ui.techniqueSelector.connect("currentIndexChanged(int)", self.onTechniqueSelected)
         self.ui.labelConventionSelector.connect("currentIndexChanged(int)", self.onLabelConventionSelected)
+        self.ui.coreConventionSelector.connect("currentIndexChanged(int)", self.onCoreConventionSelected)
         self.ui.addTrainingCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=False))
         self.ui.addValidationCaseButton.connect("clicked(bool)", lambda checked: self.addSceneCase(validation=True))
         self.ui.addTrainingFolderButton.connect("clicked(bool)", lambda checked: self.addFolderCase(validation=False))
@@ -219,9 +233,18 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if index >= 0:
             comboBox.setCurrentIndex(index)
 
+    def _outputState(self) -> params.OutputState | None:
+        name = self._parameterNode.outputModelName.strip() if self._parameterNode else ""
+        try:
+            return params.outputState(name) if name else None
+        except (OSError, ValueError):
+            return None
+
     def _checkCanRun(self, caller=None, event=None) -> None:
         if self._job is not None:
-            self.ui.startButton.enabled = True
+            self.ui.startButton.enabled = True  # it is the Cancel button now
+            for button in (self.ui.overwriteButton, self.ui.resumeButton, self.ui.estimateButton):
+                button.enabled = False
             return
         reason = None
         if self._selectedModel() is None:
@@ -230,8 +253,15 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             reason = _("Add at least one training case")
         elif self._parameterNode is None or not self._parameterNode.outputModelName.strip():
             reason = _("Enter a name for the new model")
-        self.ui.startButton.enabled = reason is None
-        self.ui.startButton.toolTip = reason or _("Start fine-tuning")
+        state = self._outputState()
+        taken = state is not None and not state.free
+        self.ui.startButton.enabled = reason is None and not taken
+        self.ui.startButton.toolTip = reason or (state.text() if taken else _("Start fine-tuning"))
+        self.ui.overwriteButton.enabled = reason is None and taken
+        self.ui.resumeButton.enabled = state is not None and state.canResume
+        self.ui.estimateButton.enabled = reason is None
+        if taken:
+            self.ui.statusLabel.text = state.text()
 
     # ------------------------------------------------------------------ models and settings
     def _selectedModel(self) -> models.ModelInfo | None:
@@ -239,11 +269,8 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def refreshModels(self) -> None:
         wanted = self._parameterNode.baseModelName if self._parameterNode else ""
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
-            self._models, problem = self.logic.listModels()
-            if problem:
-                self._appendLog(_("Models read from their folders; the engine could not list them yet ({problem}).")
-                                .format(problem=problem))
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=False):
+            self._models = self.logic.listModels()  # read from the model cards: no engine process
         widgetsupport.fillModelSelector(self.ui.baseModelSelector, self._models, wanted, qt.Qt.ToolTipRole)
         self.onBaseModelSelected(self.ui.baseModelSelector.currentIndex)
 
@@ -272,6 +299,12 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if self._parameterNode is not None:
             self._parameterNode.labelConvention = self.ui.labelConventionSelector.currentText
 
+    def onCoreConventionSelected(self, index: int) -> None:
+        values = export.BRATS_CORE_LABELS.get(self.ui.coreConventionSelector.currentText)
+        if values is not None and self._parameterNode is not None:
+            self._parameterNode.coreLabels = ",".join(map(str, values))
+        self.ui.coreConventionSelector.setCurrentIndex(0)
+
     # ------------------------------------------------------------------ cases
     def addSceneCase(self, validation: bool) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot add the case."), waitCursor=False):
@@ -286,8 +319,9 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             taken = {c.caseId for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)}
             firstVolume = next(iter(volumes.values()))
             case = export.SceneCase(caseId=caseIdFromName(firstVolume.GetName(), taken), volumes=volumes,
-                                    labels=p.caseLabels)
-            case.check()
+                                    labels=p.caseLabels, labelValues=export.parseLabelValues(p.coreLabels),
+                                    segmentNames=export.parseSegmentNames(p.coreSegments))
+            self._corePreviews[case.caseId] = self.logic.checkSceneCases([case], needed)[0]
             (self._validationCases if validation else self._trainingCases).append(case)
             self._refreshCaseLists()
 
@@ -314,8 +348,10 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                     listWidget.addItem(_("folder: {path}").format(path=case))
                 else:
                     names = ", ".join(f"{c}={n.GetName()}" for c, n in case.volumes.items())
-                    listWidget.addItem(_("scene: {id} ({names}; {labels})").format(
-                        id=case.caseId, names=names, labels=case.labels.GetName()))
+                    preview = self._corePreviews.get(case.caseId)
+                    listWidget.addItem(_("scene: {id} ({names}; {labels}) - {core}").format(
+                        id=case.caseId, names=names, labels=case.labels.GetName(),
+                        core=preview.text() if preview else ""))
         self._checkCanRun()
 
     # ------------------------------------------------------------------ running
@@ -324,12 +360,26 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._job.cancel()
             self.ui.startButton.text = _("Cancelling...")
             self.ui.startButton.enabled = False
-            self._appendLog(_("Cancelling: the engine finishes its step and keeps its best model..."))
+            self._appendLog(_("Cancelling: the engine finishes its step and keeps its checkpoint and best model..."))
+            return
+        self._start(mode="start")
+
+    def _start(self, mode: str) -> None:
+        """Start a run: "start" (a new model), "overwrite", "resume", or "estimate" (a timed warm-up)."""
+        if self._job is not None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
-            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            self.ui.trainingLogTextEdit.clear()
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text),
+                                          onStatus=self._showInstallStatus, keepAlive=slicer.app.processEvents)
             p = self._parameterNode
             model = self._selectedModel()
+            sceneCases = [c for c in self._trainingCases + self._validationCases if isinstance(c, export.SceneCase)]
+            needed = [channels.canonicalChannel(c) for c in model.channels] if model else []
+            if mode != "resume":
+                for preview in self.logic.checkSceneCases(sceneCases, needed):  # refuses cases that do not fit
+                    self._corePreviews[preview.caseId] = preview
+            state = self._outputState()
             parameters = params.TrainingParameters(
                 trainCases=[c for c in self._trainingCases if isinstance(c, str)],
                 valCases=[c for c in self._validationCases if isinstance(c, str)],
@@ -337,18 +387,40 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 technique=p.technique, symmetric=p.symmetric, iterations=p.iterations,
                 learningRate=p.learningRate, fgFraction=p.fgFraction,
                 labelConvention=None if p.labelConvention == "auto" else p.labelConvention,
-                seed=p.seed, device="cpu" if p.forceCpu else "auto")
-            self.ui.trainingLogTextEdit.clear()
-            self._job = self.logic.startTraining(
-                parameters,
-                sceneTrainCases=[c for c in self._trainingCases if isinstance(c, export.SceneCase)],
-                sceneValCases=[c for c in self._validationCases if isinstance(c, export.SceneCase)],
-                launcher=self.logic.consoleLauncher())
+                seed=p.seed, device="cpu" if p.forceCpu else "auto", overwrite=mode == "overwrite",
+                resume=str(state.runFolder) if mode == "resume" and state is not None else None)
+            trainScene = [c for c in self._trainingCases if isinstance(c, export.SceneCase)]
+            if mode == "estimate":
+                self._appendLog(_("Timing {n} iterations of this run on this device...").format(
+                    n=estimate.WARMUP_ITERATIONS))
+                self._job = self.logic.startEstimate(parameters, sceneTrainCases=trainScene,
+                                                     launcher=self.logic.consoleLauncher())
+            else:
+                if mode != "resume":
+                    for case in sceneCases:
+                        self._appendLog(_("Tumour core of {text}").format(
+                            text=self._corePreviews[case.caseId].text()))
+                self._job = self.logic.startTraining(
+                    parameters, sceneTrainCases=[] if mode == "resume" else trainScene,
+                    sceneValCases=[] if mode == "resume" else
+                    [c for c in self._validationCases if isinstance(c, export.SceneCase)],
+                    launcher=self.logic.consoleLauncher())
             self._appendLog(" ".join(self._job.process.command))
             self._setRunning(True)
             self._timer.start()
+        if self._job is None:  # a failed install or start: back to idle, the buttons try again
+            self._setRunning(False)
+
+    def _showInstallStatus(self, text: str) -> None:
+        """First-run installation: the current step in the status line, every line in the log."""
+        self._appendLog(text)
+        self.ui.statusLabel.text = text
+        self.ui.trainingProgressBar.setVisible(True)
+        self.ui.trainingProgressBar.setRange(0, 0)  # busy: the installers report no fraction
+        slicer.app.processEvents()
 
     def _setRunning(self, running: bool) -> None:
+        self.ui.trainingProgressBar.setRange(0, 1000)
         self.ui.startButton.text = _("Cancel") if running else _("Start training")
         self.ui.startButton.enabled = True
         self.ui.trainingProgressBar.setVisible(running)
@@ -376,6 +448,8 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.ui.trainingProgressBar.value = int(1000 * fraction)
         self.ui.statusLabel.text = job.progress.statusText()
         now = time.monotonic()
+        if isinstance(job, estimate.WarmupJob):
+            return  # its curves are not the run's
         if self._pendingChanges and (now - self._lastPlotRefresh >= PLOT_REFRESH_SECONDS or job.finished):
             job.updatePlots(self._pendingChanges)
             self.logic.showTrainingPlots(job)
@@ -383,6 +457,15 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._lastPlotRefresh = now
 
     def _showOutcome(self, job: jobs.TrainingJob) -> None:
+        if isinstance(job, estimate.WarmupJob):
+            with slicer.util.tryWithErrorDisplay(_("Timing the run failed."), waitCursor=True):
+                if job.process.result().cancelled:
+                    job.cleanup()
+                    self.ui.statusLabel.text = _("Cancelled.")
+                    return
+                self.ui.statusLabel.text = job.finish().text()
+                self._appendLog(self.ui.statusLabel.text)
+            return
         with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
             result = job.finish()
             self.logic.showTrainingPlots(job)
@@ -390,7 +473,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 self.ui.statusLabel.text = _("Model saved: {path}. It is listed in the AsymSeg module.").format(
                     path=result.modelPath or self._parameterNode.outputModelName)
             elif result.engine.cancelled:
-                self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}").format(
+                self.ui.statusLabel.text = _("Cancelled. The best model so far: {path}. Resume continues the run.").format(
                     path=result.modelPath or _("none written"))
             else:
                 result.engine.raiseIfFailed()
@@ -411,6 +494,16 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AsymSegTrainingParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def checkSceneCases(cases, modelChannels) -> list[export.CorePreview]:
+        """Check that scene cases fit a model (channels, grids, core labels); their core previews.
+
+        Raises:
+            ValueError: the first case that does not fit, with the reason.
+        """
+        return [export.checkCaseFits(case, modelChannels, slicer.modules.segmentations.logic(), slicer.mrmlScene)
+                for case in cases]
+
     def createTrainingJob(self, parameters: params.TrainingParameters, sceneTrainCases=(),
                           sceneValCases=()) -> jobs.TrainingJob:
         return jobs.TrainingJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
@@ -424,6 +517,21 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
         job.start(launcher=launcher)
         return job
 
+    def startEstimate(self, parameters: params.TrainingParameters, sceneTrainCases=(),
+                      launcher=None) -> estimate.WarmupJob:
+        """Start a timed warm-up of the planned run; ``job.finish()`` gives the :class:`RuntimeEstimate`."""
+        job = estimate.WarmupJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                 sceneTrainCases=sceneTrainCases, processFactory=self.newEngineProcess)
+        job.start(launcher=launcher)
+        return job
+
+    def estimateRunTime(self, parameters: params.TrainingParameters, sceneTrainCases=(),
+                        timeout: float | None = None) -> estimate.RuntimeEstimate:
+        """Time a short warm-up of the planned run and wait (scripts, tests)."""
+        job = estimate.WarmupJob(parameters, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                 sceneTrainCases=sceneTrainCases, processFactory=self.newEngineProcess)
+        return job.run(timeout=timeout)
+
     def train(self, parameters: params.TrainingParameters, sceneTrainCases=(), sceneValCases=(),
               timeout: float | None = None, onEvent=None) -> jobs.TrainingResult:
         """Fine-tune and wait (scripts, tests). Check ``result.succeeded``."""
@@ -435,17 +543,10 @@ class AsymSegTrainingLogic(EngineLogicMixin, ScriptedLoadableModuleLogic):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if not layoutNode.IsLayoutDescription(TRAINING_LAYOUT_ID):
-            layoutNode.AddLayoutDescription(TRAINING_LAYOUT_ID, TRAINING_LAYOUT)
-        if layoutManager.layout != TRAINING_LAYOUT_ID:
-            layoutManager.setLayout(TRAINING_LAYOUT_ID)
-        charts = {"AsymSegLoss": job.lossPlot, "AsymSegValidation": job.validationPlot}
-        for index in range(layoutManager.plotViewCount):
-            viewNode = layoutManager.plotWidget(index).mrmlPlotViewNode()
-            nodes = charts.get(viewNode.GetSingletonTag())
-            if nodes is not None:
-                viewNode.SetPlotChartNodeID(nodes.chart.GetID())
+        charts = {"AsymSegLoss": job.lossPlot.chart if job.lossPlot else None,
+                  "AsymSegValidation": job.validationPlot.chart if job.validationPlot else None}
+        views.showChartsInLayout(slicer.mrmlScene, layoutManager.layoutLogic().GetLayoutNode(), TRAINING_LAYOUT_ID,
+                                 TRAINING_LAYOUT, charts)
 
 
 #

@@ -135,14 +135,28 @@ def test_info_corrupt_nii_gz_exits_2_naming_the_file(asymseg_proc, tmp_path):
     assert line.startswith(f"asymseg info: error: {path}: cannot read t1c channel image: the file is truncated")
 
 
-def test_info_channel_on_another_grid_exits_2_naming_both_files(asymseg_proc, cli, tmp_path):
+def test_info_channel_on_another_grid_is_resampled_onto_the_first_channel(cli, tmp_path):
+    folder, brain, _ = _brats2021_case(tmp_path / "c")
+    _write(folder / "c_t1ce.nii.gz", np.ones((8, 14, 16), np.float32), spacing=(1.0, 1.0, 1.5))
+    result = cli("info", folder, "--json")
+    assert result.code == 0, result.err
+    report = _strict_json(result.out)
+    assert report["geometry"]["spacing"] == [1.0, 1.0, 1.0] and report["geometry"]["size"] == [16, 14, 12]
+    assert report["mask"]["source"] == "derived"
+    # The t1ce is all ones (its border is 1, so it adds no brain); the flair's brain is the mask.
+    assert report["brain_voxels"] == int(brain.sum())
+    t1c = next(c for c in report["channels"] if c["name"] == "t1c")
+    assert t1c["brain_min"] == t1c["brain_max"] == 1.0
+
+
+def test_info_channel_that_barely_overlaps_exits_2_naming_both_files(asymseg_proc, cli, tmp_path):
     folder, _, _ = _brats2021_case(tmp_path / "c")
-    _write(folder / "c_t1ce.nii.gz", np.ones(SHAPE, np.float32), spacing=(1.0, 1.0, 1.5))
+    _write(folder / "c_t1ce.nii.gz", np.ones(SHAPE, np.float32), origin=(0.0, 0.0, 11.0))
     proc = asymseg_proc("info", folder)
     assert proc.returncode == C.EXIT_USAGE
     line = _one_line(proc.stderr)
-    assert (f"{folder / 'c_flair.nii.gz'} and {folder / 'c_t1ce.nii.gz'} are on different grids: "
-            "spacing (1, 1, 1) vs (1, 1, 1.5)") in line
+    assert (f"{folder / 'c_t1ce.nii.gz'} and {folder / 'c_flair.nii.gz'} overlap by only 8% in physical space; "
+            "they are probably not from the same visit: register them first") in line
     in_process = cli("info", folder)
     assert in_process.code == C.EXIT_USAGE and _one_line(in_process.err) == line
 
@@ -264,3 +278,22 @@ def _with_info(mask, reference_image):
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.CopyInformation(reference_image)
     return image
+
+
+def test_the_command_line_parser_and_info_do_not_import_torch(tmp_path):
+    """Parsing any command line (``--help``, an error) and ``info`` never pay for importing torch
+    (seconds and ~200 MB): only the commands that run a network do."""
+    import subprocess
+    import sys
+
+    from asymseg.phantom import write_phantom_cases
+
+    (case,) = write_phantom_cases(tmp_path / "cases", 1, size=(16, 16, 16), seed=1)
+    code = ("import sys\n"
+            "from asymseg.cli import build_parser, main\n"
+            "build_parser()\n"
+            f"assert main(['info', {str(case)!r}]) == 0\n"
+            "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"

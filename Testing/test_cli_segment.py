@@ -262,7 +262,7 @@ def test_configure_malloc_applies_only_where_the_user_and_the_limits_allow_it():
         "import resource, sys\n"
         "if sys.argv[1] == 'capped':\n"
         "    resource.setrlimit(resource.RLIMIT_AS, (64 * 2 ** 30, resource.RLIM_INFINITY))\n"
-        "from asymseg.commands.segment import configure_malloc\n"
+        "from asymseg.infer.memory import configure_malloc\n"
         "print(configure_malloc())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")}

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from asymseg.cli import build_parser, plain_text
+from asymseg.cli import build_parser
+from asymseg.context import plain_text
 
 
 def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[
@@ -72,10 +73,10 @@ def test_importing_a_model_name_that_exists_names_the_overwrite_option(tmp_path,
     assert cli("models", "import", archive, "--name", "copy").code == 0
     again = cli("models", "import", archive, "--name", "copy")
     assert again.code == 3 and "a user model named 'copy' exists already; choose another name (--name) or " \
-                               "pass --overwrite" in again.err
+                               "replace it (--overwrite)" in again.err
     assert cli("models", "import", archive, "--name", "copy", "--overwrite").code == 0
     exported = cli("models", "export", "asymseg-starter-deepmedic", "--out", archive)
-    assert exported.code == 2 and "exists already; choose another name or pass --overwrite" in exported.err
+    assert exported.code == 2 and "exists already; choose another name or replace it (--overwrite)" in exported.err
 
 
 def test_the_documents_import_models_under_distinct_names():

@@ -7,6 +7,7 @@ import pytest
 from asymseg.errors import InputError
 from asymseg.experiment import ExperimentConfig, build_cells, cell_subset, dry_run, select_cells, subset_order
 from asymseg.experiment.grid import cell_spec, cost_model, spec_hash, updates_per_iteration, work_per_iteration
+from asymseg.experiment.validate import parse_experiment_config
 
 NET = {"normal_features": [4, 4], "lowres_features": [4, 4], "fc_features": [8], "dropout": [0.0, 0.0]}
 
@@ -16,7 +17,7 @@ def _config(**changes) -> ExperimentConfig:
             "techniques": ["ce", "a-focal", "combo"], "seeds": [0, 1],
             "model": {"architecture": "deepmedic", "network": NET}, "train": {"iterations": 10}}
     data.update(changes)
-    return ExperimentConfig.from_dict(data, source="g.json")
+    return parse_experiment_config(data, source="g.json")
 
 
 def test_cells_run_by_size_then_technique_then_seed_with_readable_ids():
@@ -46,7 +47,7 @@ def test_every_technique_of_a_size_and_seed_trains_on_the_same_cases():
 
 
 def test_fractions_round_to_case_counts_of_at_least_one():
-    config = ExperimentConfig.from_dict(
+    config = parse_experiment_config(
         {"name": "g", "phantom": {"train": 12, "test": 3}, "fractions": [0.05, 0.5, 1.0], "techniques": ["ce"],
          "model": {"architecture": "deepmedic", "network": NET}}, source="g.json")
     assert [n for _, n in config.sizes()] == [1, 6, 12]

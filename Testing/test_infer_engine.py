@@ -95,6 +95,31 @@ def test_cropped_prediction_equals_a_forward_pass_over_the_padded_volume(archite
     np.testing.assert_allclose(result.decision[mask], (expected[1] - expected[0])[mask], atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture, tile", [("deepmedic", 9), ("unet", 16)])
+def test_tiles_without_a_brain_voxel_are_skipped_and_the_result_inside_the_mask_is_unchanged(architecture, tile):
+    """Two blobs at opposite corners of a box: most tiles of the box hold no voxel of the mask and
+    do not run; every voxel of the mask gets exactly the value it gets when every tile of the same
+    plan runs (the mask filled to its bounding box)."""
+    net = make_net(architecture)
+    image, _ = volume((40, 40, 40), seed=2)
+    sparse = np.zeros(image.shape[1:], dtype=bool)
+    sparse[2:10, 3:11, 1:9] = True
+    sparse[30:38, 29:37, 31:39] = True
+    full = np.zeros_like(sparse)
+    full[2:38, 3:37, 1:39] = True  # the same bounding box, so the same tile plan
+    skipped = predict_volume(net, image, sparse, tile=tile, device="cpu", return_logits=True)
+    every = predict_volume(net, image, full, tile=tile, device="cpu", return_logits=True)
+    assert skipped.info["tile"] == every.info["tile"]
+    assert every.info["skipped_tiles"] == 0 and skipped.info["skipped_tiles"] > 0
+    assert skipped.info["tiles"] + skipped.info["skipped_tiles"] == every.info["tiles"]
+    assert skipped.info["computed_voxels"] < every.info["computed_voxels"]
+    np.testing.assert_array_equal(skipped.logits[:, sparse], every.logits[:, sparse])
+    np.testing.assert_array_equal(skipped.probabilities[sparse], every.probabilities[sparse])
+    np.testing.assert_array_equal(skipped.labels[sparse], every.labels[sparse])
+    assert not skipped.labels[~sparse].any() and not skipped.logits[:, ~sparse].any()
+    assert np.isfinite(skipped.probabilities).all()
+
+
 def test_voxels_outside_the_mask_are_background():
     net = make_net("deepmedic")
     with torch.no_grad():  # push every voxel towards the foreground

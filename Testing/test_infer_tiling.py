@@ -135,3 +135,21 @@ def test_every_tile_input_is_its_output_plus_context():
     for tile, (d, h, w) in zip(plan, itertools.product(*plan.starts)):
         assert tile.out_start == (d, h, w)
         assert tile.in_shape == tuple(n + 10 for n in tile.out_shape)
+
+
+def test_the_mask_index_counts_mask_voxels_per_tile_like_a_direct_count():
+    from asymseg.infer.tiling import MaskIndex, clip_to, plan_exact_tiles, plan_overlap_tiles
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((30, 33, 35)) < 0.002
+    index = MaskIndex(mask)
+    plans = [plan_exact_tiles((2, 0, 5), (30, 31, 35), tile=t, multiple=3, context=4) for t in (5, 7, 12)]
+    plans.append(plan_overlap_tiles((0, 0, 0), (30, 33, 35), tile=16, multiple=8, context=0))
+    for plan in plans:
+        direct = []
+        for tile in plan:
+            clipped = clip_to(tile.out_start, tile.out_stop, mask.shape)
+            direct.append(0 if clipped is None else int(mask[clipped[0]].sum()))
+        assert index.voxels_per_tile(plan).ravel().tolist() == direct
+        assert index.tiles_touching(plan) == sum(v > 0 for v in direct)
+    assert index.tiles_touching(plans[0]) < len(plans[0])  # small tiles: some hold no mask voxel

@@ -76,23 +76,47 @@ def test_require_label(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"shape": (10, 12, 15)}, r"size \(14, 12, 10\) vs \(15, 12, 10\)"),
-        ({"spacing": (1.0, 1.0, 2.0)}, r"spacing \(1, 1, 1\) vs \(1, 1, 2\)"),
-        ({"origin": (0.0, 5.0, 0.0)}, r"origin \(0, 0, 0\) vs \(0, 5, 0\)"),
-        ({"direction": (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)},
-         r"direction \(1, 0, 0, 0, 1, 0, 0, 0, 1\) vs \(-1, 0, 0, 0, -1, 0, 0, 0, 1\)"),
-    ],
+    "change",
+    [{"shape": (10, 12, 15)}, {"spacing": (1.0, 1.0, 2.0)}, {"origin": (0.0, 2.0, 0.0)},
+     {"direction": (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0), "origin": (13.0, 11.0, 0.0)}],
+    ids=["size", "spacing", "origin", "direction"],
 )
 @pytest.mark.parametrize("which", ["t1c", "seg", "brainmask"])
-def test_a_file_on_another_grid_names_both_files_and_the_difference(tmp_path, change, expected, which):
+def test_a_file_on_another_grid_is_resampled_onto_the_reference_grid(tmp_path, change, which):
+    """Each file is placed by its own physical geometry; the case stays on the first channel's grid."""
     folder = _case(tmp_path / "c", with_mask=True)
     shape = change.get("shape", SHAPE)
-    _write(folder / f"{which}.nii.gz", np.ones(shape, np.float32 if which == "t1c" else np.uint8),
-           spacing=change.get("spacing", (1.0, 1.0, 1.0)), origin=change.get("origin", (0.0, 0.0, 0.0)),
-           direction=change.get("direction"))
-    with pytest.raises(InputError, match=rf"flair\.nii\.gz and .*{which}\.nii\.gz are on different grids: {expected}$"):
+    spacing = change.get("spacing", (1.0, 1.0, 1.0))
+    # The same physical content on the other grid: a block at physical x 4..7, y 3..6, z 2..5 mm.
+    other = sitk.Image([int(n) for n in reversed(shape)], sitk.sitkFloat32)
+    other.SetSpacing(spacing)
+    other.SetOrigin(change.get("origin", (0.0, 0.0, 0.0)))
+    if "direction" in change:
+        other.SetDirection(change["direction"])
+    array = np.zeros(shape, np.float32)
+    for index in np.ndindex(*shape):
+        x, y, z = other.TransformIndexToPhysicalPoint(tuple(int(v) for v in reversed(index)))
+        array[index] = float(4 <= x <= 7 and 3 <= y <= 6 and 2 <= z <= 5)
+    _write(folder / f"{which}.nii.gz", array if which == "t1c" else array.astype(np.uint8),
+           spacing=spacing, origin=change.get("origin", (0.0, 0.0, 0.0)), direction=change.get("direction"))
+    case = load_case(discover_case(folder), normalize=False)
+    expected = np.zeros(SHAPE, bool)
+    expected[2:6, 3:7, 4:8] = True
+    assert case.geometry.shape_zyx == SHAPE and not case.resampled
+    got = {"t1c": case.image[1] > 0.5, "seg": case.label > 0, "brainmask": case.mask}[which]
+    if "spacing" in change:  # 2 mm slices hold z 2 and 4 only; z 3 and 5 come from interpolation
+        assert got[[2, 4]].tolist() == expected[[2, 4]].tolist()
+    else:
+        assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("which", ["t1c", "seg", "brainmask"])
+def test_a_file_that_barely_overlaps_the_reference_is_refused_naming_both(tmp_path, which):
+    folder = _case(tmp_path / "c", with_mask=True)
+    _write(folder / f"{which}.nii.gz", np.ones(SHAPE, np.float32 if which == "t1c" else np.uint8),
+           origin=(10.0, 0.0, 0.0))
+    with pytest.raises(InputError, match=rf"{which}\.nii\.gz and .*flair\.nii\.gz overlap by only 29% in physical "
+                                         r"space; they are probably not from the same visit: register them first"):
         load_case(discover_case(folder), normalize=False)
 
 

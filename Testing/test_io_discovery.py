@@ -160,3 +160,37 @@ def test_folder_without_channels_says_what_was_looked_for(tmp_path):
     with pytest.raises(InputError, match=r"empty: no image channels found \(looked for channel files named "
                                          r"flair/t2f/t2flair, t1c/t1ce/t1gd, t1/t1n, t2/t2w; label .*extensions"):
         discover_case(folder)
+
+
+def test_brats_toolkit_names_with_and_without_bet(tmp_path):
+    folder = _make(tmp_path / "pat1", [f"pat1_{s}_bet.nii.gz" for s in ("fla", "t1c", "t1", "t2")])
+    files = discover_case(folder)
+    assert _names(files) == ({"flair": "pat1_fla_bet.nii.gz", "t1c": "pat1_t1c_bet.nii.gz",
+                              "t1": "pat1_t1_bet.nii.gz", "t2": "pat1_t2_bet.nii.gz"}, None, None)
+    assert files.case_id == "pat1"
+    raw = _make(tmp_path / "raw", ["P7_FLA.nii.gz", "P7_T1C.nii.gz"])
+    assert _names(discover_case(raw)) == ({"flair": "P7_FLA.nii.gz", "t1c": "P7_T1C.nii.gz"}, None, None)
+
+
+def test_skull_stripped_file_is_chosen_over_the_raw_one(tmp_path):
+    folder = _make(tmp_path / "c", ["c_fla.nii.gz", "c_fla_bet.nii.gz", "c_t1c.nii.gz", "c_t1c_bet.nii.gz"])
+    assert _names(discover_case(folder)) == ({"flair": "c_fla_bet.nii.gz", "t1c": "c_t1c_bet.nii.gz"}, None, None)
+
+
+def test_two_skull_stripped_files_for_one_channel_is_an_error(tmp_path):
+    folder = _make(tmp_path / "c", ["a_fla_bet.nii.gz", "b_flair_bet.nii.gz"])
+    with pytest.raises(InputError, match=r"several files look like the flair: a_fla_bet\.nii\.gz, "
+                                         r"b_flair_bet\.nii\.gz; pass --channel flair=PATH"):
+        discover_case(folder)
+
+
+@pytest.mark.parametrize(("name", "role"), [("FLAIR.nii.gz", "flair"), ("T1CE.nii.gz", "t1c"), ("t2f.nrrd", "flair"),
+                                            ("T1Gd.nii", "t1c"), ("t1c.mha", "t1c"), ("x_t2_brain.nii.gz", "t2"),
+                                            ("x_T1_brain_mask.nii.gz", "mask"), ("bet.nii.gz", None),
+                                            ("brain.nii.gz", None)])
+def test_plain_names_any_case_and_qualifiers(name, role):
+    assert role_of(name) == role
+
+
+def test_toolkit_alias_is_a_channel_name():
+    assert canonical_channel("FLA") == "flair"

@@ -182,6 +182,34 @@ def test_zero_spacing_is_rejected(tmp_path):
         read_image(nhdr)
 
 
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("axis, value", [(2, 0.0), (0, -1.0), (1, float("nan"))])
+def test_a_nifti_voxel_size_that_is_not_positive_is_refused_not_read_as_1mm(tmp_path, ext, axis, value):
+    """ITK turns a zero (or negative, NaN) pixdim into 1 mm; the reader refuses it, naming the axis."""
+    import gzip
+    import struct
+
+    plain = sitk_write(tmp_path / "ok.nii", np.ones((4, 5, 6), np.float32), spacing=(1.0, 1.0, 2.5))
+    data = bytearray(plain.read_bytes())
+    data[80 + 4 * axis:84 + 4 * axis] = struct.pack("<f", value)  # pixdim[1 + axis]
+    path = tmp_path / f"pix{ext}"
+    path.write_bytes(gzip.compress(bytes(data)) if ext == ".nii.gz" else bytes(data))
+    with pytest.raises(InputError, match=rf"pix\{ext}: channel image: the header's voxel size \(pixdim\) is not "
+                                         rf"positive on axis {'xyz'[axis]}="):
+        read_image(path)
+    assert read_image(plain)[1].spacing == (1.0, 1.0, 2.5)
+
+
+def test_float64_values_beyond_float32_are_refused_without_warnings(tmp_path, recwarn):
+    array = np.zeros((4, 5, 6), np.float64)
+    array[2, 2, 2] = -1e300
+    path = sitk_write(tmp_path / "huge.nii.gz", array)
+    with pytest.raises(InputError, match=r"huge\.nii\.gz: channel image has values beyond the float32 range "
+                                         r"\(largest magnitude 1e\+300\)"):
+        read_image(path)
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_two_dimensional_image_is_rejected(tmp_path):
     path = sitk_write(tmp_path / "slice.nii.gz", np.zeros((8, 9), np.float32))
     with pytest.raises(InputError, match=r"slice\.nii\.gz: mask image is 2-D \(9, 8\); expected a 3-D volume"):
@@ -373,3 +401,22 @@ def test_the_voxel_cap_can_be_raised_and_must_be_a_number(tmp_path, monkeypatch)
     monkeypatch.setenv("ASYMSEG_MAX_VOXELS", "lots")
     with pytest.raises(InputError, match="ASYMSEG_MAX_VOXELS"):
         read_image(path)
+
+
+def test_a_write_removes_the_temporaries_that_killed_writers_left_of_the_same_file(tmp_path):
+    """A writer killed mid-write leaves ``.<name>.<pid>-<hex>.tmp<ext>``; the next write of that file
+    removes those whose process is gone and keeps everything else."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getppid()
+    stale = tmp_path / f".seg.{dead.pid}-0123abcd.tmp.nii.gz"
+    kept = [tmp_path / f".seg.{live}-0123abcd.tmp.nii.gz",  # its writer may still be at work
+            tmp_path / f".other.{dead.pid}-0123abcd.tmp.nii.gz",  # another output's
+            tmp_path / f".seg.{dead.pid}-0123abcd.tmp.nrrd",  # another file type's
+            tmp_path / "seg.nii.gz.bak"]
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial")
+    write_image(np.zeros((6, 5, 4), np.uint8), Geometry.default((6, 5, 4)), tmp_path / "seg.nii.gz")
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["seg.nii.gz", *(p.name for p in kept)])

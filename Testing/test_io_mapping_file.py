@@ -38,7 +38,7 @@ def test_the_train_and_experiment_readers_refuse_the_bomb_under_a_memory_limit(t
     script = textwrap.dedent(f"""
         from asymseg.errors import InputError
         from asymseg.train.config import load_config
-        from asymseg.experiment.config import load_experiment_config
+        from asymseg.experiment.loading import load_experiment_config
         for read in (lambda: load_config({str(path)!r}), lambda: load_experiment_config({str(path)!r})):
             try:
                 read()

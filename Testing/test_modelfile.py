@@ -282,3 +282,29 @@ def test_crafted_cards_are_refused_before_anything_large_is_allocated(tmp_path, 
     (folder / "model.json").write_text(" " * (MAX_CARD_BYTES + 1))
     with pytest.raises(ModelError, match="above the limit"):
         read_card(folder)
+
+
+def test_spacing_and_orientation_round_trip_and_older_cards_have_none():
+    _, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.foreground([1]))
+    assert card.spacing is None and card.orientation is None
+    assert "spacing" not in card.to_dict() and "orientation" not in card.to_dict()
+    trained = card.replace(spacing=(1.0, 1.0, 1.0), orientation="LPS")
+    data = trained.to_dict()
+    assert data["spacing"] == [1.0, 1.0, 1.0] and data["orientation"] == "LPS"
+    assert ModelCard.from_dict(data) == trained
+    data["orientation"] = "ras"
+    assert ModelCard.from_dict(data).orientation == "RAS"
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"spacing": [1.0, 1.0]}, r"spacing: expected three positive numbers \(mm, x y z\), got \[1.0, 1.0\]"),
+    ({"spacing": [1.0, 0.0, 1.0]}, "spacing: expected three positive numbers"),
+    ({"spacing": "1mm"}, "spacing: expected three positive numbers"),
+    ({"orientation": "LPX"}, "orientation: orientation 'LPX': expected 3 letters, one of each pair L/R, P/A, S/I"),
+    ({"orientation": 3}, "orientation: expected a 3-letter code"),
+])
+def test_invalid_spacing_or_orientation_is_refused_naming_the_field(saved, changes, match):
+    path, _ = saved
+    _edit_card(path, **changes)
+    with pytest.raises(ModelError, match=match):
+        load_model(path)

@@ -14,7 +14,8 @@ import torch
 
 from asymseg import registry
 from asymseg.errors import InputError, ModelError
-from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, create_model, load_model, read_card, save_model
+from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, create_model, read_card, save_model
+from asymseg.registry import load_model
 from asymseg.target import TargetSpec
 
 SMALL_UNET = {"depth": 2, "base_features": 4, "training_output_size": 8}

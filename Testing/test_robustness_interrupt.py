@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -97,6 +98,50 @@ def test_a_signal_during_segment_exits_130_and_leaves_nothing(model, big_case, t
     assert B.listing(out) == []  # the output folder (created up front) holds no file, not even a temporary one
     alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
+
+
+def _catches(pid: int, number: int) -> bool:
+    """Whether process ``pid`` has a handler for signal ``number`` (Linux: /proc/<pid>/status SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (number - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")
+def test_sigterm_while_the_engine_is_still_starting_exits_130(model, big_case, tmp_path):
+    """Signalled as soon as the process catches SIGTERM at all (long before torch is imported and the
+    command's own handlers exist): the documented "cancelled" exit, not death by the signal (143).
+    (Python itself catches SIGINT from its first moments, so SIGINT cannot mark that point.)"""
+    number = signal.SIGTERM
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "asymseg", "--threads", "1", "segment", "--model", str(model), "--case",
+           str(big_case), "--output", str(out / "seg.nii.gz"), "--progress", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, number):
+            assert proc.poll() is None and time.monotonic() < deadline, "the engine never caught the signal"
+            time.sleep(0.001)
+        proc.send_signal(number)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == C.EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("asymseg segment: ") and "cancelled" in lines[0], err
+    assert not (out / "seg.nii.gz").exists()
+
+
+def test_main_restores_the_signal_handlers_it_installs(tmp_path):
+    from asymseg.cli import main
+
+    before = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    assert main(["phantom", "--out", str(tmp_path / "p"), "--cases", "1", "--size", "16"],
+                stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    assert {n: signal.getsignal(n) for n in before} == before
 
 
 # -- finetune: repeated SIGKILL -------------------------------------------------------------------------

@@ -147,8 +147,9 @@ def broken_prediction(ws: Workspace, tmp: Path, damage: Callable[[Path], object]
 
 
 def file_row(role: str, damage: Callable[[Path], object], problem: str, *, prediction: bool = True,
-             code: int = C.EXIT_USAGE) -> Callable[[Workspace, Path], dict[str, Spec]]:
-    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate)."""
+             code: int = C.EXIT_USAGE, label_problem: str | None = None) -> Callable[[Workspace, Path], dict[str, Spec]]:
+    """A row that damages one file of the case (segment, finetune, analyze) and the prediction (evaluate);
+    ``label_problem``: what evaluate says when the prediction, a label map, differs from an image."""
 
     def build(ws: Workspace, tmp: Path) -> dict[str, Spec]:
         case, name = broken_case(ws, tmp, role, damage)
@@ -157,7 +158,7 @@ def file_row(role: str, damage: Callable[[Path], object], problem: str, *, predi
                  for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
         if prediction:
             pred, ref = broken_prediction(ws, tmp, damage)
-            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, problem), (out,))
+            specs["evaluate"] = Spec(evaluate(pred, ref), code, (pred.name, label_problem or problem), (out,))
         return specs
 
     return build
@@ -197,11 +198,16 @@ def mhd_without_data(ws, tmp):
 
 
 def grid_row(what: str):
+    """A channel on another grid of the same physical space is resampled (exit 0, outputs written);
+    a prediction on another grid than its reference is still an error for evaluate."""
     def build(ws, tmp):
         case, name = broken_case(ws, tmp, B.T1C, lambda p: B.change_grid(p, what))
         out = out_dir(tmp)
-        specs = {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", what), (out,))
-                 for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+        specs = {
+            "segment": Spec(segment(ws, tmp, case), 0, watch=(out,), expect=("seg.nii.gz",)),
+            "finetune": Spec(finetune(ws, tmp, case), 0, watch=(out,), expect=("model/model.json",)),
+            "analyze": Spec(analyze(ws, tmp, case), 0, watch=(out,), expect=("analysis/analysis.json",)),
+        }
         pred, ref = broken_prediction(ws, tmp, lambda p: B.change_grid(p, what))
         specs["evaluate"] = Spec(evaluate(pred, ref), 2, (pred.name, ref.name, "different grids", what), (out,))
         return specs
@@ -209,19 +215,19 @@ def grid_row(what: str):
     return build
 
 
-def label_grid(ws, tmp):
-    case, name = broken_case(ws, tmp, B.SEG, lambda p: B.change_grid(p, "spacing"))
-    out = out_dir(tmp)
-    return {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", "spacing"), (out,))
-            for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+def far_apart(role: str):
+    """A file whose physical extent barely overlaps the reference channel's (another visit): refused."""
+    def build(ws, tmp):
+        if role == B.MASK:
+            case = B.copy_case(ws.case, tmp / "bad_case")
+            name = B.brain_mask_file(case, grid="far").name
+        else:
+            case, name = broken_case(ws, tmp, role, lambda p: B.change_grid(p, "far"))
+        out = out_dir(tmp)
+        return {cmd: Spec(fn(ws, tmp, case), 2, (name, "overlap by only", "register them first"), (out,))
+                for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
 
-
-def mask_grid(ws, tmp):
-    case = B.copy_case(ws.case, tmp / "bad_case")
-    name = B.brain_mask_file(case, grid="origin").name
-    out = out_dir(tmp)
-    return {cmd: Spec(fn(ws, tmp, case), 2, (name, "different grids", "origin"), (out,))
-            for cmd, fn in (("segment", segment), ("finetune", finetune), ("analyze", analyze))}
+    return build
 
 
 def empty_mask(ws, tmp):
@@ -320,6 +326,27 @@ def model_row(make: Callable[[Path, Path], Path | str], names: tuple[str, ...], 
 def _bad_json(model, tmp):
     copy = B.copy_model(model, tmp / "bad_json")
     (copy / "model.json").write_text('{"format_version": 1, "name": "tiny",')
+    return copy
+
+
+def _nested(model, tmp):
+    copy = B.copy_model(model, tmp / "nested")
+    text = (copy / "model.json").read_text().rstrip()
+    (copy / "model.json").write_text(text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return copy
+
+
+def _huge_number(model, tmp):
+    copy = B.copy_model(model, tmp / "huge_number")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": ' + "9" * 5000, 1))
+    return copy
+
+
+def _overflow(model, tmp):
+    copy = B.copy_model(model, tmp / "overflow")
+    text = (copy / "model.json").read_text()
+    (copy / "model.json").write_text(text.replace('"format_version": 1', '"format_version": 1e999', 1))
     return copy
 
 
@@ -435,10 +462,16 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "grid-spacing": ("channels on different grids: spacing", grid_row("spacing")),
     "grid-origin": ("channels on different grids: origin", grid_row("origin")),
     "grid-direction": ("channels on different grids: direction", grid_row("direction")),
-    "label-grid": ("label on a different grid", label_grid),
-    "mask-grid": ("brain mask on a different grid", mask_grid),
+    "channel-far-apart": ("channels that barely overlap in physical space (another visit)", far_apart(B.T1C)),
+    "label-far-apart": ("label that barely overlaps the channels", far_apart(B.SEG)),
+    "mask-far-apart": ("brain mask that barely overlaps the channels", far_apart(B.MASK)),
     "nan-voxels": ("NaN voxels", file_row(B.FLAIR, lambda p: B.put_nonfinite(p, np.nan), "NaN")),
     "inf-voxels": ("Inf voxels", file_row(B.T1C, lambda p: B.put_nonfinite(p, np.inf), "infinite")),
+    "beyond-float32": ("float64 voxels beyond the float32 range (1e300)",
+                       file_row(B.FLAIR, B.put_beyond_float32, "beyond the float32 range",
+                                label_problem="1e+300 are beyond the int32 range")),
+    "nifti-zero-pixdim": ("NIfTI header with a zero voxel size (pixdim)",
+                          file_row(B.T1C, B.zero_pixdim, "voxel size (pixdim) is not positive")),
     "constant-image": ("constant image", constant_image),
     "empty-mask": ("empty brain mask", empty_mask),
     "label-outside-convention": ("label value outside the convention", label_outside_convention),
@@ -448,6 +481,11 @@ ROWS: dict[str, tuple[str, Callable]] = {
     "unknown-model": ("unknown model name",
                       model_row(lambda m, t: "no-such-model", ("no-such-model", "unknown model"))),
     "card-invalid-json": ("model card with invalid JSON", model_row(_bad_json, ("model.json", "invalid JSON"))),
+    "card-nested": ("model card nested 100,000 deep", model_row(_nested, ("model.json", "nested too deeply"))),
+    "card-huge-integer": ("model card with a 5,000-digit integer",
+                          model_row(_huge_number, ("model.json", "5,000 digits is out of range"))),
+    "card-overflowing-number": ("model card with a number that overflows (1e999)",
+                                model_row(_overflow, ("model.json", "1e999 is out of range"))),
     "card-version": ("model card with an unknown format version",
                      model_row(_version, ("model.json", "format_version"))),
     "weights-sha256": ("weights whose SHA256 does not match",
@@ -471,13 +509,17 @@ SUBPROCESS = {("header-without-data", "segment"), ("header-without-data", "evalu
 #: Which commands each row applies to (the others are marked n/a in docs/ROBUSTNESS.md).
 APPLIES = {
     "header-without-data": ("segment", "evaluate"),
-    "label-grid": ("segment", "finetune", "analyze"),
-    "mask-grid": ("segment", "finetune", "analyze"),
+    "channel-far-apart": ("segment", "finetune", "analyze"),
+    "label-far-apart": ("segment", "finetune", "analyze"),
+    "mask-far-apart": ("segment", "finetune", "analyze"),
     "empty-mask": ("segment", "finetune", "analyze"),
     "label-fits-no-convention": ("finetune", "evaluate"),
     "wrong-channels": ("segment", "finetune", "analyze"),
     "unknown-model": ("segment", "finetune", "analyze"),
     "card-invalid-json": ("segment", "finetune", "analyze"),
+    "card-nested": ("segment", "finetune", "analyze"),
+    "card-huge-integer": ("segment", "finetune", "analyze"),
+    "card-overflowing-number": ("segment", "finetune", "analyze"),
     "card-version": ("segment", "finetune", "analyze"),
     "weights-sha256": ("segment", "finetune", "analyze"),
     "pickle-checkpoint": ("segment", "finetune", "analyze"),

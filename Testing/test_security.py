@@ -28,7 +28,8 @@ import pytest
 
 from asymseg import constants as C
 from asymseg.errors import ModelError
-from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, load_model, sha256_file
+from asymseg.modelfile import CARD_FILE, WEIGHTS_FILE, sha256_file
+from asymseg.registry import load_model
 from helpers import broken as B
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -214,6 +215,70 @@ def test_a_clean_archive_imports_and_verifies(ws, tmp_path, home, cli):
     assert load_model("core").card.name == "core"
 
 
+def _tar_flood_then_truncated(model: Path, path: Path, entries: int) -> Path:
+    """A .tar.gz whose first ``entries`` members are empty files, followed by one member whose
+    compressed data is cut short: a reader that lists every member before applying the limit
+    runs into the cut (or, on a real flood, spends its time and memory listing), one that
+    streams refuses at the limit and never reaches it."""
+    import gzip
+    import os
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        tf.add(model / CARD_FILE, f"core/{CARD_FILE}")
+        for i in range(entries):
+            tf.addfile(tarfile.TarInfo(f"core/pad/{i:05d}"), io.BytesIO(b""))
+        tail = os.urandom(1 << 16)
+        info = tarfile.TarInfo("core/pad/tail")
+        info.size = len(tail)
+        tf.addfile(info, io.BytesIO(tail))
+    path.write_bytes(gzip.compress(buffer.getvalue())[:-8192])
+    return path
+
+
+def _zip_declaring(model: Path, path: Path, entries: int) -> Path:
+    """A real zip whose end-of-central-directory record declares ``entries`` entries."""
+    _zip(model, path, [])
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x05\x06")
+    data[at + 8:at + 12] = entries.to_bytes(2, "little") * 2  # entries on this disk, entries in all
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_an_archive_with_too_many_entries_is_refused_while_streaming(ws, tmp_path, home, cli, capfd, kind):
+    """The entry limit applies as the archive is read, not after the whole listing is built."""
+    from asymseg.registry import MAX_ARCHIVE_ENTRIES
+
+    root, model, _ = ws
+    if kind == "tar":
+        archive = _tar_flood_then_truncated(model, tmp_path / "flood.tar.gz", MAX_ARCHIVE_ENTRIES + 5)
+    else:
+        archive = _zip_declaring(model, tmp_path / "flood.zip", 60_000)
+    capfd.readouterr()
+    result = cli("models", "import", archive)
+    line = _one_line(result.err + capfd.readouterr().err)
+    assert result.code == C.EXIT_MODEL
+    assert f"flood.{'tar.gz' if kind == 'tar' else 'zip'}: more than {MAX_ARCHIVE_ENTRIES} entries" in line, line
+    assert list((home / "models").iterdir()) == []
+
+
+def test_import_errors_name_the_archive_not_the_staging_folder(ws, tmp_path, home, cli, capfd):
+    """A card that fails only when the network is built is reported against the archive's member."""
+    root, model, _ = ws
+    bad = B.copy_model(model, tmp_path / "core")
+    B.edit_card(bad, architecture={"name": "deepmedic", "hparams": {**TINY_NET, "dropout": [2.0, 0.0]}})
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(bad, "core")
+    capfd.readouterr()
+    result = cli("models", "import", archive)
+    line = _one_line(result.err + capfd.readouterr().err)
+    assert result.code == C.EXIT_MODEL and "dropout" in line, line
+    assert f"{archive}/" in line and ".tmp" not in line and ".import." not in line, line
+
+
 # -- the network ---------------------------------------------------------------------------------------
 def _guarded(tmp_path: Path, commands: list[list]) -> tuple[list[int], list[dict], subprocess.CompletedProcess]:
     log = tmp_path / "network.jsonl"
@@ -261,3 +326,20 @@ def test_no_command_touches_the_network(ws, tmp_path, home):
     assert (out / "seg.nii.gz").exists() and (out / "analysis" / "analysis.json").exists()
     assert load_model(out / "tuned").card.provenance["iterations"] == 3
     shutil.rmtree(out)
+
+
+def test_an_error_line_is_bounded_whatever_value_it_echoes(ws, tmp_path, home, cli, capfd):
+    """A 200,000-character model name is named in the error, shortened: one line of at most 1000
+    characters (after the command's prefix) that keeps the start and the end of the message."""
+    from asymseg.cli import MAX_ERROR_CHARS
+
+    root, model, case = ws
+    name = "m" * 200_000
+    capfd.readouterr()
+    result = cli("segment", "--model", name, "--case", case, "--output", tmp_path / "seg.nii.gz",
+                 "--progress", "none")
+    line = _one_line(result.err + capfd.readouterr().err)
+    assert result.code in (C.EXIT_USAGE, C.EXIT_MODEL)
+    assert len(line) <= MAX_ERROR_CHARS + len("asymseg segment: error: "), len(line)
+    assert line.startswith("asymseg segment: error: ") and "mmmm" in line and "characters]..." in line, line[:200]
+    assert not (tmp_path / "seg.nii.gz").exists()

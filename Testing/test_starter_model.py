@@ -37,8 +37,9 @@ def test_the_starter_model_is_a_card_and_safetensors_weights_under_10_mb():
 
 
 def test_the_starter_model_loads_by_name_with_verified_weights_as_the_original_deepmedic():
-    from asymseg.modelfile import load_model, sha256_file
+    from asymseg.modelfile import sha256_file
     from asymseg.nets import DEFAULT_HPARAMS
+    from asymseg.registry import load_model
 
     loaded = load_model(STARTER_MODEL)
     card = loaded.card

@@ -140,3 +140,28 @@ def test_a_damaged_state_file_is_an_input_error_naming_the_problem(tmp_path, cha
     (path / "state.json").write_text(json.dumps(state))
     with pytest.raises(InputError, match=pattern):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_full_disk_names_the_checkpoint_not_its_temporary_folder_and_keeps_the_previous(tmp_path):
+    import resource
+
+    from asymseg.errors import ResourceError
+
+    net = tiny_net()
+    opt = make_optimizer("adam", net.parameters(), lr=1e-3)
+    train_steps(net, opt, 1)
+    save_checkpoint(tmp_path, weights=net.state_dict(), optimizer=opt.state_dict(), rng={}, state={"iteration": 1})
+    big = {"w": torch.zeros(1 << 16)}  # 256 KiB, above the limit below
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(ResourceError) as caught:
+            save_checkpoint(tmp_path, weights=big, optimizer=opt.state_dict(), rng={}, state={"iteration": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'checkpoint'}: cannot write the checkpoint: out of disk space"), message
+    assert ".tmp" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert load_checkpoint(tmp_path).iteration == 1

@@ -10,7 +10,8 @@ import torch
 
 from asymseg.errors import Cancelled, InputError, ModelError
 from asymseg.events import CancelToken
-from asymseg.modelfile import create_model, load_model, save_model
+from asymseg.modelfile import create_model, save_model
+from asymseg.registry import load_model
 from asymseg.target import TargetSpec
 from asymseg.techniques import TECHNIQUES
 from asymseg.train import TrainConfig, finetune, load_run_config
@@ -274,3 +275,61 @@ def test_overwrite_replaces_only_a_model_folder_and_only_after_the_inputs_are_ch
     assert find_checkpoint(first.run_dir) is not None
     # With good inputs the overwrite goes through.
     assert finetune(cfg, overwrite=True).iterations == 1
+
+
+def test_a_base_models_operating_point_is_not_carried_over_to_the_fine_tuned_model(cases, tmp_path):
+    from asymseg.operating import OperatingPoint
+
+    net, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.tumour_core("brats2017"), seed=5,
+                             name="base", **TINY)
+    card = card.replace(operating_point=OperatingPoint(threshold=-1.5, postprocess="largest", chosen_on="validation"))
+    base = save_model(tmp_path / "base", net, card)
+    assert load_model(base).card.operating_point.threshold == -1.5
+    result = finetune(config(cases, tmp_path, network={}, base_model=str(base), architecture=None, iterations=2,
+                             val_cases=(), val_every=2))
+    assert load_model(result.model_path).card.operating_point is None  # argmax: nothing chose one for it
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"train_cases": None}, "at least 2 training cases"),
+    ({}, "without validation cases"),
+    ({"val_cases": (), "val_fraction": 0.5}, "without validation cases"),
+])
+def test_cross_validation_refuses_what_it_cannot_use_before_training(cases, tmp_path, changes, pattern):
+    if changes.get("train_cases", 1) is None:
+        changes = {"train_cases": cases[:1], "val_cases": ()}
+    with pytest.raises(InputError, match=pattern):
+        finetune(config(cases, tmp_path, operating_point="cross-validation", **changes))
+    assert not (tmp_path / "model").exists()
+
+
+def test_cross_validation_trains_one_fold_per_case_and_records_the_operating_point(cases, tmp_path):
+    """Three training cases, no validation: the model, then three fold models each holding out one case;
+    the card's operating point names the three cases and the fold models that scored them. A second
+    call (resume after the end) reuses the finished folds instead of training them again."""
+    from asymseg.train.crossval import fold_folder
+
+    events = []
+    cfg = config(cases, tmp_path, train_cases=cases[:3], val_cases=(), iterations=4, val_every=4,
+                 operating_point="cross-validation")
+    result = finetune(cfg, on_event=events.append)
+    point = load_model(result.model_path).card.operating_point
+    assert point is not None and point.chosen_on == "validation"
+    assert point.validation["cases"] == ["phantom_000", "phantom_001", "phantom_002"]
+    folds = [fold_folder(result.run_dir, i, f"phantom_00{i}") for i in range(3)]
+    assert point.validation["models"] == [str(f / "model") for f in folds]
+    for i, fold in enumerate(folds):
+        fold_card = load_model(fold / "model").card
+        held_out = f"phantom_00{i}"
+        assert held_out not in fold_card.provenance["data"]["train"] and fold_card.provenance["data"]["val"] == []
+        assert fold_card.operating_point is None and fold_card.provenance["iterations_run"] == 4
+    progress = [e for e in events if e.kind == "progress" and e.stage == "cross-validation"]
+    assert progress[-1].done == progress[-1].total == 12
+    assert [e.kind for e in events].count("done") == 1 and events[-1].kind == "done"
+
+    before = {f: (f / "model" / "model.safetensors").stat().st_mtime_ns for f in folds}
+    again = []
+    finetune(cfg, on_event=again.append, resume=True)
+    assert {f: (f / "model" / "model.safetensors").stat().st_mtime_ns for f in folds} == before
+    assert sum("is done already" in (e.message or "") for e in again) == 3
+    assert load_model(result.model_path).card.operating_point.validation["cases"] == point.validation["cases"]

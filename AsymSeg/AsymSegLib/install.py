@@ -5,16 +5,23 @@ the PyTorch extension (it picks a CUDA build that fits the driver); the others t
 Nothing is installed without the user's confirmation, and pip never replaces the packages
 Slicer ships (SimpleITK has Slicer's own IO; numpy is pinned to the installed version).
 
-The functions take callbacks, so the module decides how to ask (a dialog) and how to install
-(``PyTorchUtils``, ``slicer.packaging.pip_ensure`` or ``slicer.util.pip_install``); tests pass
-plain functions.
+The functions take callbacks, so the module decides how to ask (a dialog), how to install
+(``PyTorchUtils``; pip in a child process whose lines reach the panel) and where the status text
+goes; tests pass plain functions. The PyTorch extension is looked for before anything is asked.
+Nothing is remembered between calls: after a failure, the next Apply checks and asks again, and
+packages installed meanwhile are found without restarting Slicer.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import re
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +46,11 @@ _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$")
 
 class DependencyError(RuntimeError):
     """A requirement is missing and was not installed (declined or failed)."""
+
+
+#: What the panel says when torch is missing and so is the PyTorch extension that installs it.
+PYTORCH_EXTENSION_MISSING = ("AsymSeg needs the PyTorch extension to install PyTorch: install \"PyTorch\" with "
+                             "View > Extensions Manager, restart Slicer, then Apply again")
 
 
 def requirementName(requirement: str) -> str:
@@ -109,7 +121,9 @@ def ensureDependencies(confirm: Callable[[str], bool], installTorch: Callable[[s
                        pipInstall: Callable[[list[str], list[str]], None],
                        versionOf: Callable[[str], str | None] = installedVersion,
                        requirements: Sequence[str] = ENGINE_REQUIREMENTS,
-                       torchRequirement: str = TORCH_REQUIREMENT) -> DependencyReport:
+                       torchRequirement: str = TORCH_REQUIREMENT,
+                       torchInstallerAvailable: Callable[[], bool] = lambda: True,
+                       onStatus: Callable[[str], None] | None = None) -> DependencyReport:
     """Make sure torch and the engine requirements are installed, asking first.
 
     Args:
@@ -121,18 +135,24 @@ def ensureDependencies(confirm: Callable[[str], bool], installTorch: Callable[[s
         versionOf: installed version lookup (tests pass their own).
         requirements: the pip requirements to check.
         torchRequirement: the torch requirement.
+        torchInstallerAvailable: True when the PyTorch extension is there; checked before asking.
+        onStatus: receives one line per step ("Installing PyTorch ...", "Installed ...").
 
     Returns:
         A :class:`DependencyReport` (nothing to do when both lists are empty).
 
     Raises:
-        DependencyError: the user declined, or an installer failed.
+        DependencyError: the user declined, the PyTorch extension is missing, or an installer failed.
     """
+    status = onStatus or (lambda text: None)
+    importlib.invalidate_caches()  # packages installed since the last check (e.g. a retry)
     report = DependencyReport()
     report.torchMissing = bool(missingRequirements([torchRequirement], versionOf))
     report.missing = missingRequirements(requirements, versionOf)
     if not report.torchMissing and not report.missing:
         return report
+    if report.torchMissing and not torchInstallerAvailable():
+        raise DependencyError(PYTORCH_EXTENSION_MISSING)
     items = ([f"PyTorch ({torchRequirement}, through the PyTorch extension)"] if report.torchMissing else []) \
         + report.missing
     question = ("AsymSeg needs these Python packages, which are not installed yet:\n  "
@@ -142,20 +162,96 @@ def ensureDependencies(confirm: Callable[[str], bool], installTorch: Callable[[s
     try:
         if report.torchMissing:
             log.info("Installing %s through the PyTorch extension", torchRequirement)
+            status(f"Installing PyTorch ({torchRequirement}) through the PyTorch extension: a download of up to "
+                   "a few GB, which may take several minutes...")
             installTorch(torchRequirement)
             report.installed.append(torchRequirement)
+            status("PyTorch installed.")
         if report.missing:
             constraints = [c for c in pinnedConstraints(versionOf)
                            if requirementName(c).lower() not in {requirementName(r).lower() for r in report.missing}]
             log.info("Installing %s (keeping %s)", ", ".join(report.missing),
                      ", ".join(constraints) or "nothing pinned")
+            status(f"Installing {', '.join(report.missing)} with pip...")
             pipInstall(list(report.missing), constraints)
             report.installed.extend(report.missing)
-    except DependencyError:
+            status(f"Installed {', '.join(report.missing)}.")
+    except DependencyError as err:
+        status(f"Installation failed: {err}. Apply tries again.")
         raise
     except Exception as err:
+        status(f"Installation failed: {err}. Apply tries again.")
         raise DependencyError(f"installing {', '.join(items)} failed: {err}") from err
+    finally:
+        importlib.invalidate_caches()
     return report
+
+
+def pyTorchExtensionAvailable() -> bool:
+    """True when the PyTorch extension's ``PyTorchUtils`` module can be imported (inside Slicer)."""
+    try:
+        return importlib.util.find_spec("PyTorchUtils") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pipInstallCommand(requirements: Sequence[str], constraintsFile: str | None = None,
+                      pythonExecutable: str | None = None, options: Sequence[str] = ()) -> list[str]:
+    """``PYTHON -m pip install --upgrade-strategy only-if-needed [OPTIONS] REQ ... [-c FILE]``."""
+    command = [pythonExecutable or sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed",
+               *options, *requirements]
+    return command + (["-c", constraintsFile] if constraintsFile else [])
+
+
+def runPip(requirements: Sequence[str], constraints: Sequence[str], onLine: Callable[[str], None],
+           pythonExecutable: str | None = None, keepAlive: Callable[[], None] | None = None,
+           timeout: float = 3600.0, options: Sequence[str] = ()) -> None:
+    """Install with pip in a child process, passing each output line to ``onLine`` as it comes.
+
+    Args:
+        requirements: what to install.
+        constraints: ``name==version`` pins pip must keep.
+        onLine: receives pip's output, line by line (the panel's log).
+        pythonExecutable: the interpreter whose pip runs (default: this one).
+        keepAlive: called between reads (the panel passes ``slicer.app.processEvents``).
+        timeout: seconds before pip is stopped.
+        options: further pip options (e.g. ``--no-index`` with ``--find-links`` offline).
+
+    Raises:
+        RuntimeError: pip failed (its last line) or took too long.
+    """
+    from AsymSegLib.process import EngineProcess
+
+    constraintsFile = None
+    if constraints:
+        handle = tempfile.NamedTemporaryFile("w", suffix="-asymseg-constraints.txt", delete=False, encoding="utf-8")
+        with handle:
+            handle.write("\n".join(constraints) + "\n")
+        constraintsFile = handle.name
+    process = EngineProcess(gracePeriod=5.0)
+    try:
+        process.startCommand(pipInstallCommand(requirements, constraintsFile, pythonExecutable, options))
+        deadline = time.monotonic() + timeout
+        while not process.finished:
+            for event in process.poll():
+                if event.message:
+                    onLine(event.message)
+            if keepAlive is not None:
+                keepAlive()
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"pip did not finish within {timeout:.0f} s")
+            time.sleep(0.05)
+        result = process.result()
+        if not result.succeeded:
+            last = next((line for line in reversed(result.logTail) if line.strip()), "")
+            raise RuntimeError(f"pip exited with {result.returnCode}" + (f": {last}" if last else ""))
+    finally:
+        process.close()
+        if constraintsFile:
+            import os
+
+            os.remove(constraintsFile)
 
 
 # ----------------------------------------------------------------------------- inside Slicer
@@ -177,29 +273,3 @@ def installTorchWithPyTorchExtension(requirement: str) -> None:
                                                           torchVersionRequirement=versionSpec or None)
     if torch is None:
         raise DependencyError("PyTorch was not installed")
-
-
-def pipInstallWithSlicer(requirements: list[str], constraints: list[str]) -> None:
-    """Install requirements with Slicer's pip, keeping ``constraints``; for :func:`ensureDependencies`.
-
-    Only works inside Slicer; imports nothing until called.
-    """
-    import tempfile
-
-    import slicer.util
-
-    args = list(requirements)
-    constraintsFile = None
-    if constraints:
-        handle = tempfile.NamedTemporaryFile("w", suffix="-asymseg-constraints.txt", delete=False, encoding="utf-8")
-        with handle:
-            handle.write("\n".join(constraints) + "\n")
-        constraintsFile = handle.name
-        args += ["-c", constraintsFile]
-    try:
-        slicer.util.pip_install(args)
-    finally:
-        if constraintsFile:
-            import os
-
-            os.remove(constraintsFile)

@@ -5,7 +5,8 @@ the blocking :meth:`EngineJob.run`); AsymSegTrainingLib's fine-tuning job builds
 :class:`SegmentationJob` writes the channel volumes (and a reference, if any) to a temporary
 folder with exact geometry, starts the engine, and, once it has finished, imports the label map
 as a named, coloured segment, the optional probability map, the metrics table and the logit
-distribution plot. MRML is touched only in :meth:`SegmentationJob.start` and
+distribution plot, and keeps the run's dz map for the interactive operating point
+(:class:`AsymSegLib.operatingpoint.OperatingPointSession`). MRML is touched only in :meth:`SegmentationJob.start` and
 :meth:`SegmentationJob.finish`; call them (and :meth:`SegmentationJob.poll`) from the GUI thread.
 """
 
@@ -22,7 +23,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from slicer import util as sutil
 
-from AsymSegLib import plots, scene as S, tables
+from AsymSegLib import models, operatingpoint, plots, scene as S, tables
 from AsymSegLib.process import EngineProcess, EngineResult, Launcher
 from AsymSegLib.progress import ProgressEvent
 
@@ -93,6 +94,10 @@ class SegmentationResult:
     histogram: plots.LogitHistogram | None = None
     plotNodes: plots.PlotNodes | None = None
     device: str | None = None
+    #: The operating point the engine applied (threshold, postprocess, tta, chosen_on).
+    operatingPoint: dict[str, object] | None = None
+    #: Moves the threshold after the run (binary models); None for multi-class models.
+    session: operatingpoint.OperatingPointSession | None = None
 
 
 ResultT = TypeVar("ResultT")
@@ -234,9 +239,14 @@ class SegmentationJob(EngineJob[SegmentationResult]):
             args += ["--channel", f"{channel}={path}"]
         self.paths["output"] = self.folder / f"labels{S.EXCHANGE_EXTENSION}"
         args += ["--output", str(self.paths["output"])]
-        if request.probabilityVolume is not None:
+        # dz and the probability of a binary model: the operating-point slider works on them after the run
+        slider = len(request.segments) == 1
+        if slider or request.probabilityVolume is not None:
             self.paths["probabilities"] = self.folder / f"probabilities{S.EXCHANGE_EXTENSION}"
             args += ["--probabilities", str(self.paths["probabilities"])]
+        if slider or (request.reference is not None and request.logitPlot):
+            self.paths["logits"] = self.folder / f"logits{S.EXCHANGE_EXTENSION}"
+            args += ["--logits", str(self.paths["logits"])]
         if request.reference is not None:
             self._referenceArray = S.referenceToArray(
                 request.reference, self.referenceVolume, self.segmentationsLogic, self.scene,
@@ -245,9 +255,6 @@ class SegmentationJob(EngineJob[SegmentationResult]):
                 self._referenceArray, self.referenceVolume, self.folder / f"reference{S.EXCHANGE_EXTENSION}",
                 self.scene)
             args += ["--reference", str(self.paths["reference"])]
-            if request.logitPlot:
-                self.paths["logits"] = self.folder / f"logits{S.EXCHANGE_EXTENSION}"
-                args += ["--logits", str(self.paths["logits"])]
         args += ["--device", request.device, "--progress", "jsonl", *request.extraArguments]
         return args
 
@@ -294,17 +301,41 @@ class SegmentationJob(EngineJob[SegmentationResult]):
                 table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
             tables.updateMetricsTable(table, result.metrics)
             result.metricsTable = table
-        if request.reference is not None and "logits" in self.paths and self._referenceArray is not None:
-            result.histogram = self._logitHistogram()
+        dz = self._readArray("logits") if "logits" in self.paths else None
+        if request.reference is not None and request.logitPlot and self._referenceArray is not None:
+            result.histogram = self._logitHistogram(dz)
             result.plotNodes = plots.updateLogitDistributionPlot(
                 self.scene, result.histogram, title=f"{request.outputSegmentation.GetName()} logit distribution")
+        result.operatingPoint = dict(done.data["operating_point"]) if done is not None and isinstance(
+            done.data.get("operating_point"), Mapping) else None
+        if result.operatingPoint is not None and len(request.segments) == 1 and dz is not None:
+            result.session = operatingpoint.OperatingPointSession(
+                dz, operatingpoint.brainMask(dz, self._readArray("probabilities")), self.scene,
+                self.segmentationsLogic, request.outputSegmentation, request.segments[0].segmentId,
+                self.referenceVolume, result.operatingPoint, reference=self._referenceArray,
+                metrics=result.metrics, metricsTable=result.metricsTable, modelPath=modelFolder(request.model))
+            result.session.setThreshold(result.session.runThreshold)  # stores the threshold with the segmentation
         return result
 
-    def _logitHistogram(self) -> plots.LogitHistogram:
-        dzNode = S.readVolume(self.paths["logits"], self.scene, name="__asymseg_temp_dz__")
+    def _readArray(self, key: str) -> np.ndarray:
+        """An output volume of the run as a float32 array on the input grid."""
+        node = S.readVolume(self.paths[key], self.scene, name=f"__asymseg_temp_{key}__")
         try:
-            dz = sutil.arrayFromVolume(dzNode).astype(np.float32, copy=True)
+            return sutil.arrayFromVolume(node).astype(np.float32, copy=True)
         finally:
-            S.removeNodes(self.scene, [dzNode])
+            S.removeNodes(self.scene, [node])
+
+    def _logitHistogram(self, dz: np.ndarray) -> plots.LogitHistogram:
         mask = plots.backgroundMask(sutil.arrayFromVolume(self.referenceVolume))
         return plots.logitHistograms(dz, self._referenceArray, mask=mask)
+
+
+def modelFolder(model: str) -> Path | None:
+    """The folder of a ``--model`` argument: the path itself, or the bundled or user model of that name."""
+    path = Path(model)
+    if models.findModelCard(path) is not None:
+        return path
+    for folder in (models.bundledModelsDirectory(), models.userModelsDirectory()):
+        if models.findModelCard(folder / model) is not None:
+            return folder / model
+    return None

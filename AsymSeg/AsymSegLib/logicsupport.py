@@ -3,7 +3,7 @@
 :class:`EngineLogicMixin` goes before ``ScriptedLoadableModuleLogic`` in a module Logic's bases
 (``class AsymSegLogic(EngineLogicMixin, ScriptedLoadableModuleLogic)``); it gives the Logic its
 interpreter, engine processes, the Slicer 5.12 console launcher, the model list, first-use
-installs and a blocking engine call. Qt-free: it imports under slicer-core.
+installs and a blocking engine call. The model list comes from the model cards (no subprocess). Qt-free: it imports under slicer-core.
 """
 
 from __future__ import annotations
@@ -59,15 +59,27 @@ class EngineLogicMixin:
 
         return launcher
 
-    def listModels(self) -> tuple[list[models.ModelInfo], str | None]:
-        """(models, problem): the engine's list, or the model folders' cards when it cannot run yet."""
-        return models.listModelsOrScan(self.pythonExecutable)
-
     @staticmethod
-    def ensureDependencies(confirm: Callable[[str], bool]) -> install.DependencyReport:
-        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``."""
-        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension,
-                                          install.pipInstallWithSlicer)
+    def listModels() -> list[models.ModelInfo]:
+        """The bundled and user models, read from their cards: no engine process, the GUI never waits."""
+        return models.listModelsFromCards()
+
+    def ensureDependencies(self, confirm: Callable[[str], bool], onStatus: Callable[[str], None] | None = None,
+                           keepAlive: Callable[[], None] | None = None) -> install.DependencyReport:
+        """Install torch (PyTorch extension) and the engine's requirements if missing, after ``confirm``.
+
+        The PyTorch extension is looked for before asking. ``onStatus`` receives a line per step
+        and pip's output; ``keepAlive`` runs while pip works (the panel passes
+        ``slicer.app.processEvents``). A failure can simply be retried.
+        """
+        status = onStatus or (lambda text: None)
+
+        def pipInstall(requirements, constraints):
+            install.runPip(requirements, constraints, status, pythonExecutable=self.pythonExecutable,
+                           keepAlive=keepAlive)
+
+        return install.ensureDependencies(confirm, install.installTorchWithPyTorchExtension, pipInstall,
+                                          torchInstallerAvailable=install.pyTorchExtensionAvailable, onStatus=status)
 
     def runEngine(self, args: Sequence[object], timeout: float | None = None) -> process.EngineResult:
         """Run any ``asymseg`` command and wait; raises EngineError on failure."""

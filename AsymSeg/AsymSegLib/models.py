@@ -1,7 +1,8 @@
-"""The model registry, seen from Slicer: ``asymseg models list --json`` and model cards.
+"""The model registry, seen from Slicer: model cards and ``asymseg models list --json``.
 
-The Slicer process never imports torch, so it asks the engine (a short subprocess) for the list
-of bundled and user models. A model folder's card is plain JSON and may be read directly.
+The panels list models by reading the cards of the bundled and user model folders
+(:func:`listModelsFromCards`): plain JSON, no engine process, no torch, so opening a module never
+waits. The engine checks a model fully (SHA256, tensors) when it runs it.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def runEngineCommand(args: Sequence[object], pythonExecutable: str | None = None
     command = engineProcess.engineCommand(args, pythonExecutable)
     try:
         completed = runner(command, capture_output=True, text=True, timeout=timeout,
-                           env=engineProcess.engineEnvironment(extra=env), stdin=subprocess.DEVNULL)
+                           env=engineProcess.engineEnvironment(extra=env), stdin=subprocess.DEVNULL,
+                           creationflags=engineProcess.noWindowFlags())
     except subprocess.TimeoutExpired as err:
         raise ModelRegistryError(f"asymseg {args[0]}: no answer within {timeout:.0f} s") from err
     except OSError as err:
@@ -258,6 +260,29 @@ def scanModels(folders: Sequence[tuple[Path, str]]) -> list[ModelInfo]:
             except ModelRegistryError as err:
                 log.warning("Skipping model %s: %s", entry, err)
     return found
+
+
+def _weightsPresent(model: ModelInfo) -> bool:
+    weights = model.card.get("weights")
+    fileName = weights.get("file") if isinstance(weights, Mapping) else None
+    if not isinstance(fileName, str) or not fileName or model.path is None:
+        log.warning("Skipping model %s: its card names no weights file", model.name)
+        return False
+    if not (model.path / fileName).is_file():
+        log.warning("Skipping model %s: %s is missing", model.name, model.path / fileName)
+        return False
+    return True
+
+
+def listModelsFromCards() -> list[ModelInfo]:
+    """The bundled and user models, read from their cards (no engine process, no torch).
+
+    Folders whose card cannot be read, or names no weights file that exists, are left out
+    (logged). Sorted by name, bundled first for equal names, as ``asymseg models list``.
+    """
+    folders = [(bundledModelsDirectory(), "bundled"), (userModelsDirectory(), "user")]
+    found = [m for m in scanModels(folders) if _weightsPresent(m)]
+    return sorted(found, key=lambda m: (m.name, m.source != "bundled"))
 
 
 def listModelsOrScan(pythonExecutable: str | None = None, runner: Runner = subprocess.run,

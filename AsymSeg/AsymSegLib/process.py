@@ -12,9 +12,13 @@ Slicer 5.12+ can read the output itself (``slicer.util.launchConsoleProcess(bloc
 then :meth:`EngineProcess.attach` takes its ``Popen`` and :meth:`feedLine`/:meth:`feedExit` take
 the lines and the exit code from its callbacks; everything else stays the same.
 
-Cancel (:meth:`EngineProcess.cancel`) first asks the whole process tree to stop (SIGTERM: the
-engine finishes its step, keeps its last good outputs and exits with code 130), then kills the
-tree once the grace period has passed. :meth:`EngineProcess.kill` kills it at once.
+Cancel (:meth:`EngineProcess.cancel`) works the same on Linux, macOS and Windows: it creates the
+child's cancel file (``ASYMSEG_CANCEL_FILE``, a fresh path per process), which the engine watches;
+the engine stops at its next safe point (a training run finishes its step and keeps its
+checkpoint and best model) and exits with code 130. No signal is sent: Windows has none that a
+console process can handle. Only when the grace period has passed is the whole process tree
+killed. :meth:`EngineProcess.kill` kills it at once. On Windows no console window opens for the
+child (``CREATE_NO_WINDOW``; Slicer's ``launchConsoleProcess`` hides it the same way).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import collections
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +51,13 @@ DEFAULT_GRACE_PERIOD = 10.0
 PIPE_DRAIN_SECONDS = 3.0
 #: Plain output lines kept for error reports.
 LOG_TAIL_LINES = 200
+#: The environment variable naming the file whose creation cancels the engine (asymseg.cancelfile).
+CANCEL_FILE_VARIABLE = "ASYMSEG_CANCEL_FILE"
+
+
+def noWindowFlags() -> int:
+    """``creationflags`` that keep a console window from opening for a child on Windows (0 elsewhere)."""
+    return getattr(subprocess, "CREATE_NO_WINDOW", 0) if IS_WINDOWS else 0
 
 
 #: ``launcher(command, environment, onLine, onExit) -> Popen`` (see :meth:`EngineProcess.start`).
@@ -198,6 +211,8 @@ class EngineProcess:
         self._logTail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._finished = False
         self.command: list[str] = []
+        #: The file whose creation asks the child to stop (set when the process starts).
+        self.cancelFile: Path | None = None
 
     # ------------------------------------------------------------------ starting
     def start(self, args: Sequence[object], forceCpu: bool = False,
@@ -236,6 +251,8 @@ class EngineProcess:
         self._checkNotStarted()
         self.command = [str(c) for c in command]
         environment = dict(os.environ if environment is None else environment)
+        self.cancelFile = Path(tempfile.mkdtemp(prefix="asymseg-cancel-")) / "cancel"
+        environment[CANCEL_FILE_VARIABLE] = str(self.cancelFile)
         if launcher is not None:
             log.info("Starting: %s", subprocess.list2cmdline(self.command))
             popen = launcher(list(self.command), environment, self.feedLine, self.feedExit)
@@ -243,7 +260,7 @@ class EngineProcess:
             return
         kwargs: dict = {}
         if IS_WINDOWS:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | noWindowFlags()
         else:
             kwargs["start_new_session"] = True
         log.info("Starting: %s", subprocess.list2cmdline(self.command))
@@ -387,6 +404,11 @@ class EngineProcess:
             self._signalTree(kill=True)
         self._finished = True
         self._endedAt = self._endedAt or now
+        self._removeCancelFile()
+
+    def _removeCancelFile(self) -> None:
+        if self.cancelFile is not None:
+            shutil.rmtree(self.cancelFile.parent, ignore_errors=True)
 
     def wait(self, timeout: float | None = None,
              onEvent: Callable[[P.ProgressEvent], None] | None = None) -> EngineResult:
@@ -436,10 +458,11 @@ class EngineProcess:
 
     # ------------------------------------------------------------------ stopping
     def cancel(self, gracePeriod: float | None = None) -> None:
-        """Ask the process tree to stop; :meth:`poll` kills it after the grace period.
+        """Ask the engine to stop by creating its cancel file (every platform alike); :meth:`poll`
+        kills the process tree once the grace period has passed.
 
         Args:
-            gracePeriod: seconds before the kill (default: the constructor's).
+            gracePeriod: seconds before the kill (default: the constructor's; 0 kills at once).
         """
         if self._popen is None or self._finished:
             return
@@ -449,8 +472,16 @@ class EngineProcess:
         if grace <= 0:
             self.kill()
             return
-        log.info("Cancelling the engine (pid %s)", self._popen.pid)
-        self._signalTree(kill=False)
+        if self.cancelFile is None:  # attached from outside without our environment: ask with a signal
+            log.info("Cancelling the process %s (no cancel file)", self._popen.pid)
+            self._signalTree(kill=False)
+            return
+        log.info("Cancelling the engine (pid %s) through %s", self._popen.pid, self.cancelFile)
+        try:
+            self.cancelFile.touch()
+        except OSError as err:  # the folder vanished: only the kill after the grace period remains
+            log.warning("Cannot create the cancel file %s (%s); the engine is killed in %.0f s",
+                        self.cancelFile, err, grace)
 
     def kill(self) -> None:
         """Kill the whole process tree now."""
@@ -470,6 +501,7 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 log.error("Engine process %s did not exit after being killed", self._popen.pid)
         self.poll()
+        self._removeCancelFile()
 
     def _descendants(self) -> list:
         try:

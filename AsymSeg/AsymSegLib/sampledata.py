@@ -1,5 +1,11 @@
 """Sample data: two BRATS 2015 training cases from the public DeepMedic repository.
 
+They are the two cases the starter model was trained on: scores on them are training scores,
+optimistic for unseen data. The sample names say so, and :func:`trainedOnNote` tells the panel
+when its input is one of a model's training cases. For an unseen case, load your own scan (see
+docs/SLICER.md, "Try your own data"): the unlabelled BraTS 2023 case the project tests with is
+not redistributed here, its data terms being those of the BraTS 2023 challenge.
+
 Each case has the FLAIR and post-contrast T1 volumes (z-scored inside the brain, constant
 negative background) and the expert labels (BRATS 2015: 1 necrosis, 2 oedema, 3 non-enhancing,
 4 enhancing; tumour core = 1, 3, 4). Licence CC BY-NC-SA 3.0 (Switzerland); cite Menze et al.,
@@ -8,8 +14,9 @@ IEEE TMI 2015. The SHA256 checksums were computed from the files as published.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 CATEGORY = "AsymSeg"
 #: The DeepMedic repository at a fixed commit, so the checksums stay valid.
@@ -40,6 +47,7 @@ class SampleCase:
     caseId: str
     sampleName: str
     files: tuple[SampleFile, ...]
+    shortName: str = ""
 
     def uris(self) -> list[str]:
         return [f"{REPOSITORY_RAW}/{CASES_PATH}/{self.caseId}/{f.fileName}" for f in self.files]
@@ -51,8 +59,8 @@ class SampleCase:
 
 def _case(caseId: str, shortName: str, flair: str, t1c: str, labels: str) -> SampleCase:
     return SampleCase(
-        caseId=caseId,
-        sampleName=f"AsymSeg BraTS {shortName}",
+        caseId=caseId, shortName=shortName,
+        sampleName=f"AsymSeg BraTS {shortName} (a starter-model training case)",
         files=(
             SampleFile("Flair_subtrMeanDivStd.nii.gz", f"{shortName}_flair", flair),
             SampleFile("T1c_subtrMeanDivStd.nii.gz", f"{shortName}_t1c", t1c),
@@ -95,3 +103,27 @@ def registerSampleData(register: Callable[..., object], thumbnailFileName: str |
             loadFileType=[f.loadFileType for f in case.files],
         )
     return len(SAMPLE_CASES)
+
+
+def trainingCases(card: Mapping[str, Any]) -> list[str]:
+    """The case ids a model was trained on, from its card (``provenance.data.train``)."""
+    provenance = card.get("provenance") if isinstance(card.get("provenance"), Mapping) else {}
+    data = provenance.get("data") if isinstance(provenance.get("data"), Mapping) else {}
+    train = data.get("train")
+    return [str(c) for c in train] if isinstance(train, list) else []
+
+
+def trainedOnNote(modelName: str, card: Mapping[str, Any], volumeNames: Iterable[str]) -> str | None:
+    """A warning when the input volumes are one of the model's training cases, else None.
+
+    A volume matches a training case when its name contains the case id, or the short name its
+    sample data nodes carry (``pat0005_flair`` for ``brats_2013_pat0005_1``).
+    """
+    names = [n.lower() for n in volumeNames]
+    shortNames = {c.caseId: c.shortName for c in SAMPLE_CASES}
+    for caseId in trainingCases(card):
+        tokens = [t.lower() for t in (caseId, shortNames.get(caseId, "")) if t]
+        if any(token in name for token in tokens for name in names):
+            return (f"{caseId} is one of the cases {modelName} was trained on: its segmentation and scores are "
+                    "training results, better than on a case the model has not seen")
+    return None

@@ -33,9 +33,12 @@ EXCHANGE_EXTENSION = ".nrrd"
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 
 #: Terminology entry (Slicer's TerminologyEntry tag): category Morphologically Altered Structure
-#: (SCT 49755003), type Neoplasm (SCT 108369006), anatomic region Brain (SCT 12738006).
+#: (SCT 49755003), type Neoplasm (SCT 108369006), anatomic region Brain (SCT 12738006). Neoplasm is
+#: in the DICOM master list; the 3D Slicer General Anatomy list (the subset behind the
+#: GenericAnatomyColors table) does not have it.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 TUMOUR_CORE_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
+    f"{TERMINOLOGY_CONTEXT}"
     "~SCT^49755003^Morphologically Altered Structure"
     "~SCT^108369006^Neoplasm"
     "~^^"
@@ -409,6 +412,13 @@ def segmentsToArray(segmentationNode, segmentIds: Sequence[str], referenceVolume
         removeNodes(scene, [labelNode])
 
 
+def isTumourCoreSegment(segment) -> bool:
+    """True for a segment named "... core" or tagged with the Neoplasm terminology."""
+    tag = vtk.reference("")
+    hasTag = segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    return "core" in segment.GetName().lower() or bool(hasTag and f"^{NEOPLASM_CODE}^" in str(tag))
+
+
 def referenceSegmentIds(segmentationNode, labelValues: Iterable[int] | None = None) -> list[str]:
     """The segments of a reference segmentation that make up the tumour core.
 
@@ -418,13 +428,7 @@ def referenceSegmentIds(segmentationNode, labelValues: Iterable[int] | None = No
     """
     segmentation = segmentationNode.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-    named = []
-    for segmentId in ids:
-        segment = segmentation.GetSegment(segmentId)
-        tag = vtk.reference("")
-        hasTag = segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
-        if "core" in segment.GetName().lower() or (hasTag and f"^{NEOPLASM_CODE}^" in str(tag)):
-            named.append(segmentId)
+    named = [i for i in ids if isTumourCoreSegment(segmentation.GetSegment(i))]
     if named:
         return named
     if labelValues is not None:

@@ -39,7 +39,7 @@ def validation_maps(model: Any, case: Any, *, tta: bool = False, device: str = "
         InputError: the case has no label file, misses a channel, or its labels do not fit the
             model's target.
     """
-    from asymseg.infer.cases import _normalize_flag, _reference_classes, check_case_channels
+    from asymseg.infer.cases import _normalize_flag, check_case_channels
     from asymseg.infer.tta import predict_with_operating_point
     from asymseg.io import discover_case, load_case
 
@@ -48,8 +48,10 @@ def validation_maps(model: Any, case: Any, *, tta: bool = False, device: str = "
     if files.label is None:
         raise InputError(f"{files.where}: a validation case needs a label file (none found)")
     check_case_channels(files, card.channels)
-    loaded = load_case(files, channels=card.channels, normalize=_normalize_flag(card))
-    classes = _reference_classes(files.label, loaded.geometry, card.target)
+    loaded = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
+                       orientation=card.orientation)
+    card.target.check_label_values(np.unique(loaded.label), source=str(files.label))
+    classes = card.target.class_map(loaded.label)  # the label on the working grid (nearest neighbour)
     rare = np.asarray(card.target.rare, dtype=bool)
     reference = rare[classes.astype(np.int64)]
     spacing = loaded.geometry.spacing
@@ -87,7 +89,7 @@ def calibrate(model: str | os.PathLike[str], cases: Sequence[Any], *,
         ModelError: a model cannot be loaded, or ``write`` on a bundled model.
     """
     from asymseg.infer.engine import resolve_device
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
     from asymseg.registry import find_model
 
     if not cases:

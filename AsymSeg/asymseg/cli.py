@@ -9,8 +9,9 @@ The common options (``--threads``, ``--debug``, ``--progress``: :func:`add_commo
 accepted before the command name and after it, by every command and action alike.
 
 ``main`` owns the process: it parses, configures logging (stderr) and threads, installs
-SIGINT/SIGTERM handlers that cancel the job's token, and maps exceptions to one line on stderr
-and a documented exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
+SIGINT/SIGTERM handlers and the cancel-file watcher (``ASYMSEG_CANCEL_FILE``) that cancel the
+job's token (both undone on return), and maps exceptions to one line on stderr and a documented
+exit code (see ``constants.EXIT_*``). ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from asymseg import __version__
 from asymseg import constants as C
+from asymseg.cancelfile import watch_cancel_file
+from asymseg.context import CommandContext, HelpFormatter
 from asymseg.errors import AsymSegError, InputError
-from asymseg.events import PROGRESS_MODES, CancelToken, make_renderer
+from asymseg.events import PROGRESS_MODES, CancelToken
 
 #: Subcommand modules under asymseg.commands, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -46,21 +48,6 @@ COMMANDS: tuple[str, ...] = (
 )
 
 log = logging.getLogger("asymseg")
-
-
-@dataclass
-class CommandContext:
-    """What a command gets from ``main``: streams, the cancel token and the event renderer."""
-
-    stdout: TextIO
-    stderr: TextIO
-    cancel: CancelToken = field(default_factory=CancelToken)
-    progress: str = "auto"
-    debug: bool = False
-
-    def renderer(self):
-        """The event callback for ``--progress`` (call ``.close()`` when done)."""
-        return make_renderer(self.progress, stdout=self.stdout, stderr=self.stderr)
 
 
 #: The options every command takes, before or after its name (see :func:`add_common_arguments`).
@@ -86,58 +73,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, in_command: bool) -
                        help="progress display: auto (tqdm bars on a terminal, plain lines in a file or pipe), "
                             "tqdm (bars always), plain, jsonl (one JSON object per line on stdout), or none; "
                             "commands without long work show none")
-
-
-def plain_text(docstring: str) -> str:
-    """A docstring as help text: reStructuredText markup removed (``:func:`x``` and ````x```` give
-    ``x``; a literal-block ``::`` gives ``:``)."""
-    import re
-
-    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring)
-    text = re.sub(r"``([^`]+)``", r"\1", text)
-    return re.sub(r"::$", ":", text, flags=re.M)
-
-
-def add_network_param_argument(parser, help: str) -> None:
-    """Add ``--network-param KEY=VALUE`` (repeatable; read with :func:`network_params`) and
-    ``--hparam``, its former name in ``models create`` and ``bench inference``, kept out of the
-    help so that existing scripts keep working."""
-    parser.add_argument("--network-param", action="append", default=None, metavar="KEY=VALUE", help=help)
-    parser.add_argument("--hparam", action="append", dest="network_param", help=argparse.SUPPRESS)
-
-
-def network_params(items: Sequence[str] | None) -> dict[str, Any] | None:
-    """The ``--network-param KEY=VALUE`` items as a dict (None when none were given). VALUE is JSON
-    (``[64,64]``, ``5``, ``0.5``, ``true``); a bare word (``relu``) is a string.
-
-    Raises:
-        InputError: an item without ``=`` or a key, or a value that looks like JSON but is not.
-    """
-    import json
-
-    if not items:
-        return None
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--network-param {item!r}: expected KEY=VALUE (e.g. fc_features=[64,64])")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError as err:
-            if value.strip()[:1] in '[{"-.0123456789' or not value.strip():
-                raise InputError(f"--network-param {item!r}: the value is not JSON ({err.msg})") from err
-            out[key.strip()] = value.strip()
-    return out
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default in its help, except where there is nothing to show (None, False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == []:
-            return action.help
-        return super()._get_help_string(action)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -189,24 +124,41 @@ def _configure_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _install_signal_handlers(token: CancelToken) -> None:
+def _install_signal_handlers(token: CancelToken) -> dict[int, object]:
+    """SIGINT/SIGTERM cancel ``token`` (a second one stops at once); returns the previous handlers."""
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if token.cancelled:  # a second signal: stop now
             raise KeyboardInterrupt
         token.cancel(f"cancelled by {name}")
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+#: Longest error line written (characters); longer messages keep their start and end.
+MAX_ERROR_CHARS = 1000
 
 
 def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+    """``message`` on one line, at most :data:`MAX_ERROR_CHARS` long: a value a user or a crafted
+    file put into an error (a huge option, a path, a parser's quote) cannot flood the terminal."""
+    text = " ".join(str(message).split())
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    cut = len(text) - MAX_ERROR_CHARS + 40
+    head = (MAX_ERROR_CHARS - 40) * 2 // 3
+    return f"{text[:head]} ...[{cut:,} characters]... {text[head + cut:]}"
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit code (``constants.EXIT_*``)."""
+         stderr: TextIO | None = None, early_signals: Sequence[int] = ()) -> int:
+    """Run the CLI; returns the exit code (``constants.EXIT_*``).
+
+    ``early_signals``: SIGINT/SIGTERM numbers recorded before ``main`` ran (``python -m asymseg``
+    records them from its first line, still appending until ``main`` installs its own handlers):
+    the command is then not started and the exit is "cancelled". The signal handlers ``main``
+    installs are restored when it returns.
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
@@ -214,9 +166,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     _configure_logging(args.debug)
     ctx = CommandContext(stdout=stdout, stderr=stderr, progress=args.progress,
                          debug=args.debug)
+    previous: dict[int, object] = {}
+    watcher = None
     try:
+        previous = _install_signal_handlers(ctx.cancel)
+        if early_signals:
+            names = ", ".join(sorted({signal.Signals(n).name for n in early_signals}))
+            stderr.write(f"asymseg {args.command}: cancelled by {names} before the work started\n")
+            return C.EXIT_CANCELLED
         _configure_threads(args.threads)
-        _install_signal_handlers(ctx.cancel)
+        watcher = watch_cancel_file(ctx.cancel)  # ASYMSEG_CANCEL_FILE: one graceful stop on every platform
         return int(args.func(args, ctx) or 0)
     except AsymSegError as err:
         if args.debug:
@@ -237,7 +196,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
         code = C.EXIT_RESOURCES if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else C.EXIT_USAGE
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        stderr.write(f"asymseg {args.command}: error: {where}{one_line(err.strerror or str(err))}\n")
+        stderr.write(f"asymseg {args.command}: error: {one_line(where + (err.strerror or str(err)))}\n")
         return code
     except Exception as err:  # a bug: say so in one line; --debug shows the traceback
         if args.debug:
@@ -245,6 +204,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         stderr.write(f"asymseg {args.command}: internal error: {type(err).__name__}: {one_line(str(err))} "
                      "(run with --debug for the traceback)\n")
         return C.EXIT_INTERNAL
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if watcher is not None:
+            watcher.stop()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,18 @@ EPS_STD = 1e-8
 #: Relative tolerance for comparing spacing/origin/direction between co-registered images.
 GEOMETRY_TOLERANCE = 1e-4
 
+# --- Plausibility checks of a case (asymseg.io.checks) --------------------------------------
+#: Brain-mask volume (ml) above which a skull or neck is probably left in (adult intracranial
+#: volumes are about 1,100-1,900 ml; the BraTS cases' masks are 1,300-1,700 ml).
+MAX_BRAIN_ML = 2000.0
+#: A channel's thickest voxel axis above this multiple of the model's coarsest training spacing
+#: is reported (the detail lost between slices cannot be resampled back).
+SLICE_THICKNESS_FACTOR = 2.5
+#: Channels whose physical boxes overlap by less than this fraction of the smaller box are refused.
+MIN_CHANNEL_OVERLAP = 0.5
+#: Share of voxels in the Hounsfield range of air and fat (-1100..-500) that marks a CT scan.
+CT_AIR_FRACTION = 0.01
+
 # --- Exit codes (documented in the README) --------------------------------------------------
 EXIT_OK = 0
 EXIT_INTERNAL = 1       # unexpected failure (a bug): traceback with --debug

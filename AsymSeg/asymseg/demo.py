@@ -229,7 +229,7 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings | None = No
     from asymseg.diagnostics import analyze_model
     from asymseg.infer.cases import segment_cases
     from asymseg.io import discover_case
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
     from asymseg.phantom import write_phantom_cases
     from asymseg.train import TrainConfig, finetune
 

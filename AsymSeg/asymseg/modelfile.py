@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asymseg import jsontext
 from asymseg.errors import InputError, ModelError, ResourceError
 from asymseg.operating import OperatingPoint
 from asymseg.target import TargetSpec
@@ -59,7 +61,8 @@ DEFAULT_NORMALIZATION = "zscore-brain"
 #: File suffixes of pickle-based checkpoints (refused).
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _KNOWN_KEYS = frozenset({"format_version", "name", "description", "created", "architecture", "channels",
-                         "target", "provenance", "weights", "operating_point"})
+                         "target", "provenance", "weights", "operating_point", "spacing",
+                         "orientation"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Largest model card read, in bytes (cards are a few kilobytes; the starter's is about 20 KB).
 MAX_CARD_BYTES = 1_000_000
@@ -89,6 +92,12 @@ class ModelCard:
         operating_point: how dz becomes the mask (:class:`asymseg.operating.OperatingPoint`:
             threshold, post-processing, TTA, and the validation they were chosen on); None =
             the plain argmax.
+        spacing: the voxel spacing (mm, x y z) the model was trained at; cases are resampled to it
+            in the physical space of their reference channel (:mod:`asymseg.io.resample`). None
+            (cards written before it existed) = every case is used at its own spacing.
+        orientation: the direction the array axes x, y, z ran in the training data, as 3 letters
+            (``"LPS"``: toward Left, Posterior, Superior, ITK's identity direction); cases are
+            reoriented to it (axis permutations and flips only). None = cases keep their axes.
     """
 
     name: str
@@ -105,6 +114,8 @@ class ModelCard:
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     operating_point: OperatingPoint | None = None
+    spacing: tuple[float, float, float] | None = None
+    orientation: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -134,6 +145,10 @@ class ModelCard:
         })
         if self.operating_point is not None:
             data["operating_point"] = self.operating_point.to_dict()
+        if self.spacing is not None:
+            data["spacing"] = list(self.spacing)
+        if self.orientation is not None:
+            data["orientation"] = self.orientation
         return data
 
     @classmethod
@@ -200,8 +215,26 @@ class ModelCard:
                 point = OperatingPoint.from_dict(data["operating_point"])
             except InputError as err:
                 raise fail("operating_point", str(err)) from err
+        spacing = data.get("spacing")
+        if spacing is not None:
+            if (not isinstance(spacing, list) or len(spacing) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                               for v in spacing)):
+                raise fail("spacing", f"expected three positive numbers (mm, x y z), got {spacing!r}")
+            spacing = tuple(float(v) for v in spacing)
+        orientation = data.get("orientation")
+        if orientation is not None:
+            from asymseg.io.resample import check_orientation
+
+            try:
+                orientation = check_orientation(orientation) if isinstance(orientation, str) else None
+            except ValueError as err:
+                raise fail("orientation", str(err)) from err
+            if orientation is None:
+                raise fail("orientation", f"expected a 3-letter code such as \"LPS\", got {data['orientation']!r}")
         return cls(
-            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels,
+            orientation=orientation,
+            name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels, spacing=spacing,
             normalization=norms, target=target, description=data.get("description", ""),
             created=data.get("created", ""), provenance=dict(provenance), weights_file=weights_file,
             weights_sha256=sha, format_version=version,
@@ -294,9 +327,11 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     except UnicodeDecodeError as err:
         raise ModelError(f"{card_path}: not UTF-8 text ({err.reason})") from err
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except json.JSONDecodeError as err:
         raise ModelError(f"{card_path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except ValueError as err:
+        raise ModelError(f"{card_path}: invalid card: {err}") from err
     return ModelCard.from_dict(data, source=card_path)
 
 
@@ -394,11 +429,11 @@ def build_from_card(card: ModelCard, source: Path | str = CARD_FILE) -> Segmenta
         raise ModelError(f"{source}: architecture.hparams: {' '.join(str(err).split())[:300]}") from err
 
 
-def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model directory (or a registry name) into a network in eval mode.
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory into a network in eval mode (by name: :func:`asymseg.registry.load_model`).
 
     Args:
-        path_or_name: a model directory, its model.json, or a name from ``asymseg models list``.
+        path: a model directory or its model.json.
         device: where to put the network.
 
     Returns:
@@ -408,9 +443,10 @@ def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = 
         ModelError: pickle checkpoint, invalid card, SHA256 mismatch, missing or extra
             tensors, or shapes that do not fit the architecture.
     """
-    from asymseg.registry import find_model
-
-    directory = find_model(path_or_name)
+    folder = Path(path).expanduser()
+    if not folder.exists() and len(folder.parts) == 1:
+        raise ModelError(f"{path}: no such model folder (to load a model by name, use asymseg.registry.load_model)")
+    directory = model_directory(folder)
     card = read_card(directory)
     tensors = read_weights(directory, card)
     card_path = directory / CARD_FILE
@@ -486,7 +522,7 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
                          f"the network {net.in_channels} and {net.num_classes}")
     if directory.exists():
         if not overwrite:
-            raise ModelError(f"{directory}: already exists; choose another directory or pass --overwrite")
+            raise ModelError(f"{directory}: already exists; choose another directory or replace it (--overwrite)")
         if not directory.is_dir() or (any(directory.iterdir()) and not (directory / CARD_FILE).is_file()):
             raise ModelError(f"{directory}: exists and is not a model directory; refusing to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +536,7 @@ def save_model(directory: str | os.PathLike, net: SegmentationNet, card: ModelCa
                             created=card.created or now_iso())
         write_card(tmp, card)
         os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; a model folder is an ordinary one
-        _replace_directory(tmp, directory)
+        replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -549,7 +585,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
         raise OSError(code, os.strerror(code), str(shown)) from err
 
 
-def _replace_directory(new: Path, target: Path) -> None:
+def replace_directory(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``; an existing ``target`` is moved aside first, then removed."""
     if not target.exists():
         os.rename(new, target)

@@ -29,20 +29,24 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from asymseg.errors import InputError, ModelError
+from asymseg.errors import AsymSegError, InputError, ModelError
 from asymseg.modelfile import (
     CARD_FILE,
     PICKLE_SUFFIXES,
+    LoadedModel,
     ModelCard,
-    _replace_directory,
-    load_model,
     model_directory,
     pickle_refusal,
     read_card,
+    replace_directory,
     write_card,
 )
+from asymseg.modelfile import load_model as _load_directory
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,16 @@ def find_model(name_or_path: str | os.PathLike) -> Path:
                      "or pass a model directory")
 
 
+def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by registry name or directory (:func:`find_model`) into a network in eval mode.
+
+    Raises:
+        ModelError: an unknown or ambiguous name, and everything :func:`asymseg.modelfile.load_model`
+            refuses (pickle checkpoint, invalid card, SHA256 mismatch, tensors that do not fit).
+    """
+    return _load_directory(find_model(name_or_path), device=device)
+
+
 # -- import ---------------------------------------------------------------------------------------
 def _member_path(name: str, archive: Path) -> PurePosixPath | None:
     """The relative path of an archive entry; refuses absolute paths and ``..``."""
@@ -225,7 +239,28 @@ def _write_member(stream, dest: Path, staging: Path, size: int, archive: Path, n
             out.write(chunk)
 
 
+def _zip_declared_entries(archive: Path) -> int | None:
+    """The entry count the zip's end-of-central-directory record declares (None: no record found).
+
+    Read before ``zipfile`` loads the central directory, so an archive declaring a flood of
+    entries is refused without building them all in memory. A zip64 archive declares 0xFFFF here.
+    """
+    with open(archive, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        tail_size = min(size, 22 + 0xFFFF)  # the record is 22 bytes plus a comment of up to 64 KiB
+        handle.seek(size - tail_size)
+        tail = handle.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    return int.from_bytes(tail[at + 10:at + 12], "little")
+
+
 def _unpack_zip(archive: Path, staging: Path) -> None:
+    declared = _zip_declared_entries(archive)
+    if declared is not None:
+        _check_total(archive, declared, 0)
     with zipfile.ZipFile(archive) as zf:
         entries = []
         for info in zf.infolist():
@@ -248,9 +283,10 @@ def _unpack_zip(archive: Path, staging: Path) -> None:
 
 def _unpack_tar(archive: Path, staging: Path) -> None:
     with tarfile.open(archive, "r:*") as tf:
-        members = tf.getmembers()
         entries = []
-        for m in members:
+        for m in tf:  # streamed: a bomb of entries is refused at entry MAX_ARCHIVE_ENTRIES + 1
+            if len(entries) >= MAX_ARCHIVE_ENTRIES:
+                _check_total(archive, len(entries) + 1, 0)
             if m.issym() or m.islnk():
                 raise ModelError(f"{archive}: entry {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link; "
                                  "refusing the archive")
@@ -308,42 +344,53 @@ def import_model(source: str | os.PathLike, *, name: str | None = None, overwrit
     dest_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import.", suffix=".tmp", dir=dest_root))
     try:
-        unpacked = staging / "unpacked"
-        unpacked.mkdir()
-        if source.is_dir():
-            root = model_directory(source)
-        elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
-            try:
-                if source.name.lower().endswith(".zip"):
-                    _unpack_zip(source, unpacked)
-                else:
-                    _unpack_tar(source, unpacked)
-            except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-                raise ModelError(f"{source}: unreadable archive: {err}") from err
-            root = _model_root(unpacked, source)
-        elif source.suffix.lower() in PICKLE_SUFFIXES:
-            raise pickle_refusal(source)
-        else:
-            raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
-        card = read_card(root)
-        model_name = check_model_name(name if name is not None else card.name)
-        if (bundled_models_dir() / model_name).exists():
-            raise ModelError(f"{model_name!r} is the name of a bundled model; import under another name (--name)")
-        target = dest_root / model_name
-        if target.exists() and not overwrite:
-            raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
-                             "choose another name (--name) or pass --overwrite")
-        # Copy exactly the card and the weights, then verify the copy (not the source).
-        final = staging / "model"
-        final.mkdir()
-        shutil.copyfile(root / CARD_FILE, final / CARD_FILE)
-        shutil.copyfile(root / card.weights_file, final / card.weights_file)
-        if model_name != card.name:
-            write_card(final, read_card(final).replace(name=model_name))
-        load_model(final)
-        _replace_directory(final, target)
+        return _import_staged(source, staging, dest_root, name=name, overwrite=overwrite)
+    except AsymSegError as err:
+        # Errors found in the unpacked copy name the archive's member, not the staging folder.
+        text = str(err).replace(str(staging / "unpacked"), str(source)).replace(str(staging / "model"), str(source))
+        if text == str(err):
+            raise
+        raise type(err)(text) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _import_staged(source: Path, staging: Path, dest_root: Path, *, name: str | None, overwrite: bool) -> Path:
+    """Unpack (archives), verify and install ``source`` using the staging folder ``staging``."""
+    unpacked = staging / "unpacked"
+    unpacked.mkdir()
+    if source.is_dir():
+        root = model_directory(source)
+    elif source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        try:
+            if source.name.lower().endswith(".zip"):
+                _unpack_zip(source, unpacked)
+            else:
+                _unpack_tar(source, unpacked)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+            raise ModelError(f"{source}: unreadable archive: {err}") from err
+        root = _model_root(unpacked, source)
+    elif source.suffix.lower() in PICKLE_SUFFIXES:
+        raise pickle_refusal(source)
+    else:
+        raise ModelError(f"{source}: expected a model directory or a {', '.join(ARCHIVE_SUFFIXES)} archive")
+    card = read_card(root)
+    model_name = check_model_name(name if name is not None else card.name)
+    if (bundled_models_dir() / model_name).exists():
+        raise ModelError(f"{model_name!r} is the name of a bundled model; import under another name (--name)")
+    target = dest_root / model_name
+    if target.exists() and not overwrite:
+        raise ModelError(f"{target}: a user model named {model_name!r} exists already; "
+                         "choose another name (--name) or replace it (--overwrite)")
+    # Copy exactly the card and the weights, then verify the copy (not the source).
+    final = staging / "model"
+    final.mkdir()
+    shutil.copyfile(root / CARD_FILE, final / CARD_FILE)
+    shutil.copyfile(root / card.weights_file, final / card.weights_file)
+    if model_name != card.name:
+        write_card(final, read_card(final).replace(name=model_name))
+    _load_directory(final)
+    replace_directory(final, target)
     log.info("imported model %s from %s to %s", model_name, source, target)
     return target
 
@@ -361,7 +408,7 @@ def export_model(name_or_path: str | os.PathLike, out_path: str | os.PathLike, *
     if not lower.endswith((".zip", ".tar.gz", ".tgz")):
         raise InputError(f"{out}: the archive name must end in .zip or .tar.gz")
     if out.exists() and not overwrite:
-        raise InputError(f"{out}: exists already; choose another name or pass --overwrite")
+        raise InputError(f"{out}: exists already; choose another name or replace it (--overwrite)")
     loaded = load_model(name_or_path)
     directory, card = loaded.path, loaded.card
     folder = directory.name if NAME_PATTERN.match(directory.name) else check_model_name(card.name)
@@ -394,5 +441,5 @@ def export_model(name_or_path: str | os.PathLike, out_path: str | os.PathLike, *
 
 __all__ = [
     "ModelInfo", "bundled_models_dir", "check_model_name", "export_model", "find_model", "import_model",
-    "list_models", "user_models_dir",
+    "list_models", "load_model", "user_models_dir",
 ]

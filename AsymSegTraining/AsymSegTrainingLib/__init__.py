@@ -8,4 +8,5 @@ Modules:
     params: the fine-tuning parameters and their ``asymseg finetune`` command line.
     series: progress events -> loss and validation curves for live plots.
     jobs: a fine-tuning run (export, engine subprocess, plots, resulting model).
+    estimate: the run time on this device, timed on a short warm-up before Start.
 """

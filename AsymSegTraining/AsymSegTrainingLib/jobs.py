@@ -1,7 +1,9 @@
 """One fine-tuning run: scene cases -> case folders -> ``asymseg finetune`` -> a new model.
 
-:class:`TrainingJob` exports the scene's training and validation cases to a temporary folder,
-starts the engine with the command line of :class:`~AsymSegTrainingLib.params.TrainingParameters`,
+:class:`TrainingJob` exports the scene's training and validation cases beside the run folder
+(``<run folder>.cases``; removed after a successful run, kept after a cancelled or failed one so
+that Resume continues from the same files), starts
+the engine with the command line of :class:`~AsymSegTrainingLib.params.TrainingParameters`,
 turns its progress events into live loss and validation curves (plot nodes, updated on the GUI
 thread) and reports where the new model was written. Call :meth:`start`, :meth:`poll`,
 :meth:`updatePlots` and :meth:`finish` from the GUI thread; :meth:`run` does all in one call.
@@ -21,7 +23,7 @@ from AsymSegLib.process import EngineProcess, EngineResult
 from AsymSegLib.progress import ProgressEvent
 
 from AsymSegTrainingLib.export import FOREGROUND_LABEL, SceneCase, exportTrainingCase
-from AsymSegTrainingLib.params import TrainingParameters
+from AsymSegTrainingLib.params import TrainingParameters, outputFolders, outputState
 from AsymSegTrainingLib.series import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -86,14 +88,27 @@ class TrainingJob(EngineJob[TrainingResult]):
     def device(self) -> str:
         return self.parameters.device
 
+    @property
+    def casesFolder(self) -> Path:
+        """Where the scene cases are exported: beside the run folder (kept for a Resume until a run succeeds)."""
+        _, runFolder = outputFolders(str(self.parameters.outputModel))
+        return runFolder.parent / f"{runFolder.name}.cases"
+
     def prepare(self) -> list[str]:
         """Export the scene cases and build the engine arguments (GUI thread)."""
-        self._makeFolder("asymseg-finetune-")
-        trainFolders = [str(exportTrainingCase(c, self.folder / "train", self.segmentationsLogic, self.scene))
-                        for c in self.sceneTrainCases]
-        valFolders = [str(exportTrainingCase(c, self.folder / "val", self.segmentationsLogic, self.scene))
-                      for c in self.sceneValCases]
         p = self.parameters
+        if p.resume is not None:  # the run folder names its cases, exported by the first run
+            self.effectiveParameters = p
+            return p.asArgList()
+        state = outputState(str(p.outputModel))
+        if not p.overwrite and not state.free:  # before the exports replace the old run's cases
+            raise ValueError(state.text())
+        if self.sceneTrainCases or self.sceneValCases:
+            self.folder = self.casesFolder  # removed by cleanup() once a run succeeded
+        trainFolders = [str(exportTrainingCase(c, self.casesFolder / "train", self.segmentationsLogic, self.scene,
+                                               overwrite=True)) for c in self.sceneTrainCases]
+        valFolders = [str(exportTrainingCase(c, self.casesFolder / "val", self.segmentationsLogic, self.scene,
+                                             overwrite=True)) for c in self.sceneValCases]
         foreground = p.foregroundLabels
         onlySceneCases = not p.trainCases and not p.valCases
         if not p.labelConvention and not foreground and onlySceneCases:
@@ -130,14 +145,13 @@ class TrainingJob(EngineJob[TrainingResult]):
         return Path(str(self.parameters.outputModel)).name
 
     def finish(self) -> TrainingResult:
-        """The outcome once the engine has finished; removes the exported cases."""
-        try:
-            self.updatePlots()
-            engineResult = self.process.result()
-            return TrainingResult(engine=engineResult, modelPath=self._modelPath(engineResult),
-                                  progress=self.progress)
-        finally:
+        """The outcome once the engine has finished; the exported cases are removed after a success
+        and kept otherwise (Resume needs them)."""
+        self.updatePlots()
+        engineResult = self.process.result()
+        if engineResult.succeeded:
             self.cleanup()
+        return TrainingResult(engine=engineResult, modelPath=self._modelPath(engineResult), progress=self.progress)
 
     def _follow(self, event: ProgressEvent) -> None:
         self.progress.update(event)

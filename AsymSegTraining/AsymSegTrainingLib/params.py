@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from AsymSegLib import models
 
 #: Technique presets offered by the panel, in menu order, with a one-line description. The default
 #: comes first: cross-entropy, the technique the leave-one-out runs on the two shared real cases
@@ -35,6 +40,13 @@ SYMMETRIC_TWIN: dict[str, str] = {"a-lm": "lm", "a-focal": "focal", "a-at": "at"
 FG_FRACTION_DEFAULT = 0.5
 FG_FRACTION_BY_TECHNIQUE: dict[str, float] = {"fg-sampling": 0.8}
 LABEL_CONVENTIONS = ("brats2015", "brats2017", "brats2023")
+#: The panel's default iterations: fine-tuning the starter model on a CPU in well under an hour
+#: for ce (the estimate before Start measures it on the actual device).
+PANEL_ITERATIONS = 300
+#: Settings a resumed run may change (the engine's ``--resume`` keeps the rest from the run folder).
+RESUME_SETTINGS = ("iterations", "device")
+#: The run folder's saved configuration (asymseg.train.api.CONFIG_NAME).
+RUN_CONFIG_NAME = "train_config.json"
 DEVICES = ("auto", "cpu", "cuda")
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -67,6 +79,9 @@ class TrainingParameters:
         seed: random seed; None: the engine's default.
         device: "auto", "cpu" or "cuda".
         extraArguments: further engine arguments, appended as given.
+        overwrite: replace an existing output model and start its run anew (``--overwrite``).
+        resume: continue the run in this run folder (``--resume``): only ``iterations`` and
+            ``device`` apply, the rest comes from the run.
     """
 
     trainCases: list[str]
@@ -85,9 +100,19 @@ class TrainingParameters:
     seed: int | None = 0
     device: str = "auto"
     extraArguments: Sequence[str] = ()
+    overwrite: bool = False
+    resume: str | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first invalid setting and the value received."""
+        if self.resume is not None:
+            if self.overwrite:
+                raise ValueError("resume continues a run and overwrite starts it anew: choose one")
+            if not isinstance(self.iterations, int) or self.iterations < 1:
+                raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+            if self.device not in DEVICES:
+                raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+            return
         if not self.trainCases:
             raise ValueError("no training case: add at least one case from the scene or a case folder")
         if not self.outputModel or not self.outputModel.strip():
@@ -131,6 +156,9 @@ class TrainingParameters:
             ValueError: see :meth:`check`.
         """
         self.check()
+        if self.resume is not None:
+            return ["finetune", "--resume", str(self.resume), "--iterations", str(self.iterations),
+                    "--device", self.device, *[str(a) for a in self.extraArguments], "--progress", "jsonl"]
         technique, symmetricSwitch = self.resolvedTechnique()
         args = ["finetune"]
         for case in self.trainCases:
@@ -156,6 +184,74 @@ class TrainingParameters:
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
         args += ["--device", self.device, "--output-model", str(self.outputModel)]
+        if self.overwrite:
+            args.append("--overwrite")
         args += [str(a) for a in self.extraArguments]
         args += ["--progress", "jsonl"]
         return args
+
+
+def isBareName(outputModel: str) -> bool:
+    """A model name (saved in the user models folder) rather than a folder path, as the engine decides."""
+    text = str(outputModel)
+    return bool(text) and "/" not in text and os.sep not in text and (os.altsep or "/") not in text \
+        and text not in (".", "..") and not text.startswith("~")
+
+
+def outputFolders(outputModel: str) -> tuple[Path, Path]:
+    """(model folder, run folder) of an output model, as the engine places them: a bare name goes to
+    ``<home>/models/NAME`` with its run in ``<home>/runs/NAME``; a folder has ``<folder>.run``."""
+    if isBareName(outputModel):
+        modelsFolder = models.userModelsDirectory()
+        return modelsFolder / outputModel, modelsFolder.parent / "runs" / outputModel
+    output = Path(outputModel).expanduser().absolute()
+    return output, output.parent / f"{output.name}.run"
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What exists already for an output model name: the panel's Start, Overwrite and Resume.
+
+    Attributes:
+        modelFolder, runFolder: where the model and its run go.
+        modelExists: a model folder is there (Start would be refused).
+        runExists: a run folder with its configuration is there.
+        canResume: that run has a checkpoint to continue from.
+    """
+
+    modelFolder: Path
+    runFolder: Path
+    modelExists: bool
+    runExists: bool
+    canResume: bool
+
+    @property
+    def free(self) -> bool:
+        """Nothing there: Start can begin a new run."""
+        return not self.modelExists and not self.runExists
+
+    def text(self) -> str:
+        """Why Start cannot begin, and what Overwrite and Resume would do ("" when free)."""
+        if self.free:
+            return ""
+        what = "a model" if self.modelExists else "a training run"
+        text = f"{what} named {self.modelFolder.name} exists already ({self.modelFolder if self.modelExists else self.runFolder}). "
+        text += "Overwrite replaces it and starts anew"
+        if self.canResume:
+            text += "; Resume continues its run where its checkpoint left off"
+        return text + "; or enter another name."
+
+
+def outputState(outputModel: str) -> OutputState:
+    """Look at the output model's folders (no engine)."""
+    modelFolder, runFolder = outputFolders(outputModel)
+    runExists = (runFolder / RUN_CONFIG_NAME).is_file()
+    canResume = runExists and any((runFolder / name / "state.json").is_file() for name in ("checkpoint", "checkpoint.old"))
+    if canResume:  # the run's cases must still be there (scene cases go once a run succeeded)
+        try:
+            config = json.loads((runFolder / RUN_CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        cases = [c for key in ("train_cases", "val_cases") for c in (config.get(key) or []) if isinstance(c, str)]
+        canResume = all(Path(c).exists() for c in cases)
+    return OutputState(modelFolder, runFolder, modelFolder.exists(), runExists, canResume)

@@ -118,13 +118,36 @@ def put_nonfinite(path: Path, value: float) -> Path:
     return rewrite(path, change)
 
 
+def put_beyond_float32(path: Path) -> Path:
+    """Store the image as float64 with one brain voxel at 1e300 (beyond the float32 range)."""
+    def change(array):
+        array = array.astype(np.float64)
+        array[tuple(np.argwhere(array != array.flat[0])[0])] = 1e300
+        return array
+    return rewrite(path, change)
+
+
+def zero_pixdim(path: Path, axis: int = 2) -> Path:
+    """Set the NIfTI header's voxel size on ``axis`` (0 = x) to 0, as some converters write it."""
+    import gzip
+    import struct
+
+    raw = Path(path).read_bytes()
+    packed = raw[:2] == b"\x1f\x8b"
+    data = bytearray(gzip.decompress(raw) if packed else raw)
+    data[80 + 4 * axis:84 + 4 * axis] = struct.pack("<f", 0.0)
+    Path(path).write_bytes(gzip.compress(bytes(data)) if packed else bytes(data))
+    return Path(path)
+
+
 def make_constant(path: Path, value: float = 7.0) -> Path:
     return rewrite(path, lambda a: np.full_like(a, value))
 
 
 # -- grids --------------------------------------------------------------------------------------------
 def change_grid(path: Path, what: str) -> Path:
-    """Rewrite ``path`` on another grid: "size" (crop one slice), "spacing", "origin" or "direction"."""
+    """Rewrite ``path`` on another grid: "size" (crop one slice), "spacing", "origin", "direction", or
+    "far" (shifted so that it barely overlaps its original extent)."""
     array, image = read(path)
     if what == "size":
         out = sitk.GetImageFromArray(array[:-1])
@@ -139,6 +162,10 @@ def change_grid(path: Path, what: str) -> Path:
         return write(path, array, image, origin=(3.0, 0.0, 0.0))
     if what == "direction":
         return write(path, array, image, direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    if what == "far":  # shifted by 80% of its x extent: another visit, not the same scanner space
+        shift = 0.8 * image.GetSize()[0] * image.GetSpacing()[0]
+        origin = image.GetOrigin()
+        return write(path, array, image, origin=(origin[0] + shift, origin[1], origin[2]))
     raise ValueError(what)
 
 

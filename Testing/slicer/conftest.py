@@ -174,3 +174,59 @@ def moduleFile(mrml, monkeypatch):
         return module
 
     return load
+
+
+# ------------------------------------------------------------------ the Slicer application's views
+class LayoutManagerStandIn:
+    """What the modules call on ``slicer.app.layoutManager()`` (qSlicerLayoutManager is Qt).
+
+    It holds a real vtkMRMLLayoutLogic and, as Slicer's slice widgets do, a real vtkMRMLSliceLogic
+    per slice view (they create the slice composite nodes). ``setLayout`` sets the layout node's
+    view arrangement, as in Slicer; the layout logic then creates that layout's view nodes.
+    Slicer starts in the conventional layout.
+    """
+
+    def __init__(self, scene, appLogic) -> None:
+        self._scene = scene
+        self._appLogic = appLogic
+        self._layoutLogic = slicer.vtkMRMLLayoutLogic()
+        self._layoutLogic.SetMRMLScene(scene)
+        self._sliceLogics: dict[str, object] = {}
+        self.resetSliceViewsCalls = 0
+        self.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+
+    def layoutLogic(self):
+        return self._layoutLogic
+
+    @property
+    def layout(self) -> int:
+        return self._layoutLogic.GetLayoutNode().GetViewArrangement()
+
+    def setLayout(self, layoutId: int) -> None:
+        self._layoutLogic.GetLayoutNode().SetViewArrangement(layoutId)
+        for i in range(self._scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            sliceNode = self._scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+            if sliceNode.GetLayoutName() not in self._sliceLogics:
+                logic = slicer.vtkMRMLSliceLogic()
+                logic.SetMRMLApplicationLogic(self._appLogic)
+                logic.SetMRMLScene(self._scene)
+                logic.SetSliceNode(sliceNode)
+                self._sliceLogics[sliceNode.GetLayoutName()] = logic
+
+    def resetSliceViews(self) -> None:
+        self.resetSliceViewsCalls += 1
+
+    def close(self) -> None:
+        for logic in self._sliceLogics.values():
+            logic.SetMRMLScene(None)
+        self._layoutLogic.SetMRMLScene(None)
+
+
+@pytest.fixture
+def slicerApp(mrml, monkeypatch):
+    """``slicer.app`` for the module files' GUI helpers: the real application logic, a layout manager stand-in."""
+    manager = LayoutManagerStandIn(mrml.scene, mrml.app)
+    app = types.SimpleNamespace(layoutManager=lambda: manager, applicationLogic=lambda: mrml.app)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    yield app
+    manager.close()  # before the scene is cleared

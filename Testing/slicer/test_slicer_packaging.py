@@ -260,7 +260,7 @@ def test_cmake_configures_the_extension_with_a_slicer_stand_in(tmp_path):
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     out = completed.stdout
     assert re.search(r"module AsymSeg: \d+ scripts, \d+ resources", out)
-    assert "module AsymSegTraining: 6 scripts, 2 resources" in out
+    assert "module AsymSegTraining: 7 scripts, 2 resources" in out
     assert "self-test AsymSeg.py" in out and "self-test AsymSegTraining.py" in out
     tests = subprocess.run(["ctest", "-N"], cwd=tmp_path / "build", capture_output=True, text=True, timeout=60)
     assert "py_AsymSegLib" in tests.stdout

@@ -21,7 +21,7 @@ def standalone_main(topic: str, description: str, add_arguments: Callable[[argpa
                     run: Callable[[argparse.Namespace, Any], Any], argv: list[str] | None = None) -> int:
     """``python -m asymseg.bench.<topic>``: the same arguments as ``asymseg bench <topic>``, the same
     one-line errors and exit codes."""
-    from asymseg.cli import CommandContext, HelpFormatter, plain_text
+    from asymseg.context import CommandContext, HelpFormatter, plain_text
     from asymseg.errors import AsymSegError
 
     parser = argparse.ArgumentParser(prog=f"python -m asymseg.bench.{topic}", description=plain_text(description),

@@ -21,7 +21,7 @@ weights (``create_model`` with a seed) runs through three methods:
 Each method runs in a fresh subprocess (so peak RSS, ``ru_maxrss``, is its own: the interpreter,
 torch, the case and the inference), one after the other on the same machine, with the process
 settings of ``asymseg segment`` (torch threads, glibc keeping freed memory: see
-:func:`asymseg.commands.segment.configure_malloc`). Reported per run: wall time of the inference
+:func:`asymseg.infer.memory.configure_malloc`). Reported per run: wall time of the inference
 (case loading excluded, reported apart) and its process CPU time, computed output voxels and
 their rate, FLOPs counted from the architecture (``net.flops``: convolutions, 2 per multiply-add,
 for every tile the method ran), achieved GFLOP/s as a share of a float32 matmul peak measured in
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", default="2,4", help="channel counts to run, comma-separated (2 and/or 4)")
     parser.add_argument("--architecture", default="deepmedic", choices=("deepmedic", "deepmedic-tmi", "unet"),
                         help="network architecture (untrained, seeded weights)")
-    from asymseg.cli import add_network_param_argument
+    from asymseg.context import add_network_param_argument
 
     add_network_param_argument(parser, "network hyper-parameter, VALUE in JSON, e.g. fc_features=[50,50] "
                                        "(repeatable)")
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
 
     import torch
 
-    from asymseg.commands.phantom import parse_size
+    from asymseg.io.cli_args import parse_size
     from asymseg.errors import InputError
 
     size = parse_size(args.size)
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
             import monai  # noqa: F401
         except ImportError as err:
             raise InputError("the monai method needs the bench extra: pip install 'asymseg[bench]'") from err
-    from asymseg.cli import network_params
+    from asymseg.context import network_params
 
     hparams = network_params(args.network_param) or {}
     from asymseg.infer.engine import resolve_device
@@ -413,9 +413,9 @@ def _worker(spec_path: str) -> int:
     import torch
 
     from asymseg.io import discover_case, load_case
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
-    from asymseg.commands.segment import configure_malloc
+    from asymseg.infer.memory import configure_malloc
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec["threads"]))

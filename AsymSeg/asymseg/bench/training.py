@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated technique presets")
     parser.add_argument("--architecture", default="deepmedic", choices=("deepmedic", "deepmedic-tmi", "unet"),
                         help="network")
-    from asymseg.cli import add_network_param_argument
+    from asymseg.context import add_network_param_argument
 
     add_network_param_argument(parser, "network hyper-parameter, VALUE in JSON (repeatable)")
     parser.add_argument("--batch-size", type=int, default=10, help="patches per step (authors: 10)")
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     device = resolve_device(args.device)
-    from asymseg.cli import network_params
+    from asymseg.context import network_params
 
     hparams = network_params(args.network_param) or {}
     try:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 from asymseg import constants as C
-from asymseg.cli import HelpFormatter, plain_text
+from asymseg.context import HelpFormatter, plain_text
 
 #: Benchmark topics, each a module ``asymseg.bench.<topic>``; topics whose module is not
 #: installed are left out of the parser.

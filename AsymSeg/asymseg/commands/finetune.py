@@ -44,7 +44,7 @@ def _patch_size(text: str) -> list[int]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from asymseg.cli import add_network_param_argument
+    from asymseg.context import add_network_param_argument
     from asymseg.io import add_target_arguments
     from asymseg.techniques import DESCRIPTIONS
     from asymseg.train.config import OPTIMIZERS
@@ -126,10 +126,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="rmsprop (the authors' DeepMedic RMSProp: rho 0.9, eps 1e-4 inside the square root, "
                             "Nesterov momentum 0.6; default), torch-rmsprop (torch's, larger steps) or adam")
     train.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-3)")
-    train.add_argument("--operating-point", choices=("validation", "validation-tta", "none"), default=None,
+    train.add_argument("--operating-point", choices=("validation", "validation-tta", "cross-validation", "none"),
+                       default=None,
                        help="after training, choose the decision threshold and post-processing on the "
                             "validation cases and record them on the model card (default validation; "
-                            "validation-tta also tries mirror TTA; none keeps the argmax)")
+                            "validation-tta also tries mirror TTA; cross-validation, without validation "
+                            "cases: one extra run per training case, each scoring the case it left out; "
+                            "none keeps the argmax)")
     train.add_argument("--batchnorm-stats", choices=("ema", "window"), default=None,
                        help="batch-norm statistics for inference: ema (moving average; default) or window "
                             "(average of the last 60 clean batches, as the authors' DeepMedic)")
@@ -173,7 +176,7 @@ def _case_list(folders: list[str] | None, list_file: str | None) -> list[str] | 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config values given on the command line (None = not given)."""
-    from asymseg.cli import network_params
+    from asymseg.context import network_params
 
     technique = {
         "loss": args.loss, "margin": args.margin, "gamma": args.gamma, "symmetric": args.symmetric,

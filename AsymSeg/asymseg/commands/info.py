@@ -88,7 +88,8 @@ def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.io.report import case_report
 
     (files,) = case_files_from_args(args)
-    report = case_report(files, convention=args.label_convention, foreground_labels=args.foreground_labels)
+    report = case_report(files, convention=args.label_convention, foreground_labels=args.foreground_labels,
+                         strict=args.strict)
     if args.json:
         ctx.stdout.write(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     else:

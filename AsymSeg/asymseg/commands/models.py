@@ -10,7 +10,7 @@ from typing import Any
 
 from asymseg import constants as C
 from asymseg.errors import InputError
-from asymseg.cli import HelpFormatter, add_network_param_argument, network_params
+from asymseg.context import HelpFormatter, add_network_param_argument, network_params
 
 #: Default target of ``models create``: binary tumour core in the BraTS 2017-2021 labels {1, 4}.
 DEFAULT_CONVENTION = "brats2017"
@@ -136,7 +136,7 @@ def describe(loaded) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace, ctx) -> int:
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     info = describe(load_model(args.model))
     if args.json:

@@ -8,24 +8,7 @@ from pathlib import Path
 
 from asymseg import constants as C
 from asymseg.errors import InputError
-
-
-def _positive_ints(text: str, option: str, count: int) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts = parts * count
-    if len(parts) != count:
-        raise InputError(f"{option} {text!r}: expected one number or {count} comma-separated numbers")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError as err:
-        raise InputError(f"{option} {text!r}: not an integer") from err
-    return values
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """``"48"`` -> (48, 48, 48); ``"240,240,155"`` -> (240, 240, 155) (x, y, z)."""
-    return _positive_ints(text, "--size", 3)  # type: ignore[return-value]
+from asymseg.io.cli_args import parse_size
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:

@@ -15,11 +15,9 @@ Distributed batches: under ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` takes t
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,41 +127,6 @@ def _check_output_file(path: Path, option: str) -> None:
     check_output_path(path, option, folder=False)
 
 
-#: glibc ``mallopt`` parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def configure_malloc() -> bool:
-    """Keep freed memory in the process heap (glibc only), a process-wide setting for commands.
-
-    glibc serves large blocks (every activation of a big tile) with ``mmap`` and returns them
-    on free, so each forward pass faults in its memory again page by page: a quarter of the CPU
-    time of a DeepMedic tile went to the kernel. With ``mmap`` off and a high trim threshold the
-    same memory is reused: no page faults and about 25% less CPU time, but fragmentation raises
-    the peak RSS (DeepMedic on a 240x240x155 case: 1.54 -> 1.89 GB with 2 channels, 1.61 -> 1.76
-    GB with 4; ``asymseg bench inference``). Skipped off Linux, on other
-    C libraries, when the user set ``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES``, and when the
-    process runs under an address-space limit (RLIMIT_AS): there, freed tiles must go back to
-    the system so the out-of-memory retry with smaller tiles can fit in the fragmented heap.
-
-    Returns:
-        True when the setting was applied.
-    """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ or "GLIBC_TUNABLES" in os.environ:
-        return False
-    import resource
-
-    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
-    except (OSError, AttributeError):
-        return False
-    log.debug("malloc: mmap off, trim threshold 2 GiB (%s)", "applied" if applied else "refused")
-    return applied
-
-
 def _make_parent(path: Path) -> None:
     """Create the output file's folder, with an error that names the file and the folder."""
     try:
@@ -250,9 +213,10 @@ def run(args: argparse.Namespace, ctx) -> int:
     from asymseg.infer.cases import segment_cases
     from asymseg.infer.engine import resolve_device
     from asymseg.io import case_files_from_args
+    from asymseg.infer.memory import configure_malloc
     from asymseg.io.cli_args import case_inputs, refuse_input_overwrite
-    from asymseg.modelfile import load_model
     from asymseg.operating import OperatingPoint
+    from asymseg.registry import load_model
 
     configure_malloc()
     if args.tile is not None and args.tile < 1:
@@ -309,7 +273,8 @@ def run(args: argparse.Namespace, ctx) -> int:
         results = segment_cases(model, cases, outputs if batch else [outputs],
                                 references=[args.reference] * len(cases), evaluate=args.evaluate, device=device,
                                 tile=args.tile, batch_size=args.batch_size, amp=args.amp, on_event=renderer,
-                                cancel=ctx.cancel, on_case=on_case, operating_point=operating_point)
+                                cancel=ctx.cancel, on_case=on_case, operating_point=operating_point,
+                                strict=args.strict)
     finally:
         renderer.close()
     summary: dict[str, Any] = {"model": str(model.path), "cases": results,

@@ -87,20 +87,23 @@ def _resolve_model(model: Any) -> Any:
     """A loaded model (``asymseg.modelfile.LoadedModel``) from itself, a model folder or a registry name."""
     if hasattr(model, "net") and hasattr(model, "card"):
         return model
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     return load_model(model)
 
 
-def _load(case: Any, channels: Sequence[str]):
-    """A loaded case (with label and mask) from a Case object or a case folder."""
+def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = None,
+          orientation: str | None = None):
+    """A loaded case (with label and mask) from a Case object or a case folder, on the model's
+    working grid (the card's training spacing and orientation)."""
     if hasattr(case, "image") and hasattr(case, "label"):
         return case
     from asymseg.io import discover_case, load_case
 
     folder = Path(case)
     files = discover_case(folder)
-    return load_case(files, channels=list(channels), normalize=True, require_label=True)
+    return load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
+                     orientation=orientation)
 
 
 def analyze_model(
@@ -170,7 +173,7 @@ def analyze_model(
         for c_index, item in enumerate(cases):
             if cancel is not None:
                 cancel.check()
-            case = _load(item, channels)
+            case = _load(item, channels, loaded.card.spacing, loaded.card.orientation)
             if case.label is None:
                 raise InputError(f"{getattr(case, 'case_id', item)}: analyze needs a ground-truth label")
             prediction = predict_volume(loaded.net, case.image, case.mask, **predict_kwargs)

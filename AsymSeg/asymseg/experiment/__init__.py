@@ -6,8 +6,9 @@
 - :func:`dry_run`: the grid and its estimated cost, without running anything.
 """
 
-from asymseg.experiment.config import ExperimentConfig, PhantomData, bundled_configs, load_experiment_config
+from asymseg.experiment.config import ExperimentConfig, PhantomData
 from asymseg.experiment.grid import Cell, build_cells, cell_subset, select_cells, subset_order
+from asymseg.experiment.loading import bundled_configs, load_experiment_config
 from asymseg.experiment.runner import (
     ExperimentResult,
     PlannedCell,

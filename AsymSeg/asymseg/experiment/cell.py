@@ -145,7 +145,7 @@ def _evaluate(net: Any, case: Any, target: TargetSpec, rare_indices: Sequence[in
 def run_cell(config: ExperimentConfig, planned: PlannedCell, data: ExperimentData, out_dir: Path, cache: CaseCache,
              *, logit_figure: bool, on_event: EventCallback | None, cancel: CancelToken | None) -> dict[str, Any]:
     """Train, evaluate and analyse one cell; write its result.json last. Returns the result."""
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
     from asymseg.train import finetune
     from asymseg.train.config import TrainConfig
 

@@ -286,7 +286,7 @@ def _model_channels(config: ExperimentConfig) -> tuple[str, ...]:
     if "channels" in config.model:
         return tuple(config.model["channels"])
     if "base_model" in config.model:
-        from asymseg.modelfile import load_model
+        from asymseg.registry import load_model
 
         card = load_model(config.model["base_model"]).card
         return tuple(card["channels"] if isinstance(card, Mapping) else card.channels)

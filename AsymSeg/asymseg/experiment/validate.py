@@ -265,3 +265,14 @@ class ConfigParser:
                 prefix = f"{self.source}: "
                 message = message[len(prefix):] if message.startswith(prefix) else message
                 raise InputError(f"{self.source}: train ({technique}): {message}") from err
+
+
+def parse_experiment_config(data: Mapping[str, Any], *, source: str = "config",
+                            base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a config mapping; relative case paths are resolved against ``base_dir`` (default: the
+    working folder).
+
+    Raises:
+        InputError: one line ``<source>: <key>: <problem>``.
+    """
+    return ConfigParser(source, base_dir or Path.cwd()).parse(data)

@@ -138,11 +138,37 @@ def score(labels: np.ndarray, reference_classes: np.ndarray, target: Any, spacin
     return metrics
 
 
+def _to_reference_grid(prediction: Any, working: Geometry, original: Geometry, num_classes: int) -> Any:
+    """A prediction on the working grid moved onto the reference channel's original grid.
+
+    Labels go class by class (each indicator linearly, then the arg-max); probabilities, dz and
+    logits linearly; voxels outside the working grid get background, probability 0, dz 0.
+    """
+    import dataclasses
+
+    from asymseg.io.resample import LINEAR, labels_to_grid, resample_array
+
+    def move(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else resample_array(array, working, original, kind=LINEAR)
+
+    logits = prediction.logits
+    if logits is not None:
+        logits = np.stack([move(channel) for channel in logits])
+    return dataclasses.replace(
+        prediction, labels=labels_to_grid(prediction.labels, working, original, num_classes),
+        probabilities=move(prediction.probabilities), decision=move(prediction.decision), logits=logits)
+
+
 def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, reference: str | os.PathLike[str] | None = None,
                  evaluate: bool = False, device: str = "auto", tile: int | Sequence[int] | None = None,
                  batch_size: int | None = None, amp: str = "auto", on_event: EventCallback | None = None,
-                 cancel: CancelToken | None = None, operating_point: OperatingPoint | None = None) -> dict[str, Any]:
+                 cancel: CancelToken | None = None, operating_point: OperatingPoint | None = None,
+                 strict: bool = False) -> dict[str, Any]:
     """Segment one case with a loaded model and write its outputs.
+
+    The case is brought onto the model's working grid (the card's ``spacing`` in the reference
+    channel's space, :func:`~asymseg.io.load_case`) and every output goes back onto the
+    reference channel's original grid (:func:`_to_reference_grid`).
 
     Args:
         model: a :class:`~asymseg.modelfile.LoadedModel`.
@@ -155,11 +181,13 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         cancel: checked between tiles; a cancelled case writes nothing.
         operating_point: threshold, post-processing and TTA; None = the model card's (the
             plain argmax when the card has none).
+        strict: refuse the case when a plausibility check fails (:mod:`asymseg.io.checks`).
 
     Returns:
         ``{"case_id", "outputs": {labels, probabilities, logits, class_logits}, "metrics" (when
         scored), "seconds", "device", "tile", "tiles", "retries", "foreground_voxels",
-        "foreground_ml", "operating_point"}``.
+        "foreground_ml", "operating_point", "working_grid" (resampled, spacing, size),
+        "warnings" (plausibility findings)}``.
 
     Raises:
         InputError: missing or extra channels, unreadable files, a reference on another grid,
@@ -180,9 +208,17 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
             raise InputError(f"{files.where}: --evaluate needs a label file in the case (none found)")
         ref_path = files.label
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=1, case_id=files.case_id)
-    case = load_case(files, channels=card.channels, normalize=_normalize_flag(card))
+    case = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
+                     orientation=card.orientation,
+                     strict=strict)
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=1, total=1, case_id=files.case_id)
-    reference_classes = _reference_classes(ref_path, case.geometry, target) if ref_path is not None else None
+    for finding in case.findings:
+        # Already logged on stderr (which the Slicer panels show); the JSON line carries it too, with
+        # the text under "warning" rather than "message" so the terminal does not print it twice.
+        emit(on_event, C.EVENT_LOG, stage="checks", case_id=files.case_id, level="warning", check=finding.check,
+             file=finding.file, warning=finding.message, value=finding.value)
+    reference_classes = (_reference_classes(ref_path, case.reference_geometry, target)
+                         if ref_path is not None else None)
     if cancel is not None:
         cancel.check()
     prediction = predict_with_operating_point(
@@ -190,8 +226,11 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         batch_size=batch_size, device=device, amp=amp, on_event=on_event, cancel=cancel,
         return_logits=outputs.logits is not None and target.num_classes > 2,
         return_decision=outputs.logits is not None)
-    geometry, spacing = case.geometry, case.geometry.spacing
+    geometry, spacing = case.reference_geometry, case.reference_geometry.spacing
+    findings, resampled, working = case.findings, case.resampled, case.geometry
     del case
+    if resampled:  # results go back onto the reference channel's original grid
+        prediction = _to_reference_grid(prediction, working, geometry, target.num_classes)
     written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}
     pending: list[tuple[np.ndarray, Path, str]] = [(prediction.labels, outputs.labels, "uint8")]
     if outputs.probabilities is not None:
@@ -231,6 +270,8 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
         "retries": prediction.info.get("retries", []),
         "inference_seconds": prediction.info.get("seconds"),
         "operating_point": prediction.info.get("operating_point"),
+        "working_grid": {"resampled": resampled, "spacing": list(working.spacing), "size": list(working.size)},
+        "warnings": [f.to_dict() for f in findings],
     }
     if reference_classes is not None:
         result["reference"] = str(ref_path)
@@ -246,7 +287,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
                   tile: int | Sequence[int] | None = None, batch_size: int | None = None, amp: str = "auto",
                   on_event: EventCallback | None = None, cancel: CancelToken | None = None,
                   on_case: Callable[[dict[str, Any]], None] | None = None,
-                  operating_point: OperatingPoint | None = None) -> list[dict[str, Any]]:
+                  operating_point: OperatingPoint | None = None, strict: bool = False) -> list[dict[str, Any]]:
     """Segment several cases with one model, loaded once.
 
     Args:
@@ -256,7 +297,8 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
             ``<case_id>_seg.nii.gz`` (+ ``_prob``, ``_dz`` when ``probabilities``/``logits``).
         references: one reference label map (or None) per case to score against.
         evaluate: score each case without a reference against its own label file.
-        device, tile, batch_size, amp, on_event, cancel, operating_point: as for :func:`segment_case`.
+        device, tile, batch_size, amp, on_event, cancel, operating_point, strict: as for
+            :func:`segment_case`.
         on_case: called with each case's result as soon as it is written.
 
     Returns:
@@ -269,7 +311,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
     """
     if not hasattr(model, "net"):
         from asymseg.infer.engine import resolve_device
-        from asymseg.modelfile import load_model
+        from asymseg.registry import load_model
 
         model = load_model(model, device="cpu" if resolve_device(device).type == "cpu" else device)
     if isinstance(outputs, (str, os.PathLike)):
@@ -296,7 +338,7 @@ def segment_cases(model: Any, case_files: Sequence[CaseFiles], outputs: Sequence
              message=f"case {index + 1}/{len(case_files)}: {files.case_id}")
         result = segment_case(model, files, out, reference=ref, evaluate=evaluate, device=device, tile=tile,
                               batch_size=batch_size, amp=amp, on_event=on_event, cancel=cancel,
-                              operating_point=operating_point)
+                              operating_point=operating_point, strict=strict)
         results.append(result)
         emit(on_event, C.EVENT_PROGRESS, stage="case", done=index + 1, total=len(case_files), case_id=files.case_id)
         if on_case is not None:

@@ -5,7 +5,8 @@ logits, the rare-class probability and a label map, all in the input's voxel gri
 
 How it works:
 
-1. The brain mask's bounding box is the region to predict. Nets with exact tiling (DeepMedic)
+1. The brain mask's bounding box is the region to predict, and only the tiles holding a voxel of
+   the mask run (outside it the result is background anyway). Nets with exact tiling (DeepMedic)
    get non-overlapping output tiles aligned to ``net.output_multiple`` on a grid anchored at the
    image origin (:func:`~asymseg.infer.tiling.plan_exact_tiles`); each tile's input is the
    output tile plus ``net.context`` voxels per side, read from the image and padded with zeros
@@ -50,7 +51,7 @@ from asymseg.events import CancelToken, EventCallback, emit
 from asymseg.infer.memory import ActivationModel, cheapest_exact_tile, default_tile, tile_cost
 from asymseg.infer.retry import format_tile, is_out_of_memory, run_with_oom_retry
 from asymseg.infer.tiling import (
-    Tile, TilePlan, Triple, as_triple, clip_to, gaussian_weights, mask_box, plan_exact_tiles,
+    MaskIndex, Tile, TilePlan, Triple, as_triple, clip_to, gaussian_weights, mask_box, plan_exact_tiles,
     plan_overlap_tiles, round_down, round_up,
 )
 
@@ -196,12 +197,26 @@ def _fill_input(buffer: torch.Tensor, image: np.ndarray, tile: Tile) -> None:
         buffer[(slice(None), *dst)] = torch.from_numpy(image[(slice(None), *src)])
 
 
-def _run_tiles(net: torch.nn.Module, image: np.ndarray, plan: TilePlan, out_start: Triple, out: np.ndarray,
-               weight_sum: np.ndarray | None, *, device: torch.device, batch_size: int,
+def tiles_touching(plan: TilePlan, mask: np.ndarray) -> list[Tile]:
+    """The tiles of ``plan`` whose output holds at least one voxel of ``mask`` (D, H, W).
+
+    The others need not run: every voxel they would predict lies outside the brain mask, where the
+    result is background whatever the net says. For an overlapping plan, a voxel of the mask is
+    covered only by tiles that hold it, so its blend is unchanged too.
+    """
+    kept = []
+    for tile in plan:
+        clipped = clip_to(tile.out_start, tile.out_stop, mask.shape)
+        if clipped is not None and mask[clipped[0]].any():
+            kept.append(tile)
+    return kept
+
+
+def _run_tiles(net: torch.nn.Module, image: np.ndarray, tiles: list[Tile], plan: TilePlan, out_start: Triple,
+               out: np.ndarray, weight_sum: np.ndarray | None, *, device: torch.device, batch_size: int,
                amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
                on_event: EventCallback | None, cancel: CancelToken | None) -> None:
-    """Run every tile of ``plan`` and stitch its logits into ``out`` (K, box) (weighted if blended)."""
-    tiles = list(plan)
+    """Run ``tiles`` (of ``plan``) and stitch their logits into ``out`` (K, box) (weighted if blended)."""
     n_batches = math.ceil(len(tiles) / batch_size)
     pin = device.type == "cuda"
     buffer = torch.empty((min(batch_size, len(tiles)), image.shape[0], *plan.input_shape), dtype=torch.float32,
@@ -327,6 +342,7 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
     region = tuple(b - (round_down(a, m) if getattr(net, "exact_tiling", False) else a) for a, b in zip(start, stop))
 
     model: list[ActivationModel] = []
+    index: list[MaskIndex] = []
 
     def budget_tile(dev: torch.device) -> Triple:
         if tile is None and not model:
@@ -341,8 +357,11 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
             budget, largest = CPU_ACTIVATION_BUDGET, CPU_MAX_TILE
         dtype_bytes = 2 if dev.type == "cuda" and amp_dtype is not None else 4
         if getattr(net, "exact_tiling", False):
+            if not index:
+                index.append(MaskIndex(mask))
             return cheapest_exact_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
-                                       cost=tile_cost(net), dtype_bytes=dtype_bytes)
+                                       cost=tile_cost(net), dtype_bytes=dtype_bytes,
+                                       tiles_run=lambda shape: index[0].tiles_touching(_plan(net, start, stop, shape)))
         return default_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
                             dtype_bytes=dtype_bytes)
 
@@ -358,12 +377,13 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
         fmt = resolve_memory_format(memory_format, net, dev)
         dev_amp = amp_dtype if dev.type == "cuda" or amp in ("bf16", "fp16") else None
         per_batch = batch_size or _default_batch(model, net, plan, dev, dev_amp)
-        state.update(plan=plan, batch_size=per_batch, memory_format=fmt, amp=dev_amp)
+        tiles = tiles_touching(plan, mask)
+        state.update(plan=plan, tiles=len(tiles), batch_size=per_batch, memory_format=fmt, amp=dev_amp)
         with _prepared(net, dev, fmt) as work:
-            _run_tiles(work, image, plan, lo, out, weight_sum, device=dev, batch_size=per_batch,
+            _run_tiles(work, image, tiles, plan, lo, out, weight_sum, device=dev, batch_size=per_batch,
                        amp_dtype=dev_amp, memory_format=fmt, on_event=on_event, cancel=cancel)
-        if weight_sum is not None:
-            np.divide(out, weight_sum, out=out)
+        if weight_sum is not None:  # voxels no computed tile covers lie outside the mask: keep them 0
+            np.divide(out, np.where(weight_sum > 0, weight_sum, 1.0), out=out)
         return out, lo
 
     fallback = torch.device("cpu") if fallback_to_cpu and device.type == "cuda" else None
@@ -372,8 +392,9 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
         fallback_device=fallback, fallback_tile=lambda: budget_tile(torch.device("cpu")),
         on_event=on_event, retries=info["retries"])
     plan = state["plan"]
-    info.update(device=str(used_device), tile=list(plan.tile_shape), tiles=len(plan),
-                batch_size=state["batch_size"], computed_voxels=plan.output_voxels(),
+    info.update(device=str(used_device), tile=list(plan.tile_shape), tiles=state["tiles"],
+                skipped_tiles=len(plan) - state["tiles"], batch_size=state["batch_size"],
+                computed_voxels=state["tiles"] * math.prod(plan.tile_shape),
                 memory_format="channels_last_3d" if state["memory_format"] == torch.channels_last_3d else "contiguous",
                 amp=str(state["amp"]).replace("torch.", "") if state["amp"] else "off",
                 blended=plan.blended)

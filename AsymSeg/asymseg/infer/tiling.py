@@ -261,6 +261,44 @@ def clip_to(start: Sequence[int], stop: Sequence[int], shape: Sequence[int]
     return tuple(image), tuple(local)
 
 
+class MaskIndex:
+    """Answers "how many tiles of a plan hold a voxel of the mask" in O(1) per tile.
+
+    A summed-volume table of the (D, H, W) mask (one int32 per voxel, built once) gives the number
+    of mask voxels in any box by inclusion-exclusion over its 8 corners, for all tiles of a plan at
+    once. Used to price tile shapes by the tiles that will actually run.
+    """
+
+    def __init__(self, mask: np.ndarray) -> None:
+        if mask.ndim != 3:
+            raise ValueError(f"mask must be 3-D (D, H, W), got shape {mask.shape}")
+        self.shape = mask.shape
+        table = np.zeros(tuple(n + 1 for n in mask.shape), dtype=np.int32)
+        np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:, 1:])
+        np.cumsum(table[1:, 1:, 1:], axis=1, out=table[1:, 1:, 1:])
+        np.cumsum(table[1:, 1:, 1:], axis=2, out=table[1:, 1:, 1:])
+        self.table = table
+
+    def voxels_per_tile(self, plan: TilePlan) -> np.ndarray:
+        """Mask voxels in each tile's output (array over the plan's tiles, in its D, H, W order)."""
+        bounds = []
+        for axis, n in enumerate(self.shape):
+            starts = np.asarray(plan.starts[axis])
+            bounds.append((np.clip(starts, 0, n), np.clip(starts + plan.tile_shape[axis], 0, n)))
+        (d0, d1), (h0, h1), (w0, w1) = bounds
+        t = self.table
+
+        def at(d, h, w):
+            return t[np.ix_(d, h, w)].astype(np.int64)
+
+        return (at(d1, h1, w1) - at(d0, h1, w1) - at(d1, h0, w1) - at(d1, h1, w0)
+                + at(d0, h0, w1) + at(d0, h1, w0) + at(d1, h0, w0) - at(d0, h0, w0))
+
+    def tiles_touching(self, plan: TilePlan) -> int:
+        """How many tiles of ``plan`` hold at least one mask voxel."""
+        return int(np.count_nonzero(self.voxels_per_tile(plan)))
+
+
 def halve_tile(tile: Sequence[int], multiple: int) -> Triple:
     """Half of each tile edge, rounded down to ``multiple`` and not below :data:`MIN_TILE`."""
     floor_edge = max(multiple, round_up(MIN_TILE, multiple))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -13,7 +13,8 @@ from asymseg import constants as C
 from asymseg.errors import InputError
 from asymseg.io.discovery import CaseFiles, canonical_channel
 from asymseg.io.geometry import Geometry
-from asymseg.io.images import read_image, read_label
+from asymseg.io.images import MAX_VOXELS_ENV, max_voxels, read_image, read_label
+from asymseg.io.resample import LINEAR, MASK, NEAREST, resample_array, working_grid
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,11 @@ class Case:
         label: the source label values (int16/int32, shape (D, H, W)), or None.
         mask: bool brain mask, shape (D, H, W).
         mask_source: "file" or "derived".
-        geometry: shared by every image of the case.
+        geometry: the working grid every array of the case is on.
         files: where it came from.
+        reference_geometry: the reference channel's original grid, where results go back (equal
+            to ``geometry`` when nothing was resampled).
+        findings: plausibility problems (:class:`~asymseg.io.checks.Finding`), already logged.
     """
 
     case_id: str
@@ -42,6 +46,17 @@ class Case:
     mask_source: str
     geometry: Geometry
     files: CaseFiles
+    reference_geometry: Geometry | None = None
+    findings: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.reference_geometry is None:
+            self.reference_geometry = self.geometry
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the working grid differs from the reference channel's original grid."""
+        return bool(self.reference_geometry.differences(self.geometry))
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -64,6 +79,29 @@ def _border_values(volume: np.ndarray) -> np.ndarray:
                            volume[:, :, 0].ravel(), volume[:, :, -1].ravel()])
 
 
+def background_value(volume: np.ndarray, *, name: object = "channel") -> float:
+    """The value that fills most of a (D, H, W) volume's border (the skull-stripped background).
+
+    Logs a warning naming ``name`` when no value covers half of the border.
+    """
+    values, counts = np.unique(_border_values(volume), return_counts=True)
+    best = int(np.argmax(counts))
+    if counts[best] < 0.5 * counts.sum():
+        log.warning("%s: the volume border is not a constant background (the most common value "
+                    "covers %.0f%%); the derived brain mask may include non-brain voxels",
+                    name, 100.0 * counts[best] / counts.sum())
+    return float(values[best])
+
+
+def fill_mask_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill cavities completely enclosed by a (D, H, W) bool mask, in 3-D (face connectivity)."""
+    if not mask.any():
+        return mask
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)), fullyConnected=False,
+                                 foregroundValue=1)
+    return sitk.GetArrayFromImage(filled).astype(bool)
+
+
 def background_values(image: np.ndarray) -> tuple[float, ...]:
     """Per channel, the value that fills most of the volume border (the skull-stripped background).
 
@@ -73,16 +111,7 @@ def background_values(image: np.ndarray) -> tuple[float, ...]:
     Returns:
         One value per channel: 0 for BraTS, a negative constant for pre-normalised data.
     """
-    out = []
-    for c in range(image.shape[0]):
-        values, counts = np.unique(_border_values(image[c]), return_counts=True)
-        best = int(np.argmax(counts))
-        if counts[best] < 0.5 * counts.sum():
-            log.warning("channel %d: the volume border is not a constant background (the most common value "
-                        "covers %.0f%%); the derived brain mask may include non-brain voxels",
-                        c, 100.0 * counts[best] / counts.sum())
-        out.append(float(values[best]))
-    return tuple(out)
+    return tuple(background_value(image[c], name=f"channel {c}") for c in range(image.shape[0]))
 
 
 def derive_brain_mask(image: np.ndarray, *, fill_holes: bool = True) -> np.ndarray:
@@ -108,11 +137,7 @@ def derive_brain_mask(image: np.ndarray, *, fill_holes: bool = True) -> np.ndarr
     mask = np.zeros(image.shape[1:], dtype=bool)
     for c, background in enumerate(background_values(image)):
         mask |= image[c] != background
-    if fill_holes and mask.any():
-        filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)), fullyConnected=False,
-                                     foregroundValue=1)
-        mask = sitk.GetArrayFromImage(filled).astype(bool)
-    return mask
+    return fill_mask_holes(mask) if fill_holes else mask
 
 
 def channel_statistics(image: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
@@ -162,9 +187,33 @@ def _check_same_grid(reference: Geometry, reference_path: object, other: Geometr
         raise InputError(f"{reference_path} and {other_path} are on different grids: {'; '.join(problems)}")
 
 
+def _onto(array: np.ndarray, geometry: Geometry, grid: Geometry, *, kind: str, default: float = 0.0) -> np.ndarray:
+    """``array`` as read when its grid is the working grid, else resampled onto it."""
+    if not grid.differences(geometry):
+        return array
+    return resample_array(array, geometry, grid, kind=kind, default=default)
+
+
 def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normalize: bool = True,
-              require_label: bool = False) -> Case:
-    """Read a case's channels, label and mask, check they share one grid, and normalise.
+              require_label: bool = False, spacing: Sequence[float] | None = None,
+              orientation: str | None = None, strict: bool = False) -> Case:
+    """Read a case's channels, label and mask onto one working grid, check it, and normalise.
+
+    The working grid is the reference channel's grid (``files.reference_channel``, else the
+    first requested channel) in ``orientation`` and at ``spacing``
+    (:func:`~asymseg.io.resample.working_grid`); images
+    on other grids are resampled by their physical geometry (channels linearly, the label by
+    nearest neighbour, the mask linearly then thresholded at 0.5). Images whose physical extent
+    barely overlaps the reference's are refused. When every image is on the reference grid and
+    ``spacing`` and ``orientation`` are None or the reference's own, nothing is resampled.
+
+    Brain mask (one rule for every command): the mask file when there is one; else the voxels
+    that differ from the border background in ANY channel the case holds (not only the requested
+    ones), each channel compared on its own grid, then holes filled (:func:`derive_brain_mask`).
+
+    Plausibility checks (:mod:`asymseg.io.checks`: brain volume, slice thickness, CT-like
+    intensities) are logged as warnings and kept in :attr:`Case.findings`; ``strict`` refuses
+    the case on the first one instead.
 
     Args:
         files: from :func:`~asymseg.io.discover_case`.
@@ -172,15 +221,23 @@ def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normal
             channel found, in ``constants.CHANNEL_NAMES`` order.
         normalize: z-score each channel inside the brain mask (0 outside).
         require_label: fail when the case has no label file.
+        spacing: the working spacing in mm, (x, y, z) (a model card's ``spacing``); None keeps
+            the reference channel's.
+        orientation: the working axis orientation (a model card's ``orientation``, e.g. "LPS");
+            None keeps the reference channel's axes.
+        strict: refuse the case when a plausibility check fails.
 
     Returns:
-        The :class:`Case`.
+        The :class:`Case`, on the working grid; ``reference_geometry`` is the reference
+        channel's original grid, where results go back.
 
     Raises:
-        InputError: a requested channel or the label is missing, a file cannot be read, files are on
-            different grids (names both and the difference), the brain mask is empty, or a channel is
-            constant inside the mask while ``normalize`` is set.
+        InputError: a requested channel or the label is missing, a file cannot be read, an image
+            barely overlaps the reference, the brain mask is empty, a channel is constant inside
+            the mask while ``normalize`` is set, or (``strict``) a plausibility check failed.
     """
+    from asymseg.io import checks
+
     wanted = list(files.channels) if channels is None else [canonical_channel(n) for n in channels]
     if len(set(wanted)) != len(wanted):
         raise InputError(f"channel list {list(channels or [])} names a channel twice")
@@ -189,42 +246,71 @@ def load_case(files: CaseFiles, *, channels: Sequence[str] | None = None, normal
             raise InputError(f"{files.where}: no {name} channel (found: {', '.join(files.channels) or 'none'})")
     if require_label and files.label is None:
         raise InputError(f"{files.where}: no label file (looked for seg/label/OTMultiClass; pass --label PATH)")
+    reference_name = canonical_channel(files.reference_channel) if files.reference_channel else wanted[0]
+    if reference_name not in files.channels:
+        raise InputError(f"{files.where}: no {reference_name} channel to use as the reference channel "
+                         f"(found: {', '.join(files.channels)})")
 
+    # The reference first, then the requested channels, then the others (read only for the mask).
+    order = [reference_name] + [n for n in wanted if n != reference_name]
+    order += [n for n in files.channels if n not in order] if files.mask is None else []
+    reference_path = files.channels[reference_name]
+    reference_geometry: Geometry | None = None
+    grid: Geometry | None = None
     image: np.ndarray | None = None
-    geometry: Geometry | None = None
-    first_path = files.channels[wanted[0]]
-    for index, name in enumerate(wanted):
+    derived: np.ndarray | None = None
+    findings: list[checks.Finding] = []
+    for name in order:
         path = files.channels[name]
         array, geo = read_image(path, role=f"{name} channel")
-        if image is None:
-            geometry = geo
-            image = np.empty((len(wanted), *array.shape), dtype=np.float32)
+        if grid is None:
+            reference_geometry, grid = geo, working_grid(geo, spacing, orientation)
+            voxels, limit = int(np.prod(grid.size, dtype=np.int64)), max_voxels()
+            if voxels > limit:  # e.g. a header claiming 100 mm slices, resampled to 1 mm
+                raise InputError(f"{path}: at the model's spacing {tuple(grid.spacing)} mm this image would have "
+                                 f"{' x '.join(map(str, grid.size))} = {voxels:,} voxels, above the limit of "
+                                 f"{limit:,} (check its spacing {tuple(geo.spacing)} mm; {MAX_VOXELS_ENV} allows more)")
+            image = np.empty((len(wanted), *grid.shape_zyx), dtype=np.float32)
         else:
-            _check_same_grid(geometry, first_path, geo, path)
-        image[index] = array
+            checks.check_overlap(reference_geometry, reference_path, geo, path)
+        findings += [f for f in (checks.check_mr_intensities(array, path),
+                                 checks.check_slice_thickness(geo, path, spacing)) if f is not None]
+        on_grid = not grid.differences(geo)
+        background = background_value(array, name=path) if files.mask is None or not on_grid else 0.0
+        if files.mask is None:
+            brain = _onto(array != background, geo, grid, kind=MASK)
+            derived = brain if derived is None else (derived | brain)
+        if name in wanted:
+            image[wanted.index(name)] = _onto(array, geo, grid, kind=LINEAR, default=background)
         del array
 
     label = None
     if files.label is not None:
         label, geo = read_label(files.label)
-        _check_same_grid(geometry, first_path, geo, files.label)
+        checks.check_overlap(reference_geometry, reference_path, geo, files.label)
+        label = _onto(label, geo, grid, kind=NEAREST)
     if files.mask is not None:
         mask_array, geo = read_image(files.mask, role="mask")
-        _check_same_grid(geometry, first_path, geo, files.mask)
-        mask, mask_source = mask_array != 0, "file"
+        checks.check_overlap(reference_geometry, reference_path, geo, files.mask)
+        mask, mask_source = _onto(mask_array != 0, geo, grid, kind=MASK), "file"
         if not mask.any():
             raise InputError(f"{files.mask}: the brain mask is empty")
     else:
-        mask, mask_source = derive_brain_mask(image), "derived"
+        mask, mask_source = fill_mask_holes(derived), "derived"
         if not mask.any():
             raise InputError(f"{files.where}: the derived brain mask is empty (every channel equals its "
                              "border value); pass --mask PATH")
+    volume = checks.check_brain_volume(float(np.count_nonzero(mask)) * grid.voxel_volume_ml,
+                                       files.mask if files.mask is not None else files.where, mask_source)
+    findings += [volume] if volume is not None else []
+    checks.report(findings, strict=strict)
     if normalize:
         for name, (mean, std) in zip(wanted, channel_statistics(image, mask)):
             if _is_constant(mean, std):
                 raise InputError(f"{files.channels[name]}: the {name} channel is constant ({mean:g}) inside the "
                                  "brain mask; cannot normalise")
         image = zscore(image, mask)
-    log.debug("loaded case %s: channels %s, %s, mask %s", files.case_id, wanted, geometry.describe(), mask_source)
+    log.debug("loaded case %s: channels %s, %s, mask %s", files.case_id, wanted, grid.describe(), mask_source)
     return Case(case_id=files.case_id, channels=tuple(wanted), image=image, label=label, mask=mask,
-                mask_source=mask_source, geometry=geometry, files=files)
+                mask_source=mask_source, geometry=grid, files=files, reference_geometry=reference_geometry,
+                findings=findings)

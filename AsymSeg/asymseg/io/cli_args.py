@@ -33,6 +33,13 @@ def _channel_argument(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _channel_name(text: str) -> str:
+    try:
+        return canonical_channel(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def parse_label_list(text: str) -> tuple[int, ...]:
     """``"1,3,4"`` -> ``(1, 3, 4)`` (argparse type for ``--foreground-labels``)."""
     try:
@@ -74,6 +81,13 @@ def add_case_arguments(parser: argparse.ArgumentParser, *, multiple: bool = True
     group.add_argument("--mask", metavar="PATH", default=None,
                        help="explicit brain mask file (single case; nonzero = brain); without it the case's "
                             "brainmask file is used, else the mask is derived from the background")
+    group.add_argument("--reference-channel", type=_channel_name, metavar="NAME", default=None,
+                       help="channel whose physical space and grid the case is processed in and the results are "
+                            "written on (default: the first channel the model takes); other channels are "
+                            "resampled onto it by their own geometry")
+    group.add_argument("--strict", action="store_true",
+                       help="refuse a case whose plausibility checks fail (brain mask larger than a brain, "
+                            "slices far thicker than the model's, CT-like intensities) instead of warning")
 
 
 def read_case_list(path: str | Path) -> list[Path]:
@@ -135,9 +149,17 @@ def case_files_from_args(args: argparse.Namespace) -> list[CaseFiles]:
                                  "--channel NAME=PATH")
             raise InputError("no case given: pass a case folder (--case DIR), --cases-from FILE, or "
                              "--channel NAME=PATH")
-        return [discover_case(None, channels=channels, label=label, mask=mask)]
-    return [discover_case(folder, channels=channels or None, label=label, mask=mask) if index == 0
-            else discover_case(folder) for index, folder in enumerate(unique)]
+        found = [discover_case(None, channels=channels, label=label, mask=mask)]
+    else:
+        found = [discover_case(folder, channels=channels or None, label=label, mask=mask) if index == 0
+                 else discover_case(folder) for index, folder in enumerate(unique)]
+    reference = getattr(args, "reference_channel", None)
+    for files in found:
+        if reference is not None and reference not in files.channels:
+            raise InputError(f"{files.where}: --reference-channel {reference}: the case has no {reference} channel "
+                             f"(found: {', '.join(files.channels)})")
+        files.reference_channel = reference
+    return found
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,3 +247,21 @@ def case_inputs(files: object) -> list[tuple[Path, str]]:
         if path is not None:
             out.append((Path(path), f"the {role} of case {case_id}"))
     return out
+
+
+def _positive_ints(text: str, option: str, count: int) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * count
+    if len(parts) != count:
+        raise InputError(f"{option} {text!r}: expected one number or {count} comma-separated numbers")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError as err:
+        raise InputError(f"{option} {text!r}: not an integer") from err
+    return values
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"48"`` -> (48, 48, 48); ``"240,240,155"`` -> (240, 240, 155) (x, y, z)."""
+    return _positive_ints(text, "--size", 3)  # type: ignore[return-value]

@@ -11,10 +11,16 @@ scheme              example names
 generic             ``flair.nii.gz``, ``T1ce.nrrd``, ``t1.mha``, ``t2w.nii``, ``seg.nii.gz``, ``brainmask.nii.gz``
 BraTS 2017-2021     ``<id>_flair``, ``<id>_t1ce``, ``<id>_t1``, ``<id>_t2``, ``<id>_seg``
 BraTS 2023+         ``<id>-t2f``, ``<id>-t1c``, ``<id>-t1n``, ``<id>-t2w``, ``<id>-seg``
+BraTS-Toolkit       ``<id>_fla``, ``<id>_t1c``, ``<id>_t1``, ``<id>_t2``, each also as ``<id>_fla_bet`` ...
 ../shared/data      ``Flair_subtrMeanDivStd``, ``T1c_subtrMeanDivStd``, ``OTMultiClass``, ``brainmask``
 ==================  ===========================================================================
 
-Files whose name matches no keyword are ignored; two files claiming one role are an error.
+Trailing qualifiers that say a file was skull-stripped (``bet``, ``brain``, ``stripped``,
+``skullstripped``) are dropped before the lookup, so ``<id>_fla_bet`` is the FLAIR. When a
+folder holds both a skull-stripped and a raw file for one role (``<id>_fla_bet`` and ``<id>_fla``,
+as BraTS-Toolkit writes them), the skull-stripped one is taken and the choice is logged.
+Files whose name matches no keyword are ignored; any other two files claiming one role are an
+error that lists them.
 """
 
 from __future__ import annotations
@@ -46,6 +52,16 @@ ROLE_KEYWORDS: dict[str, str] = {
 }
 
 
+#: Further channel keywords (BraTS-Toolkit), accepted like :data:`ROLE_KEYWORDS`.
+EXTRA_KEYWORDS: dict[str, str] = {"fla": "flair"}
+#: Trailing name tokens that mark a skull-stripped file; dropped before the keyword lookup.
+SKULL_STRIPPED_QUALIFIERS: frozenset[str] = frozenset({"bet", "brain", "stripped", "skullstripped"})
+
+
+def _lookup(token: str) -> str | None:
+    return ROLE_KEYWORDS.get(token) or EXTRA_KEYWORDS.get(token)
+
+
 def _keywords_for(role: str) -> str:
     return "/".join(k for k, v in ROLE_KEYWORDS.items() if v == role)
 
@@ -54,7 +70,8 @@ def looked_for() -> str:
     """Human text listing the keywords discovery looks for, for error messages."""
     channels = ", ".join(_keywords_for(name) for name in C.CHANNEL_NAMES)
     return (f"channel files named {channels}; label {_keywords_for(LABEL)}; mask {_keywords_for(MASK)}; "
-            f"extensions {', '.join(READ_EXTENSIONS)}")
+            f"extensions {', '.join(READ_EXTENSIONS)}; BraTS-Toolkit names _fla/_t1c/_t1/_t2, each optionally "
+            f"followed by _bet)")
 
 
 def canonical_channel(name: str) -> str:
@@ -63,7 +80,7 @@ def canonical_channel(name: str) -> str:
     Raises:
         InputError: not a channel name.
     """
-    role = ROLE_KEYWORDS.get(name.strip().lower())
+    role = _lookup(name.strip().lower())
     if role is None or role in (LABEL, MASK):
         aliases = "; ".join(_keywords_for(n) for n in C.CHANNEL_NAMES)
         raise InputError(f"unknown channel name {name!r}; expected one of {aliases}")
@@ -74,15 +91,29 @@ def _tokens(path: Path) -> list[str]:
     return [t for t in re.split(r"[-_.\s]+", strip_image_extension(path).lower()) if t]
 
 
+def _role_tokens(path: Path) -> list[str]:
+    """The name's tokens without trailing skull-stripped qualifiers (``x_fla_bet`` -> ``[x, fla]``)."""
+    tokens = _tokens(path)
+    while len(tokens) > 1 and tokens[-1] in SKULL_STRIPPED_QUALIFIERS:
+        tokens.pop()
+    return tokens
+
+
+def is_skull_stripped_name(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name ends in a skull-stripped qualifier (``_bet``, ``_brain`` ...)."""
+    tokens = _tokens(Path(path))
+    return len(tokens) > 1 and tokens[-1] in SKULL_STRIPPED_QUALIFIERS
+
+
 def role_of(path: str | os.PathLike[str]) -> str | None:
     """The role a file name suggests (a canonical channel name, ``"label"``, ``"mask"``), or None."""
     path = Path(path)
     if image_extension(path) is None:
         return None
-    tokens = _tokens(path)
-    if not tokens:
+    tokens = _role_tokens(path)
+    if not tokens or tokens[-1] in SKULL_STRIPPED_QUALIFIERS:
         return None
-    return ROLE_KEYWORDS.get(tokens[-1]) or ROLE_KEYWORDS.get(tokens[0])
+    return _lookup(tokens[-1]) or _lookup(tokens[0])
 
 
 @dataclass
@@ -104,6 +135,9 @@ class CaseFiles:
     mask: Path | None = None
     #: How each file was found: "discovered" or "given", by role.
     origin: dict[str, str] = field(default_factory=dict)
+    #: The channel whose physical space (and original grid) the case is processed in and whose
+    #: grid the results are written on; None = the first channel the model takes.
+    reference_channel: str | None = None
 
     @property
     def where(self) -> str:
@@ -120,6 +154,7 @@ class CaseFiles:
             "channels": {k: str(v) for k, v in self.channels.items()},
             "label": str(self.label) if self.label is not None else None,
             "mask": str(self.mask) if self.mask is not None else None,
+            "reference_channel": self.reference_channel,
         }
 
 
@@ -139,8 +174,10 @@ def _shared_id(paths: list[Path]) -> str | None:
         return None
     for path in paths:
         stem = strip_image_extension(path)
+        if is_skull_stripped_name(path):
+            stem = re.sub(r"[-_.\s]+[^-_.\s]+$", "", stem)
         match = re.match(r"^(.*?)[-_.\s]+[^-_.\s]+$", stem)
-        if not match or ROLE_KEYWORDS.get(_tokens(path)[-1]) is None:
+        if not match or _lookup(_role_tokens(path)[-1]) is None:
             return None
         ids.add(match.group(1))
     return ids.pop() if len(ids) == 1 else None
@@ -185,6 +222,11 @@ def discover_case(folder: str | os.PathLike[str] | None, *, channels: Mapping[st
                 found.setdefault(role, []).append(entry)
     origin: dict[str, str] = {}
     for role, paths in found.items():
+        stripped = [p for p in paths if is_skull_stripped_name(p)]
+        if len(paths) > 1 and len(stripped) == 1:
+            log.info("%s: %s is the skull-stripped %s; %s not used", folder_path, stripped[0].name, role,
+                     ", ".join(p.name for p in paths if p is not stripped[0]))
+            found[role] = paths = stripped
         overridden = role in explicit or (role == LABEL and label_path) or (role == MASK and mask_path)
         if len(paths) > 1 and not overridden:
             option = {LABEL: "--label PATH", MASK: "--mask PATH"}.get(role, f"--channel {role}=PATH")

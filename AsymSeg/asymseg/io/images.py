@@ -178,6 +178,8 @@ def _scan_nifti_or_raise(path: Path, role: str) -> None:
         raise InputError(f"{path}: cannot read {role} image: {scan.problem}")
     if scan.nonfinite:  # ITK would read these as 0
         raise InputError(f"{path}: {role} image has {scan.nonfinite} NaN or infinite voxels")
+    if scan.spacing_problem:  # ITK would read 1 mm
+        raise InputError(f"{path}: {role} image: {scan.spacing_problem}")
 
 
 def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
@@ -267,8 +269,12 @@ def read_image(path: str | os.PathLike[str], *, role: str = "channel") -> tuple[
     array = sitk.GetArrayFromImage(image)
     _check_finite(array, path, role)
     if array.dtype != np.float32:
+        if array.dtype.kind == "f" and array.size:
+            largest = float(np.max(np.abs(array)))
+            if largest > float(np.finfo(np.float32).max):
+                raise InputError(f"{path}: {role} image has values beyond the float32 range (largest magnitude "
+                                 f"{largest:.3g}); rescale the image")
         array = array.astype(np.float32)
-        _check_finite(array, path, role)  # float64 values beyond the float32 range
     return array, geometry
 
 
@@ -334,6 +340,44 @@ def _to_writable(array: np.ndarray, dtype: np.dtype | type | str | None) -> np.n
     return np.ascontiguousarray(array)
 
 
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def remove_stale_image_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of earlier writes of ``path`` whose writer is gone.
+
+    :func:`write_image` writes ``.<name>.<pid>-<hex>.tmp<ext>`` beside ``path`` and renames it into
+    place; a writer killed mid-write (SIGKILL, power loss) leaves it behind. Such a file is removed
+    when its process no longer exists on this machine. Returns the files removed.
+    """
+    path = Path(path)
+    ext = image_extension(path)
+    pattern = re.compile(rf"^\.{re.escape(strip_image_extension(path))}\.(\d+)-[0-9a-f]{{8}}\.tmp{re.escape(ext)}$")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and _process_is_gone(int(match.group(1))):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted write of %s", len(removed), path)
+    return removed
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str], *,
                 dtype: np.dtype | type | str | None = None) -> Path:
     """Write a (D, H, W) array with exactly ``geometry``, atomically.
@@ -371,7 +415,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
     if path.is_dir():
         raise InputError(f"{path}: is a folder")
     image = geometry.apply_to(sitk.GetImageFromArray(_to_writable(array, dtype)))
-    tmp = parent / f".{strip_image_extension(path)}.{secrets.token_hex(6)}.tmp{ext}"
+    remove_stale_image_temporaries(path)
+    tmp = parent / f".{strip_image_extension(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp{ext}"
     try:
         with tmp.open("xb"):  # fails here, with a real errno, when the folder is not writable
             pass

@@ -9,9 +9,9 @@ parser's message.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from asymseg import jsontext
 from asymseg.errors import InputError
 
 #: Largest configuration file read, in bytes.
@@ -53,8 +53,6 @@ def parse_mapping(text: str, suffix: str, source: str) -> Any:
         except yaml.YAMLError as err:
             raise InputError(f"{source}: invalid YAML: {_quote(err)}") from err
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return jsontext.loads(text)
+    except ValueError as err:  # json.JSONDecodeError included
         raise InputError(f"{source}: invalid JSON: {_quote(err)}") from err
-    except RecursionError as err:
-        raise InputError(f"{source}: invalid JSON: nested too deeply") from err

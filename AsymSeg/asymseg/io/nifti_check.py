@@ -38,6 +38,7 @@ class NiftiScan:
 
     problem: str | None
     nonfinite: int
+    spacing_problem: str | None = None
 
 
 def nifti_layout(header: bytes) -> NiftiLayout | None:
@@ -70,6 +71,30 @@ def nifti_layout(header: bytes) -> NiftiLayout | None:
     code = _FLOAT_TYPES.get(datatype)
     float_dtype = np.dtype(endian + code) if code else None
     return NiftiLayout(int(vox_offset), math.prod(dims[1:ndim + 1]) * bitpix // 8, float_dtype)
+
+
+def nifti_spacing_problem(header: bytes) -> str | None:
+    """Why a NIfTI header's voxel size is unusable (a zero, negative or non-finite ``pixdim`` on a
+    spatial axis), or None. ITK replaces such a voxel size by 1 mm without a word."""
+    for endian in "<>":
+        (sizeof_hdr,) = struct.unpack(endian + "i", header[:4]) if len(header) >= 4 else (0,)
+        if sizeof_hdr == 348 and len(header) >= 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            pixdim = struct.unpack(endian + "8f", header[76:108])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:
+            dims = struct.unpack(endian + "8q", header[16:80])
+            pixdim = struct.unpack(endian + "8d", header[104:168])
+            break
+    else:
+        return None
+    axes = min(max(int(dims[0]), 0), 3)
+    bad = [f"{'xyz'[i]}={pixdim[i + 1]:g}" for i in range(axes)
+           if not (math.isfinite(pixdim[i + 1]) and pixdim[i + 1] > 0)]
+    if not bad:
+        return None
+    return (f"the header's voxel size (pixdim) is not positive on axis {', '.join(bad)}; the spacing is unknown "
+            "(fix the header, e.g. set the spacing in Slicer's Volumes module and save again)")
 
 
 class _NonFiniteCounter:
@@ -112,6 +137,7 @@ def scan_nifti(path: str | os.PathLike[str]) -> NiftiScan:
         with opener(path, "rb") as f:
             header = f.read(540)
             counter.layout = nifti_layout(header)
+            spacing_problem = nifti_spacing_problem(header)
             counter.feed(header)
             while chunk := f.read(_CHUNK):
                 counter.feed(chunk)
@@ -123,7 +149,7 @@ def scan_nifti(path: str | os.PathLike[str]) -> NiftiScan:
     expected = None if layout is None else layout.offset + layout.nbytes
     if expected is not None and counter.position < expected:
         return NiftiScan(f"the file is truncated ({counter.position} of {expected} bytes)", counter.count)
-    return NiftiScan(None, counter.count)
+    return NiftiScan(None, counter.count, spacing_problem)
 
 
 def nifti_problem(path: str | os.PathLike[str]) -> str | None:

@@ -14,7 +14,7 @@ from asymseg.target import resolve_target
 
 
 def case_report(files: CaseFiles, *, convention: str | None = None,
-                foreground_labels: Sequence[int] | None = None) -> dict[str, Any]:
+                foreground_labels: Sequence[int] | None = None, strict: bool = False) -> dict[str, Any]:
     """Read a case (without normalising) and describe it.
 
     The target comes from ``convention`` or ``foreground_labels``, else it is guessed from the
@@ -25,6 +25,7 @@ def case_report(files: CaseFiles, *, convention: str | None = None,
         files: from :func:`~asymseg.io.discover_case`.
         convention: BraTS label convention ("brats2015", "brats2017", "brats2023").
         foreground_labels: explicit source label values of the foreground.
+        strict: refuse the case when a plausibility check fails (:mod:`asymseg.io.checks`).
 
     Returns:
         A JSON-ready dict: ``case_id``, ``folder``, ``channels`` (name, file, how it was found,
@@ -37,7 +38,7 @@ def case_report(files: CaseFiles, *, convention: str | None = None,
         InputError: the case cannot be loaded (unreadable file, grids differ, empty mask), or the
             explicit target options conflict.
     """
-    case = load_case(files, normalize=False)
+    case = load_case(files, normalize=False, strict=strict)
     brain = case.mask
     channels = []
     for index, name in enumerate(case.channels):
@@ -84,4 +85,5 @@ def case_report(files: CaseFiles, *, convention: str | None = None,
         "target_error": target_error,
         "tumour_core_voxels": core_voxels,
         "tumour_core_fraction_of_brain": (core_voxels / brain_voxels) if core_voxels is not None else None,
+        "warnings": [f.to_dict() for f in case.findings],
     }

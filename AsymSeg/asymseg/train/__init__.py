@@ -14,7 +14,24 @@ Modules:
 
 from __future__ import annotations
 
-from asymseg.train.api import TrainResult, finetune, load_run_config, resolve_output
+from typing import TYPE_CHECKING, Any
+
 from asymseg.train.config import TrainConfig, load_config
+
+if TYPE_CHECKING:
+    from asymseg.train.api import TrainResult, finetune, load_run_config, resolve_output
+
+_FROM_API = ("TrainResult", "finetune", "load_run_config", "resolve_output")
+
+
+def __getattr__(name: str) -> Any:
+    # The training routine imports torch (seconds); the configuration does not. Importing
+    # ``asymseg.train.config`` (as every command's argument parser does) must not pay for torch.
+    if name in _FROM_API:
+        from asymseg.train import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["TrainConfig", "TrainResult", "finetune", "load_config", "load_run_config", "resolve_output"]

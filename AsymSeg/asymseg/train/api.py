@@ -51,6 +51,7 @@ from asymseg.train.checkpoint import (
     swap_in_directory,
 )
 from asymseg.train.config import TrainConfig, load_config
+from asymseg.train.crossval import check_cross_validation, choose_by_cross_validation
 from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
 from asymseg.train.lock import output_lock
 from asymseg.train.loop import Trainer, TrainState
@@ -182,7 +183,7 @@ class _ModelSource:
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any, Path]:
-    from asymseg.modelfile import load_model
+    from asymseg.registry import load_model
 
     try:
         loaded = load_model(config.base_model, device="cpu")
@@ -262,10 +263,13 @@ def _unique_ids(files: Sequence[Any]) -> list[str]:
     return ids
 
 
-def _load(files: Any, channels: Sequence[str], target: TargetSpec) -> Any:
+def _load(files: Any, channels: Sequence[str], target: TargetSpec, spacing: Sequence[float] | None,
+          orientation: str | None) -> Any:
+    """A training or validation case on the model's working grid (the card's spacing and orientation)."""
     from asymseg.io import load_case
 
-    case = load_case(files, channels=list(channels), normalize=True, require_label=True)
+    case = load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
+                     orientation=orientation)
     target.check_label_values(np.unique(case.label), source=str(files.label))
     return case
 
@@ -360,8 +364,11 @@ class ModelWriter:
         card = self.source.card
         base = self.source.base_card
         how = f"fine-tuned from {base.name}" if base is not None else f"trained from scratch ({card.architecture})"
+        # A base model's operating point was chosen for its weights, not these: argmax until one is
+        # chosen for this model (on validation cases or by cross-validation, after training).
         return card.replace(
             name=self.output.name, created="", target=self.source.target, provenance=self.provenance(state, reason),
+            operating_point=None,
             description=f"{how} on {len(self.train_ids)} case(s) with {self.technique.name}, "
                         f"best at iteration {state.best_iteration}")
 
@@ -495,6 +502,8 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         keep, held = hold_out([f.case_id for f in train_files], config.val_fraction, config.seed)
         val_files = [train_files[i] for i in held]
         train_files = [train_files[i] for i in keep]
+    if config.operating_point == "cross-validation":
+        check_cross_validation(config.train_cases, config.val_cases, config.val_fraction, dist.is_distributed)
     source = _model_source(config, train_files)
     net = source.net
     train_ids = _unique_ids(train_files)
@@ -509,7 +518,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
     cases: list[TrainingCase] = []
     for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
         cancel.check()
-        case = _load(files, source.channels, source.target)
+        case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
         # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
         # cropping to the box of brain and labelled voxels loses nothing.
         cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
@@ -519,7 +528,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
     if dist.is_main:
         for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
             cancel.check()
-            case = _load(files, source.channels, source.target)
+            case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
             val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask,
                                                      case.geometry.spacing, source.target, context=net.context,
                                                      output_multiple=net.output_multiple))
@@ -595,7 +604,10 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
             writer.write(best, state, outcome.status,
                          extra_files={JSONL_NAME: run_dir / JSONL_NAME, CSV_NAME: run_dir / CSV_NAME,
                                       CONFIG_NAME: run_dir / CONFIG_NAME})
-            if outcome.status != "stopped" and val_files and resolved.operating_point != "none":
+            if outcome.status != "stopped" and resolved.operating_point == "cross-validation":
+                choose_by_cross_validation(finetune, resolved, output, run_dir, train_ids, device=str(device),
+                                           on_event=on_event, cancel=cancel)
+            elif outcome.status != "stopped" and val_files and resolved.operating_point != "none":
                 _choose_operating_point(output, val_files, resolved, device, on_event, cancel)
         D.barrier(dist)
     result = TrainResult(

@@ -17,6 +17,7 @@ is one complete checkpoint. Nothing here unpickles: tensors go through safetenso
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,7 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from asymseg.errors import InputError
+from asymseg import jsontext
+from asymseg.errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,13 @@ def save_checkpoint(run_dir: str | Path, *, weights: Mapping[str, torch.Tensor],
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
         swap_in_directory(tmp, run_dir / CHECKPOINT_DIR, run_dir / CHECKPOINT_OLD)
+    except (OSError, ResourceError) as err:  # name the checkpoint, not the temporary folder removed now
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = run_dir / CHECKPOINT_DIR
+        if isinstance(err, ResourceError) or err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise ResourceError(f"{where}: cannot write the checkpoint: out of disk space or over the file size "
+                                "limit (the previous checkpoint, if any, is kept)") from err
+        raise InputError(f"{where}: cannot write the checkpoint: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -256,8 +265,9 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     if path is None:
         raise InputError(f"{run_dir}: no training checkpoint found (expected {run_dir / CHECKPOINT_DIR})")
     try:
-        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        state = jsontext.loads((path / _STATE).read_text(encoding="utf-8"), allow_nan=True,
+                               max_int_digits=100)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{path / _STATE}: unreadable checkpoint state ({err})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path / _STATE}: not an asymseg training checkpoint")

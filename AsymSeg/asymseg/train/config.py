@@ -41,7 +41,7 @@ SCHEDULES = ("constant", "step", "cosine", "poly")
 #: Batch-norm statistics for inference (``TrainConfig.batchnorm_stats``).
 BATCHNORM_STATS = ("ema", "window")
 #: How a run sets its output model's operating point (``TrainConfig.operating_point``).
-OPERATING_POINT_CHOICES = ("validation", "validation-tta", "none")
+OPERATING_POINT_CHOICES = ("validation", "validation-tta", "cross-validation", "none")
 DEVICES = ("auto", "cpu", "cuda")
 ARCHITECTURES = ("deepmedic", "deepmedic-tmi", "unet")
 #: Architecture trained from scratch when neither a base model nor an architecture is given.
@@ -126,7 +126,10 @@ class TrainConfig:
         operating_point: after training, choose the output model's operating point (threshold,
             post-processing; :mod:`asymseg.operating`) on the validation cases and record it on
             its card: "validation" (default), "validation-tta" (TTA considered too, 8x the
-            inference) or "none" (argmax). Without validation cases the card keeps the argmax.
+            inference), "cross-validation" (no validation cases: one extra run per training case,
+            each scoring the case it left out; :mod:`asymseg.train.crossval`) or "none" (argmax).
+            With "validation" and no validation cases the card keeps the argmax (a base model's
+            operating point is not carried over: it was chosen for other weights).
         batchnorm_stats: the batch-norm statistics inference uses: "ema" (torch's moving average,
             momentum 0.1) or "window" (the average of the last 60 clean training batches, as the
             authors' DeepMedic; :mod:`asymseg.train.bnstats`).
