@@ -107,6 +107,8 @@ class AsymSegTrainingParameterNode:
         in every BraTS convention). coreSegments: names of the core segments (empty: by name or value).
     baseModelName, technique, symmetric, iterations, learningRate, fgFraction, outputModelName,
     labelConvention, seed, forceCpu: the fine-tuning settings.
+    crossValidateOperatingPoint: without validation cases, choose the operating point by
+        cross-validation over the training cases (one more run per case).
     """
 
     caseFlairVolume: vtkMRMLScalarVolumeNode
@@ -126,6 +128,7 @@ class AsymSegTrainingParameterNode:
     labelConvention: str = "auto"
     seed: int = 0
     forceCpu: bool = False
+    crossValidateOperatingPoint: bool = False
 
 
 #
@@ -388,6 +391,7 @@ class AsymSegTrainingWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 learningRate=p.learningRate, fgFraction=p.fgFraction,
                 labelConvention=None if p.labelConvention == "auto" else p.labelConvention,
                 seed=p.seed, device="cpu" if p.forceCpu else "auto", overwrite=mode == "overwrite",
+                operatingPoint=params.operatingPointChoice(p.crossValidateOperatingPoint, self._validationCases),
                 resume=str(state.runFolder) if mode == "resume" and state is not None else None)
             trainScene = [c for c in self._trainingCases if isinstance(c, export.SceneCase)]
             if mode == "estimate":

@@ -48,6 +48,9 @@ RESUME_SETTINGS = ("iterations", "device")
 #: The run folder's saved configuration (asymseg.train.api.CONFIG_NAME).
 RUN_CONFIG_NAME = "train_config.json"
 DEVICES = ("auto", "cpu", "cuda")
+#: How the engine chooses the new model's operating point (``finetune --operating-point``); None: its
+#: default (on the validation cases when there are some, else the argmax).
+OPERATING_POINTS = ("validation", "cross-validation", "none")
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -82,6 +85,8 @@ class TrainingParameters:
         overwrite: replace an existing output model and start its run anew (``--overwrite``).
         resume: continue the run in this run folder (``--resume``): only ``iterations`` and
             ``device`` apply, the rest comes from the run.
+        operatingPoint: one of :data:`OPERATING_POINTS` or None (the engine's default).
+            "cross-validation" needs 2 or more training cases and no validation cases.
     """
 
     trainCases: list[str]
@@ -102,6 +107,7 @@ class TrainingParameters:
     extraArguments: Sequence[str] = ()
     overwrite: bool = False
     resume: str | None = None
+    operatingPoint: str | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first invalid setting and the value received."""
@@ -138,6 +144,14 @@ class TrainingParameters:
                              f"expected one of {', '.join(LABEL_CONVENTIONS)}")
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.operatingPoint is not None and self.operatingPoint not in OPERATING_POINTS:
+            raise ValueError(f"operating point {self.operatingPoint!r}: expected one of {', '.join(OPERATING_POINTS)}")
+        if self.operatingPoint == "cross-validation":
+            if self.valCases:
+                raise ValueError("cross-validation chooses the operating point without validation cases; "
+                                 "remove the validation cases or leave cross-validation off")
+            if len(self.trainCases) < 2:
+                raise ValueError("cross-validation needs at least 2 training cases (one is left out per run)")
 
     def resolvedTechnique(self) -> tuple[str, bool]:
         """(preset name, whether to pass ``--symmetric``) after applying :attr:`symmetric`."""
@@ -186,6 +200,8 @@ class TrainingParameters:
         args += ["--device", self.device, "--output-model", str(self.outputModel)]
         if self.overwrite:
             args.append("--overwrite")
+        if self.operatingPoint is not None:
+            args += ["--operating-point", self.operatingPoint]
         args += [str(a) for a in self.extraArguments]
         args += ["--progress", "jsonl"]
         return args
@@ -255,3 +271,9 @@ def outputState(outputModel: str) -> OutputState:
         cases = [c for key in ("train_cases", "val_cases") for c in (config.get(key) or []) if isinstance(c, str)]
         canResume = all(Path(c).exists() for c in cases)
     return OutputState(modelFolder, runFolder, modelFolder.exists(), runExists, canResume)
+
+
+def operatingPointChoice(crossValidate: bool, validationCases: Sequence[object]) -> str | None:
+    """The panel's operating-point setting: cross-validation when asked for and there are no
+    validation cases (with validation cases the engine always chooses on them); else the default."""
+    return "cross-validation" if crossValidate and not validationCases else None

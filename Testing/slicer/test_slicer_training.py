@@ -22,14 +22,13 @@ pytestmark = pytest.mark.slicer
 
 
 def finetuneParser() -> argparse.ArgumentParser:
-    """The engine's own ``asymseg finetune`` parser (skips until the command exists)."""
+    """The engine's own command-line parser, with ``finetune`` and the options every command takes
+    (skips where the engine is not importable)."""
     try:
-        module = importlib.import_module("asymseg.commands.finetune")
+        cli = importlib.import_module("asymseg.cli")
     except ImportError:
-        pytest.skip("asymseg finetune is not available yet")
-    parser = argparse.ArgumentParser(prog="asymseg")
-    module.register(parser.add_subparsers(dest="command"))
-    return parser
+        pytest.skip("the asymseg engine is not importable here")
+    return cli.build_parser()
 
 
 # ------------------------------------------------------------------------------ command line
@@ -69,6 +68,10 @@ def test_symmetric_switch_picks_the_twin_preset_or_the_symmetric_flag():
     ({"fgFraction": 1.5}, r"foreground fraction must be in \[0, 1\], got 1.5"),
     ({"labelConvention": "brats2099"}, "label convention 'brats2099'"),
     ({"device": "tpu"}, "device 'tpu'"),
+    ({"operatingPoint": "best"}, "operating point 'best': expected one of validation, cross-validation"),
+    ({"operatingPoint": "cross-validation", "valCases": ["v"], "trainCases": ["a", "b"]},
+     "without validation cases"),
+    ({"operatingPoint": "cross-validation"}, "at least 2 training cases"),
 ])
 def test_invalid_settings_name_the_setting_and_value(change, message):
     p = params.TrainingParameters(trainCases=["a"], outputModel="m")
@@ -102,6 +105,17 @@ def test_the_engine_finetune_parser_accepts_the_arg_list(tmp_path):
     assert (args.iterations, args.lr, args.fg_fraction, args.batch_size, args.val_every) == (7, 0.002, 0.4, 2, 3)
     assert tuple(args.foreground_labels) == (1,) and args.label_convention is None
     assert (args.seed, args.device, args.output_model, args.progress) == (11, "cpu", "site-model", "jsonl")
+    assert args.operating_point is None  # the engine's default unless the panel asks
+
+
+def test_cross_validation_of_the_operating_point_reaches_the_engine_only_without_validation_cases(tmp_path):
+    assert params.operatingPointChoice(True, []) == "cross-validation"
+    assert params.operatingPointChoice(True, ["v"]) is None and params.operatingPointChoice(False, []) is None
+    p = params.TrainingParameters(trainCases=[str(tmp_path / "a"), str(tmp_path / "b")], outputModel="m",
+                                  operatingPoint=params.operatingPointChoice(True, []))
+    args = finetuneParser().parse_args(p.asArgList())
+    assert args.operating_point == "cross-validation"
+    assert set(params.OPERATING_POINTS) <= set(pytest.importorskip("asymseg.train.config").OPERATING_POINT_CHOICES)
 
 
 # ------------------------------------------------------------------------------ progress curves
