@@ -196,42 +196,12 @@ class ModelCard:
         provenance = data.get("provenance", {})
         if not isinstance(provenance, Mapping):
             raise fail("provenance", f"expected an object, got {type(provenance).__name__}")
-        weights = data.get("weights", {}) or {}
-        if not isinstance(weights, Mapping):
-            raise fail("weights", "expected an object {\"file\": ..., \"sha256\": ...}")
-        weights_file = weights.get("file", WEIGHTS_FILE)
-        if (not isinstance(weights_file, str) or not weights_file or weights_file.startswith(".")
-                or "/" in weights_file or "\\" in weights_file or not weights_file.endswith(".safetensors")):
-            raise fail("weights.file", f"expected a plain *.safetensors file name, got {weights_file!r}")
-        sha = weights.get("sha256")
-        if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
-            raise fail("weights.sha256", f"expected 64 lowercase hex digits, got {sha!r}")
+        weights_file, sha = _parse_weights(data.get("weights", {}) or {}, fail)
         for key in ("description", "created"):
             if not isinstance(data.get(key, ""), str):
                 raise fail(key, f"expected a string, got {data[key]!r}")
-        point = None
-        if data.get("operating_point") is not None:
-            try:
-                point = OperatingPoint.from_dict(data["operating_point"])
-            except InputError as err:
-                raise fail("operating_point", str(err)) from err
-        spacing = data.get("spacing")
-        if spacing is not None:
-            if (not isinstance(spacing, list) or len(spacing) != 3
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                               for v in spacing)):
-                raise fail("spacing", f"expected three positive numbers (mm, x y z), got {spacing!r}")
-            spacing = tuple(float(v) for v in spacing)
-        orientation = data.get("orientation")
-        if orientation is not None:
-            from asymseg.io.resample import check_orientation
-
-            try:
-                orientation = check_orientation(orientation) if isinstance(orientation, str) else None
-            except ValueError as err:
-                raise fail("orientation", str(err)) from err
-            if orientation is None:
-                raise fail("orientation", f"expected a 3-letter code such as \"LPS\", got {data['orientation']!r}")
+        point = _parse_operating_point(data.get("operating_point"), fail)
+        spacing, orientation = _parse_geometry(data.get("spacing"), data.get("orientation"), fail)
         return cls(
             orientation=orientation,
             name=name, architecture=arch["name"], hparams=dict(hparams), channels=channels, spacing=spacing,
@@ -240,6 +210,50 @@ class ModelCard:
             weights_sha256=sha, format_version=version,
             extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS}, operating_point=point,
         )
+
+
+def _parse_weights(weights: Any, fail) -> tuple[str, str | None]:
+    """The card's ``weights`` entry: (file name, SHA256 or None)."""
+    if not isinstance(weights, Mapping):
+        raise fail("weights", "expected an object {\"file\": ..., \"sha256\": ...}")
+    weights_file = weights.get("file", WEIGHTS_FILE)
+    if (not isinstance(weights_file, str) or not weights_file or weights_file.startswith(".")
+            or "/" in weights_file or "\\" in weights_file or not weights_file.endswith(".safetensors")):
+        raise fail("weights.file", f"expected a plain *.safetensors file name, got {weights_file!r}")
+    sha = weights.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+        raise fail("weights.sha256", f"expected 64 lowercase hex digits, got {sha!r}")
+    return weights_file, sha
+
+
+def _parse_operating_point(value: Any, fail) -> OperatingPoint | None:
+    if value is None:
+        return None
+    try:
+        return OperatingPoint.from_dict(value)
+    except InputError as err:
+        raise fail("operating_point", str(err)) from err
+
+
+def _parse_geometry(spacing: Any, orientation: Any, fail) -> tuple[tuple[float, ...] | None, str | None]:
+    """The card's training ``spacing`` (three positive mm) and ``orientation`` (e.g. "LPS"), each optional."""
+    if spacing is not None:
+        if (not isinstance(spacing, list) or len(spacing) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                           for v in spacing)):
+            raise fail("spacing", f"expected three positive numbers (mm, x y z), got {spacing!r}")
+        spacing = tuple(float(v) for v in spacing)
+    if orientation is not None:
+        from asymseg.io.resample import check_orientation
+
+        given = orientation
+        try:
+            orientation = check_orientation(orientation) if isinstance(orientation, str) else None
+        except ValueError as err:
+            raise fail("orientation", str(err)) from err
+        if orientation is None:
+            raise fail("orientation", f"expected a 3-letter code such as \"LPS\", got {given!r}")
+    return spacing, orientation
 
 
 def _parse_channels(value: Any, fail) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     from asymseg.phantom import write_phantom_cases
     from asymseg.target import TargetSpec
     from asymseg.techniques import TECHNIQUES, get_technique
-    from asymseg.train.api import _amp_dtype
+    from asymseg.train.api import amp_dtype
     from asymseg.train.data import PatchSampler, SamplerSettings, prepare_case
     from asymseg.train.optim import make_optimizer
     from asymseg.train.steps import IterationRunner
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         raise InputError(f"--network-param: {err}") from err
     out_size = (reference_net.training_output_size,) * 3
     in_size = tuple(reference_net.input_shape(out_size))
-    amp = _amp_dtype(device)
+    amp = amp_dtype(device)
 
     states: dict[str, dict[str, Any]] = {}
     for name in presets:

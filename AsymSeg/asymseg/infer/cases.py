@@ -159,6 +159,78 @@ def _to_reference_grid(prediction: Any, working: Geometry, original: Geometry, n
         probabilities=move(prediction.probabilities), decision=move(prediction.decision), logits=logits)
 
 
+def _reference_path(files: CaseFiles, reference: str | os.PathLike[str] | None, evaluate: bool) -> Path | None:
+    """The label map to score against: ``reference``, or with ``evaluate`` the case's own label."""
+    if reference is not None:
+        return Path(reference)
+    if not evaluate:
+        return None
+    if files.label is None:
+        raise InputError(f"{files.where}: --evaluate needs a label file in the case (none found)")
+    return files.label
+
+
+def _emit_findings(findings: Sequence[Any], case_id: str, on_event: EventCallback | None) -> None:
+    for finding in findings:
+        # Already logged on stderr (which the Slicer panels show); the JSON line carries it too, with
+        # the text under "warning" rather than "message" so the terminal does not print it twice.
+        emit(on_event, C.EVENT_LOG, stage="checks", case_id=case_id, level="warning", check=finding.check,
+             file=finding.file, warning=finding.message, value=finding.value)
+
+
+def _write_outputs(prediction: Any, outputs: OutputPaths, geometry: Any, target: Any,
+                   on_event: EventCallback | None, case_id: str) -> dict[str, Any]:
+    """Write a case's outputs on ``geometry``, all or none; returns their paths by kind."""
+    written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}
+    pending: list[tuple[np.ndarray, Path, str]] = [(prediction.labels, outputs.labels, "uint8")]
+    if outputs.probabilities is not None:
+        pending.append((prediction.probabilities, outputs.probabilities, "float32"))
+    class_paths: dict[str, Path] = {}
+    if outputs.logits is not None:
+        pending.append((prediction.decision, outputs.logits, "float32"))
+        if target.num_classes > 2:
+            for index, name in enumerate(target.names):
+                class_paths[name] = class_logit_path(outputs.logits, name)
+                pending.append((prediction.logits[index], class_paths[name], "float32"))
+    emit(on_event, C.EVENT_PROGRESS, stage="write", done=0, total=len(pending), case_id=case_id)
+    done: list[Path] = []
+    try:
+        for index, (array, path, dtype) in enumerate(pending):
+            write_image(array, geometry, path, dtype=dtype)
+            done.append(Path(path))
+            emit(on_event, C.EVENT_PROGRESS, stage="write", done=index + 1, total=len(pending), case_id=case_id)
+    except BaseException:
+        for path in done:  # a case's outputs are written all or none (e.g. the disk filled up half-way)
+            path.unlink(missing_ok=True)
+        raise
+    written["labels"] = str(outputs.labels)
+    written["probabilities"] = str(outputs.probabilities) if outputs.probabilities is not None else None
+    written["logits"] = str(outputs.logits) if outputs.logits is not None else None
+    written["class_logits"] = {k: str(v) for k, v in class_paths.items()} or None
+    return written
+
+
+def _case_summary(case_id: str, written: dict[str, Any], prediction: Any, target: Any, spacing: Sequence[float],
+                  resampled: bool, working: Any, findings: Sequence[Any]) -> dict[str, Any]:
+    """What :func:`segment_case` reports about a case it wrote (without metrics and timing)."""
+    rare = [i for i, r in enumerate(target.rare) if r and i > 0] or list(range(1, target.num_classes))
+    foreground = int(np.isin(prediction.labels, rare).sum())
+    return {
+        "case_id": case_id,
+        "outputs": written,
+        "foreground_voxels": foreground,
+        "foreground_ml": foreground * float(np.prod(spacing)) / 1000.0,
+        "device": prediction.info.get("device"),
+        "tile": prediction.info.get("tile"),
+        "tiles": prediction.info.get("tiles"),
+        "retries": prediction.info.get("retries", []),
+        "inference_seconds": prediction.info.get("seconds"),
+        "operating_point": prediction.info.get("operating_point"),
+        "working_grid": {"resampled": resampled, "spacing": list(working.spacing), "size": list(working.size)},
+        "warnings": [f.to_dict() for f in findings],
+    }
+
+
 def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, reference: str | os.PathLike[str] | None = None,
                  evaluate: bool = False, device: str = "auto", tile: int | Sequence[int] | None = None,
                  batch_size: int | None = None, amp: str = "auto", on_event: EventCallback | None = None,
@@ -202,21 +274,13 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
     point = operating_point or card.operating_point or OperatingPoint()
     target = card.target
     check_case_channels(files, card.channels)
-    ref_path = Path(reference) if reference is not None else None
-    if ref_path is None and evaluate:
-        if files.label is None:
-            raise InputError(f"{files.where}: --evaluate needs a label file in the case (none found)")
-        ref_path = files.label
+    ref_path = _reference_path(files, reference, evaluate)
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=1, case_id=files.case_id)
     case = load_case(files, channels=card.channels, normalize=_normalize_flag(card), spacing=card.spacing,
                      orientation=card.orientation,
                      strict=strict)
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=1, total=1, case_id=files.case_id)
-    for finding in case.findings:
-        # Already logged on stderr (which the Slicer panels show); the JSON line carries it too, with
-        # the text under "warning" rather than "message" so the terminal does not print it twice.
-        emit(on_event, C.EVENT_LOG, stage="checks", case_id=files.case_id, level="warning", check=finding.check,
-             file=finding.file, warning=finding.message, value=finding.value)
+    _emit_findings(case.findings, files.case_id, on_event)
     reference_classes = (_reference_classes(ref_path, case.reference_geometry, target)
                          if ref_path is not None else None)
     if cancel is not None:
@@ -231,48 +295,8 @@ def segment_case(model: Any, files: CaseFiles, outputs: OutputPaths, *, referenc
     del case
     if resampled:  # results go back onto the reference channel's original grid
         prediction = _to_reference_grid(prediction, working, geometry, target.num_classes)
-    written: dict[str, Any] = {"labels": None, "probabilities": None, "logits": None, "class_logits": None}
-    pending: list[tuple[np.ndarray, Path, str]] = [(prediction.labels, outputs.labels, "uint8")]
-    if outputs.probabilities is not None:
-        pending.append((prediction.probabilities, outputs.probabilities, "float32"))
-    class_paths: dict[str, Path] = {}
-    if outputs.logits is not None:
-        pending.append((prediction.decision, outputs.logits, "float32"))
-        if target.num_classes > 2:
-            for index, name in enumerate(target.names):
-                class_paths[name] = class_logit_path(outputs.logits, name)
-                pending.append((prediction.logits[index], class_paths[name], "float32"))
-    emit(on_event, C.EVENT_PROGRESS, stage="write", done=0, total=len(pending), case_id=files.case_id)
-    done: list[Path] = []
-    try:
-        for index, (array, path, dtype) in enumerate(pending):
-            write_image(array, geometry, path, dtype=dtype)
-            done.append(Path(path))
-            emit(on_event, C.EVENT_PROGRESS, stage="write", done=index + 1, total=len(pending), case_id=files.case_id)
-    except BaseException:
-        for path in done:  # a case's outputs are written all or none (e.g. the disk filled up half-way)
-            path.unlink(missing_ok=True)
-        raise
-    written["labels"] = str(outputs.labels)
-    written["probabilities"] = str(outputs.probabilities) if outputs.probabilities is not None else None
-    written["logits"] = str(outputs.logits) if outputs.logits is not None else None
-    written["class_logits"] = {k: str(v) for k, v in class_paths.items()} or None
-    rare = [i for i, r in enumerate(target.rare) if r and i > 0] or list(range(1, target.num_classes))
-    foreground = int(np.isin(prediction.labels, rare).sum())
-    result: dict[str, Any] = {
-        "case_id": files.case_id,
-        "outputs": written,
-        "foreground_voxels": foreground,
-        "foreground_ml": foreground * float(np.prod(spacing)) / 1000.0,
-        "device": prediction.info.get("device"),
-        "tile": prediction.info.get("tile"),
-        "tiles": prediction.info.get("tiles"),
-        "retries": prediction.info.get("retries", []),
-        "inference_seconds": prediction.info.get("seconds"),
-        "operating_point": prediction.info.get("operating_point"),
-        "working_grid": {"resampled": resampled, "spacing": list(working.spacing), "size": list(working.size)},
-        "warnings": [f.to_dict() for f in findings],
-    }
+    written = _write_outputs(prediction, outputs, geometry, target, on_event, files.case_id)
+    result = _case_summary(files.case_id, written, prediction, target, spacing, resampled, working, findings)
     if reference_classes is not None:
         result["reference"] = str(ref_path)
         result["metrics"] = score(prediction.labels, reference_classes, target, spacing)

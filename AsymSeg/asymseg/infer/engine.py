@@ -38,7 +38,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -337,71 +337,123 @@ def predict_volume(net: torch.nn.Module, image: np.ndarray, mask: np.ndarray | N
         emit(on_event, C.EVENT_PROGRESS, stage="infer", done=0, total=0)
         return _empty_prediction(spatial, k, return_logits, info, return_decision)
     start, stop = box
-    m = int(net.output_multiple)
-    # The region tiles cover: exact plans start on the multiple-of-m grid below the box.
-    region = tuple(b - (round_down(a, m) if getattr(net, "exact_tiling", False) else a) for a, b in zip(start, stop))
+    job = _VolumeJob(net=net, image=image, mask=mask, start=start, stop=stop, tile=tile, batch_size=batch_size,
+                     amp=amp, amp_dtype=amp_dtype, memory_format=memory_format, on_event=on_event, cancel=cancel)
+    fallback = torch.device("cpu") if fallback_to_cpu and device.type == "cuda" else None
+    done, used_device, _ = run_with_oom_retry(
+        job.attempt, device=device, tile=job.budget_tile(device), multiple=job.multiple,
+        fallback_device=fallback, fallback_tile=lambda: job.budget_tile(torch.device("cpu")),
+        on_event=on_event, retries=info["retries"])
+    info.update(done.info(used_device))
+    prediction = _finish(done.logits, done.lo, mask, rare_flags, return_logits, return_decision)
+    info["seconds"] = time.perf_counter() - started
+    prediction.info = info
+    return prediction
 
-    model: list[ActivationModel] = []
-    index: list[MaskIndex] = []
 
-    def budget_tile(dev: torch.device) -> Triple:
-        if tile is None and not model:
-            model.append(ActivationModel.measure(net))
-        if tile is not None:
+@dataclass(frozen=True)
+class _Pass:
+    """One completed tiled pass: the logits over the covered box (K, box) and how it ran."""
+
+    logits: np.ndarray
+    lo: Triple
+    plan: TilePlan
+    tiles_run: int
+    batch_size: int
+    memory_format: torch.memory_format
+    amp: torch.dtype | None
+
+    def info(self, device: torch.device) -> dict[str, Any]:
+        plan = self.plan
+        return {"device": str(device), "tile": list(plan.tile_shape), "tiles": self.tiles_run,
+                "skipped_tiles": len(plan) - self.tiles_run, "batch_size": self.batch_size,
+                "computed_voxels": self.tiles_run * math.prod(plan.tile_shape),
+                "memory_format": "channels_last_3d" if self.memory_format == torch.channels_last_3d else "contiguous",
+                "amp": str(self.amp).replace("torch.", "") if self.amp else "off", "blended": plan.blended}
+
+
+@dataclass
+class _VolumeJob:
+    """One volume's inference: the tile size its memory budget allows, and a tiled pass at a given tile
+    size (what :func:`~asymseg.infer.retry.run_with_oom_retry` calls, smaller each time memory runs out)."""
+
+    net: torch.nn.Module
+    image: np.ndarray
+    mask: np.ndarray
+    start: Triple
+    stop: Triple
+    tile: int | Sequence[int] | None
+    batch_size: int | None
+    amp: AmpMode
+    amp_dtype: torch.dtype | None
+    memory_format: MemoryFormat
+    on_event: EventCallback | None
+    cancel: CancelToken | None
+    _activations: ActivationModel | None = None
+    _index: MaskIndex | None = None
+
+    @property
+    def multiple(self) -> int:
+        return int(self.net.output_multiple)
+
+    @property
+    def exact(self) -> bool:
+        return bool(getattr(self.net, "exact_tiling", False))
+
+    @property
+    def region(self) -> Triple:
+        """The extent the tiles cover: exact plans start on the multiple grid below the box."""
+        m = self.multiple
+        return tuple(b - (round_down(a, m) if self.exact else a)  # type: ignore[return-value]
+                     for a, b in zip(self.start, self.stop))
+
+    def activations(self) -> ActivationModel:
+        if self._activations is None:
+            self._activations = ActivationModel.measure(self.net)
+        return self._activations
+
+    def budget_tile(self, dev: torch.device) -> Triple:
+        """The tile edges for ``dev``: the caller's (capped at the region), or the cheapest plan whose
+        activations fit the device's budget."""
+        m, region = self.multiple, self.region
+        if self.tile is not None:
             # Edges past the region change nothing; capping them keeps out-of-memory halving effective.
-            return tuple(min(t, round_up(n, m)) for t, n in zip(as_triple(tile), region))  # type: ignore[return-value]
+            return tuple(min(t, round_up(n, m)) for t, n in zip(as_triple(self.tile), region))  # type: ignore[return-value]
         if dev.type == "cuda":
             free, _ = torch.cuda.mem_get_info(dev)
             budget, largest = int(free * CUDA_MEMORY_FRACTION), CUDA_MAX_TILE
         else:
             budget, largest = CPU_ACTIVATION_BUDGET, CPU_MAX_TILE
-        dtype_bytes = 2 if dev.type == "cuda" and amp_dtype is not None else 4
-        if getattr(net, "exact_tiling", False):
-            if not index:
-                index.append(MaskIndex(mask))
-            return cheapest_exact_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
-                                       cost=tile_cost(net), dtype_bytes=dtype_bytes,
-                                       tiles_run=lambda shape: index[0].tiles_touching(_plan(net, start, stop, shape)))
-        return default_tile(model[0], region, multiple=m, budget_bytes=budget, max_tile=largest,
+        dtype_bytes = 2 if dev.type == "cuda" and self.amp_dtype is not None else 4
+        if self.exact:
+            if self._index is None:
+                self._index = MaskIndex(self.mask)
+            index = self._index
+            return cheapest_exact_tile(
+                self.activations(), region, multiple=m, budget_bytes=budget, max_tile=largest,
+                cost=tile_cost(self.net), dtype_bytes=dtype_bytes,
+                tiles_run=lambda shape: index.tiles_touching(_plan(self.net, self.start, self.stop, shape)))
+        return default_tile(self.activations(), region, multiple=m, budget_bytes=budget, max_tile=largest,
                             dtype_bytes=dtype_bytes)
 
-    state: dict[str, Any] = {}
-
-    def attempt(dev: torch.device, tile_edges: Triple) -> tuple[np.ndarray, Triple]:
-        plan = _plan(net, start, stop, tile_edges)
+    def attempt(self, dev: torch.device, tile_edges: Triple) -> _Pass:
+        """One tiled pass on ``dev`` with tiles of ``tile_edges`` (only the tiles that hold brain)."""
+        net, spatial = self.net, self.mask.shape
+        plan = _plan(net, self.start, self.stop, tile_edges)
         lo = tuple(max(0, s) for s in plan.region_start)
         hi = tuple(min(n, s) for n, s in zip(spatial, plan.region_stop))
-        state.clear()
-        out = np.zeros((k, *(b - a for a, b in zip(lo, hi))), dtype=np.float32)
+        out = np.zeros((int(net.num_classes), *(b - a for a, b in zip(lo, hi))), dtype=np.float32)
         weight_sum = np.zeros(out.shape[1:], dtype=np.float32) if plan.blended else None
-        fmt = resolve_memory_format(memory_format, net, dev)
-        dev_amp = amp_dtype if dev.type == "cuda" or amp in ("bf16", "fp16") else None
-        per_batch = batch_size or _default_batch(model, net, plan, dev, dev_amp)
-        tiles = tiles_touching(plan, mask)
-        state.update(plan=plan, tiles=len(tiles), batch_size=per_batch, memory_format=fmt, amp=dev_amp)
+        fmt = resolve_memory_format(self.memory_format, net, dev)
+        dev_amp = self.amp_dtype if dev.type == "cuda" or self.amp in ("bf16", "fp16") else None
+        per_batch = self.batch_size or _default_batch(self.activations, plan, dev, dev_amp)
+        tiles = tiles_touching(plan, self.mask)
         with _prepared(net, dev, fmt) as work:
-            _run_tiles(work, image, tiles, plan, lo, out, weight_sum, device=dev, batch_size=per_batch,
-                       amp_dtype=dev_amp, memory_format=fmt, on_event=on_event, cancel=cancel)
+            _run_tiles(work, self.image, tiles, plan, lo, out, weight_sum, device=dev, batch_size=per_batch,
+                       amp_dtype=dev_amp, memory_format=fmt, on_event=self.on_event, cancel=self.cancel)
         if weight_sum is not None:  # voxels no computed tile covers lie outside the mask: keep them 0
             np.divide(out, np.where(weight_sum > 0, weight_sum, 1.0), out=out)
-        return out, lo
-
-    fallback = torch.device("cpu") if fallback_to_cpu and device.type == "cuda" else None
-    (box_logits, lo), used_device, _ = run_with_oom_retry(
-        attempt, device=device, tile=budget_tile(device), multiple=m,
-        fallback_device=fallback, fallback_tile=lambda: budget_tile(torch.device("cpu")),
-        on_event=on_event, retries=info["retries"])
-    plan = state["plan"]
-    info.update(device=str(used_device), tile=list(plan.tile_shape), tiles=state["tiles"],
-                skipped_tiles=len(plan) - state["tiles"], batch_size=state["batch_size"],
-                computed_voxels=state["tiles"] * math.prod(plan.tile_shape),
-                memory_format="channels_last_3d" if state["memory_format"] == torch.channels_last_3d else "contiguous",
-                amp=str(state["amp"]).replace("torch.", "") if state["amp"] else "off",
-                blended=plan.blended)
-    prediction = _finish(box_logits, lo, mask, rare_flags, return_logits, return_decision)
-    info["seconds"] = time.perf_counter() - started
-    prediction.info = info
-    return prediction
+        return _Pass(out, lo, plan, len(tiles), per_batch, fmt, dev_amp)  # type: ignore[arg-type]
 
 
 def _check_image(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -429,15 +481,13 @@ def _rare_flags(rare: Sequence[bool] | None, k: int) -> np.ndarray:
     return flags
 
 
-def _default_batch(model: list[ActivationModel], net: torch.nn.Module, plan: TilePlan, device: torch.device,
+def _default_batch(activations: Callable[[], ActivationModel], plan: TilePlan, device: torch.device,
                    amp_dtype: torch.dtype | None) -> int:
     """1 on the CPU (big tiles gain nothing from batching); on CUDA as many tiles as fit the budget."""
     if device.type != "cuda" or len(plan) == 1:
         return 1
-    if not model:
-        model.append(ActivationModel.measure(net))
     free, _ = torch.cuda.mem_get_info(device)
-    one = model[0].peak_bytes(plan.tile_shape, 1, 2 if amp_dtype is not None else 4)
+    one = activations().peak_bytes(plan.tile_shape, 1, 2 if amp_dtype is not None else 4)
     return int(max(1, min(len(plan), (free * CUDA_MEMORY_FRACTION) // max(one, 1))))
 
 

@@ -164,7 +164,7 @@ def _device_type(config: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
+def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA devices that support it; float32 elsewhere."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -477,9 +477,58 @@ def _run_dir(config: TrainConfig) -> Path:
     return default_run_dir(config.output_model)
 
 
+@dataclass
+class _Run:
+    """Everything one fine-tuning run works with, ready before the first iteration."""
+
+    config: TrainConfig  # resolved: absolute paths, so the run resumes from anywhere
+    technique: Technique
+    output: Path
+    run_dir: Path
+    device: torch.device
+    checkpoint: Any | None
+    source: _ModelSource
+    val_files: list[Any]
+    train_ids: list[str]
+    val_ids: list[str]
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    val_cases: list[ValidationCase]
+    sampler: PatchSampler
+
+
 def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_event: EventCallback | None,
               cancel: CancelToken, resume: bool, overwrite: bool, stop_after: int | None,
               started: float) -> TrainResult:
+    run = _prepare_run(config, dist, device_type, on_event, cancel, resume, overwrite)
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        writer = ModelWriter(run.output, run.source, run.config, run.technique, run.train_ids, run.val_ids,
+                             run.run_dir)  # copies the net before it moves or trains
+        trainer = _make_trainer(run, writer, dist, on_event, cancel, stop_after)
+        _emit_start(run, trainer, dist, on_event)
+        outcome = trainer.run()
+        if dist.is_main:
+            _finish_model(run, writer, trainer, outcome, on_event, cancel)
+        D.barrier(dist)
+    state = outcome.state
+    result = TrainResult(
+        model_path=run.output, run_dir=run.run_dir, status=outcome.status, iterations=state.iteration,
+        total_iterations=run.config.iterations, best_iteration=state.best_iteration,
+        best_metrics=state.best_metrics, last_losses=state.last_losses, last_validation=state.last_validation,
+        seconds=time.perf_counter() - started, train_seconds=state.train_seconds, history=list(state.history),
+        is_main=dist.is_main)
+    kept = (f"best model (iteration {state.best_iteration})" if state.best_iteration is not None
+            else f"model of iteration {state.iteration} (not evaluated yet)")
+    emit(on_event, C.EVENT_DONE, stage="train", done=state.iteration, total=run.config.iterations,
+         message=f"{outcome.status}: {kept} in {run.output}",
+         **{k: v for k, v in result.to_dict().items() if k not in ("history", "last_validation")})
+    return result
+
+
+def _prepare_run(config: TrainConfig, dist: D.DistContext, device_type: str, on_event: EventCallback | None,
+                 cancel: CancelToken, resume: bool, overwrite: bool) -> _Run:
+    """Check the outputs, find and load the cases, build the model source and the patch sampler,
+    and save the resolved configuration in the run folder."""
     technique = config.technique_spec()
     if config.batch_size % dist.world_size:
         raise InputError(f"--batch-size {config.batch_size} is the global batch and must be a multiple of the "
@@ -495,15 +544,7 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         _check_fresh_start(output, run_dir, overwrite)
     D.barrier(dist)
 
-    # Cases (training on every process, validation on rank 0).
-    train_files = _discover(config.train_cases, "training")
-    val_files = _discover(config.val_cases, "validation")
-    if not val_files and config.val_fraction > 0:
-        keep, held = hold_out([f.case_id for f in train_files], config.val_fraction, config.seed)
-        val_files = [train_files[i] for i in held]
-        train_files = [train_files[i] for i in keep]
-    if config.operating_point == "cross-validation":
-        check_cross_validation(config.train_cases, config.val_cases, config.val_fraction, dist.is_distributed)
+    train_files, val_files = _case_files(config, dist)
     source = _model_source(config, train_files)
     net = source.net
     train_ids = _unique_ids(train_files)
@@ -513,33 +554,12 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
         in_size = tuple(net.input_shape(out_size))
     except ValueError as err:
         raise InputError(f"--patch-size {list(out_size)}: {' '.join(str(err).split())}") from err
-    emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=len(train_files) + len(val_files),
-         message=f"loading {len(train_files)} training and {len(val_files)} validation case(s)")
-    cases: list[TrainingCase] = []
-    for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
-        cancel.check()
-        case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
-        # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
-        # cropping to the box of brain and labelled voxels loses nothing.
-        cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
-        del case
-        emit(on_event, C.EVENT_PROGRESS, stage="load", done=index + 1, total=len(train_files) + len(val_files))
-    val_cases: list[ValidationCase] = []
-    if dist.is_main:
-        for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
-            cancel.check()
-            case = _load(files, source.channels, source.target, source.card.spacing, source.card.orientation)
-            val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask,
-                                                     case.geometry.spacing, source.target, context=net.context,
-                                                     output_multiple=net.output_multiple))
-            del case
-            emit(on_event, C.EVENT_PROGRESS, stage="load", done=len(train_files) + index + 1,
-                 total=len(train_files) + len(val_files))
+    cases, val_cases = _load_cases(source, train_files, train_ids, val_files if dist.is_main else [], val_ids,
+                                   on_event, cancel)
     sampler = PatchSampler(cases, SamplerSettings(
         input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
         background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))
 
-    # The resolved config: absolute paths, so the run can be resumed from anywhere.
     resolved = config.replace(
         train_cases=tuple(str(Path(p).absolute()) for p in config.train_cases),
         val_cases=tuple(str(Path(p).absolute()) for p in config.val_cases),
@@ -551,77 +571,119 @@ def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_eve
             _clear_checkpoints(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved.save(run_dir / CONFIG_NAME)
+    return _Run(resolved, technique, output, run_dir, device, checkpoint, source, val_files, train_ids, val_ids,
+                in_size, out_size, val_cases, sampler)
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        writer = ModelWriter(output, source, resolved, technique, train_ids, val_ids, run_dir)  # copies net first
-        net.to(device)
-        optimizer = _make_optimizer(resolved, net)
-        rare = list(source.target.rare)
-        sampler_rng = np.random.default_rng(config.seed)
-        generator = torch.Generator().manual_seed(config.seed + RANK_SEED_STRIDE * (dist.rank + 1))
-        # Dropout draws from the global generators: seed the ones fork_rng restores afterwards.
-        torch.default_generator.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
-        model = D.wrap_model(net, dist, device, sync_batchnorm=config.sync_batchnorm)
-        runlog = None
-        if dist.is_main:
-            counts = None
-            if checkpoint is not None:
-                saved = checkpoint.state["loop"].get("log_lines")
-                counts = (int(saved[0]), int(saved[1])) if saved else (0, 0)
-            runlog = RunLog(run_dir, counts)
-        if dist.is_main:
-            writer.recover()
-            remove_stale_temporaries(output.parent, f".{output.name}.")
-        trainer = Trainer(config=resolved, technique=technique, rare=rare, net=net, model=model,
-                          optimizer=optimizer, sampler=sampler, sampler_rng=sampler_rng, generator=generator,
-                          val_cases=val_cases, dist=dist, device=device, run_dir=run_dir, runlog=runlog,
-                          save_model=lambda w, s, r: writer.write(w, s, r), state=TrainState(),
-                          amp_dtype=_amp_dtype(device), on_event=on_event, cancel=cancel, stop_after=stop_after)
-        if checkpoint is not None:
-            _check_compatible(checkpoint.state, resolved)
-            trainer.restore(checkpoint)
-        perturbed = _perturbed_inputs(technique, net, in_size)
-        emit(on_event, C.EVENT_START, stage="train", done=trainer.state.iteration, total=resolved.iterations,
-             message=f"training {len(train_ids)} case(s) with {technique.name} on {device} "
-                     f"({dist.world_size} process(es)), {resolved.iterations} iterations"
-                     + ("; adversarial eps {:g} per input = RMS {} per value".format(
-                         technique.eps, ", ".join(f"{p['rms']:.3f} ({p['name']})" for p in perturbed))
-                        if perturbed else ""),
-             adversarial_inputs=perturbed or None,
-             iterations=resolved.iterations, cases={"train": train_ids, "val": val_ids},
-             technique=technique.to_dict(), steps=list(technique.steps), config=resolved.to_dict(),
-             device=str(device), world_size=dist.world_size, batch_size=resolved.batch_size,
-             patch={"input": list(in_size), "output": list(out_size)}, resumed=checkpoint is not None,
-             resumed_at=trainer.state.iteration if checkpoint is not None else None,
-             model_path=str(output), run_dir=str(run_dir))
-        outcome = trainer.run()
-        state = outcome.state
-        if dist.is_main:
-            best = trainer.best_weights if trainer.best_weights is not None else net.state_dict()
-            resolved.save(run_dir / CONFIG_NAME)
-            writer.write(best, state, outcome.status,
-                         extra_files={JSONL_NAME: run_dir / JSONL_NAME, CSV_NAME: run_dir / CSV_NAME,
-                                      CONFIG_NAME: run_dir / CONFIG_NAME})
-            if outcome.status != "stopped" and resolved.operating_point == "cross-validation":
-                choose_by_cross_validation(finetune, resolved, output, run_dir, train_ids, device=str(device),
-                                           on_event=on_event, cancel=cancel)
-            elif outcome.status != "stopped" and val_files and resolved.operating_point != "none":
-                _choose_operating_point(output, val_files, resolved, device, on_event, cancel)
-        D.barrier(dist)
-    result = TrainResult(
-        model_path=output, run_dir=run_dir, status=outcome.status, iterations=state.iteration,
-        total_iterations=resolved.iterations, best_iteration=state.best_iteration, best_metrics=state.best_metrics,
-        last_losses=state.last_losses, last_validation=state.last_validation,
-        seconds=time.perf_counter() - started, train_seconds=state.train_seconds, history=list(state.history),
-        is_main=dist.is_main)
-    kept = (f"best model (iteration {state.best_iteration})" if state.best_iteration is not None
-            else f"model of iteration {state.iteration} (not evaluated yet)")
-    emit(on_event, C.EVENT_DONE, stage="train", done=state.iteration, total=resolved.iterations,
-         message=f"{outcome.status}: {kept} in {output}",
-         **{k: v for k, v in result.to_dict().items() if k not in ("history", "last_validation")})
-    return result
+
+def _case_files(config: TrainConfig, dist: D.DistContext) -> tuple[list[Any], list[Any]]:
+    """The training and validation cases' files (validation held out of the training cases when asked)."""
+    train_files = _discover(config.train_cases, "training")
+    val_files = _discover(config.val_cases, "validation")
+    if not val_files and config.val_fraction > 0:
+        keep, held = hold_out([f.case_id for f in train_files], config.val_fraction, config.seed)
+        val_files = [train_files[i] for i in held]
+        train_files = [train_files[i] for i in keep]
+    if config.operating_point == "cross-validation":
+        check_cross_validation(config.train_cases, config.val_cases, config.val_fraction, dist.is_distributed)
+    return train_files, val_files
+
+
+def _load_cases(source: _ModelSource, train_files: Sequence[Any], train_ids: Sequence[str],
+                val_files: Sequence[Any], val_ids: Sequence[str], on_event: EventCallback | None,
+                cancel: CancelToken) -> tuple[list[TrainingCase], list[ValidationCase]]:
+    """Read, resample and normalise the cases (validation cases: only on the process that validates)."""
+    net, card = source.net, source.card
+    total = len(train_files) + len(val_files)
+    emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=total,
+         message=f"loading {len(train_files)} training and {len(val_files)} validation case(s)")
+    cases: list[TrainingCase] = []
+    for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
+        cancel.check()
+        case = _load(files, source.channels, source.target, card.spacing, card.orientation)
+        # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
+        # cropping to the box of brain and labelled voxels loses nothing.
+        cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
+        del case
+        emit(on_event, C.EVENT_PROGRESS, stage="load", done=index + 1, total=total)
+    val_cases: list[ValidationCase] = []
+    for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
+        cancel.check()
+        case = _load(files, source.channels, source.target, card.spacing, card.orientation)
+        val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask, case.geometry.spacing,
+                                                 source.target, context=net.context,
+                                                 output_multiple=net.output_multiple))
+        del case
+        emit(on_event, C.EVENT_PROGRESS, stage="load", done=len(train_files) + index + 1, total=total)
+    return cases, val_cases
+
+
+def _make_trainer(run: _Run, writer: ModelWriter, dist: D.DistContext, on_event: EventCallback | None,
+                  cancel: CancelToken, stop_after: int | None) -> Trainer:
+    """The seeded trainer on the run's device, restored from the checkpoint when resuming."""
+    config, device, net = run.config, run.device, run.source.net
+    net.to(device)
+    optimizer = _make_optimizer(config, net)
+    sampler_rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + RANK_SEED_STRIDE * (dist.rank + 1))
+    # Dropout draws from the global generators: seed the ones fork_rng restores afterwards.
+    torch.default_generator.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(config.seed + RANK_SEED_STRIDE * dist.rank)
+    model = D.wrap_model(net, dist, device, sync_batchnorm=config.sync_batchnorm)
+    runlog = None
+    if dist.is_main:
+        counts = None
+        if run.checkpoint is not None:
+            saved = run.checkpoint.state["loop"].get("log_lines")
+            counts = (int(saved[0]), int(saved[1])) if saved else (0, 0)
+        runlog = RunLog(run.run_dir, counts)
+        writer.recover()
+        remove_stale_temporaries(run.output.parent, f".{run.output.name}.")
+    trainer = Trainer(config=config, technique=run.technique, rare=list(run.source.target.rare), net=net,
+                      model=model, optimizer=optimizer, sampler=run.sampler, sampler_rng=sampler_rng,
+                      generator=generator, val_cases=run.val_cases, dist=dist, device=device, run_dir=run.run_dir,
+                      runlog=runlog, save_model=lambda w, s, r: writer.write(w, s, r), state=TrainState(),
+                      amp_dtype=amp_dtype(device), on_event=on_event, cancel=cancel, stop_after=stop_after)
+    if run.checkpoint is not None:
+        _check_compatible(run.checkpoint.state, config)
+        trainer.restore(run.checkpoint)
+    return trainer
+
+
+def _emit_start(run: _Run, trainer: Trainer, dist: D.DistContext, on_event: EventCallback | None) -> None:
+    config, technique = run.config, run.technique
+    perturbed = _perturbed_inputs(technique, run.source.net, run.in_size)
+    emit(on_event, C.EVENT_START, stage="train", done=trainer.state.iteration, total=config.iterations,
+         message=f"training {len(run.train_ids)} case(s) with {technique.name} on {run.device} "
+                 f"({dist.world_size} process(es)), {config.iterations} iterations"
+                 + ("; adversarial eps {:g} per input = RMS {} per value".format(
+                     technique.eps, ", ".join(f"{p['rms']:.3f} ({p['name']})" for p in perturbed))
+                    if perturbed else ""),
+         adversarial_inputs=perturbed or None,
+         iterations=config.iterations, cases={"train": run.train_ids, "val": run.val_ids},
+         technique=technique.to_dict(), steps=list(technique.steps), config=config.to_dict(),
+         device=str(run.device), world_size=dist.world_size, batch_size=config.batch_size,
+         patch={"input": list(run.in_size), "output": list(run.out_size)}, resumed=run.checkpoint is not None,
+         resumed_at=trainer.state.iteration if run.checkpoint is not None else None,
+         model_path=str(run.output), run_dir=str(run.run_dir))
+
+
+def _finish_model(run: _Run, writer: ModelWriter, trainer: Trainer, outcome: Any, on_event: EventCallback | None,
+                  cancel: CancelToken) -> None:
+    """Write the final model with its logs, then choose its operating point (on the main process)."""
+    config = run.config
+    best = trainer.best_weights if trainer.best_weights is not None else run.source.net.state_dict()
+    config.save(run.run_dir / CONFIG_NAME)
+    writer.write(best, outcome.state, outcome.status,
+                 extra_files={JSONL_NAME: run.run_dir / JSONL_NAME, CSV_NAME: run.run_dir / CSV_NAME,
+                              CONFIG_NAME: run.run_dir / CONFIG_NAME})
+    if outcome.status == "stopped":
+        return
+    if config.operating_point == "cross-validation":
+        choose_by_cross_validation(finetune, config, run.output, run.run_dir, run.train_ids, device=str(run.device),
+                                   on_event=on_event, cancel=cancel)
+    elif run.val_files and config.operating_point != "none":
+        _choose_operating_point(run.output, run.val_files, config, run.device, on_event, cancel)
 
 
 def _choose_operating_point(output: Path, val_files: Sequence[Any], config: TrainConfig, device: torch.device,
