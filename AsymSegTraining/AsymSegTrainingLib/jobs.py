@@ -158,13 +158,10 @@ class TrainingJob(EngineJob[TrainingResult]):
 
     def _modelPath(self, engineResult: EngineResult) -> Path | None:
         done = engineResult.doneEvent
-        if done is not None:
-            data = done.data
-            outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
-            for value in (data.get("model"), data.get("model_path"), data.get("output_model"),
-                          outputs.get("model"), outputs.get("model_dir")):
-                if isinstance(value, str) and value:
-                    return Path(value)
+        if done is not None:  # finetune's done event names the model it wrote
+            value = done.data.get("model_path")
+            if isinstance(value, str) and value:
+                return Path(value)
         output = str(self.parameters.outputModel)
         candidate = Path(output) if ("/" in output or "\\" in output) else models.userModelsDirectory() / output
         return candidate if candidate.is_dir() else None

@@ -9,21 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from asymseg import constants as C
-from asymseg.errors import InputError
 from asymseg.context import HelpFormatter, add_network_param_argument, network_params
+from asymseg.errors import InputError
+from asymseg.io.cli_args import parse_label_list
 
 #: Default target of ``models create``: binary tumour core in the BraTS 2017-2021 labels {1, 4}.
 DEFAULT_CONVENTION = "brats2017"
-
-
-def _label_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4, got {text!r}") from err
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive label values such as 1,4, got {text!r}")
-    return values
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -70,7 +61,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     target = p.add_argument_group("target").add_mutually_exclusive_group()
     target.add_argument("--label-convention", choices=sorted(C.TUMOUR_CORE_LABELS), default=None,
                         help=f"BraTS convention of the tumour core (default {DEFAULT_CONVENTION}: labels 1,4)")
-    target.add_argument("--foreground-labels", type=_label_list, metavar="L1,L2,...", default=None,
+    target.add_argument("--foreground-labels", type=parse_label_list, metavar="L1,L2,...", default=None,
                         help="explicit label values forming the foreground")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to create")
     p.add_argument("--name", default=None, help="model name in the card (default: the directory name)")
