@@ -176,17 +176,26 @@ def _batch_outputs(args: argparse.Namespace, case_ids: list[str]):
 
 
 def _shard() -> tuple[int, int, int | None]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, None) otherwise."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = os.environ.get("LOCAL_RANK")
-        local_rank = int(local) if local is not None else None
-    except ValueError as err:
-        raise InputError(f"WORLD_SIZE/RANK/LOCAL_RANK must be integers: {err}") from err
-    if world < 1 or not 0 <= rank < world:
-        raise InputError(f"RANK {rank} is not within WORLD_SIZE {world}")
-    return rank, world, local_rank
+    """(rank, world size, local rank) from torchrun's environment (read as training reads it); (0, 1, None)
+    outside torchrun. The local rank is None when torchrun did not set LOCAL_RANK."""
+    from asymseg.train.distributed import launch_environment
+
+    launch = launch_environment()
+    if launch is None:
+        return 0, 1, None
+    rank, world, local = launch
+    return rank, world, local if "LOCAL_RANK" in os.environ else None
+
+
+def _write_done(ctx: Any, payload: dict[str, Any], rank: int, world: int) -> None:
+    """One ``done`` JSON line (per case, or the batch's summary), with the rank under torchrun."""
+    from asymseg.events import json_safe
+
+    line = {"event": C.EVENT_DONE, **payload}
+    if world > 1:
+        line.update(rank=rank, world_size=world)
+    ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
+    ctx.stdout.flush()
 
 
 def _summary_line(result: dict[str, Any]) -> str:
@@ -237,8 +246,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         if not cases:
             log.info("rank %d of %d: no case to segment", rank, world)
             if ctx.progress == "jsonl":
-                ctx.stdout.write(json.dumps({"event": C.EVENT_DONE, "cases": [], "rank": rank,
-                                             "world_size": world}) + "\n")
+                _write_done(ctx, {"cases": []}, rank, world)
             return C.EXIT_OK
     resolved = resolve_device(device)
     outputs = _batch_outputs(args, [c.case_id for c in cases]) if batch else _single_outputs(args, cases[0].case_id)
@@ -261,11 +269,7 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     def on_case(result: dict[str, Any]) -> None:
         if jsonl:
-            line = {"event": C.EVENT_DONE, **result}
-            if world > 1:
-                line.update(rank=rank, world_size=world)
-            ctx.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
-            ctx.stdout.flush()
+            _write_done(ctx, result, rank, world)
         elif not args.json:
             renderer.echo(_summary_line(result), ctx.stdout)
 
@@ -283,7 +287,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         summary.update(rank=rank, world_size=world)
     if jsonl:
         if batch:
-            ctx.stdout.write(json.dumps(json_safe({"event": C.EVENT_DONE, **summary}), allow_nan=False) + "\n")
+            _write_done(ctx, summary, rank, world)
     elif args.json:
         ctx.stdout.write(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     elif batch:
