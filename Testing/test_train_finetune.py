@@ -277,17 +277,26 @@ def test_overwrite_replaces_only_a_model_folder_and_only_after_the_inputs_are_ch
     assert finetune(cfg, overwrite=True).iterations == 1
 
 
-def test_a_base_models_operating_point_is_not_carried_over_to_the_fine_tuned_model(cases, tmp_path):
+def test_a_fine_tuned_model_keeps_its_base_models_operating_point_marked_inherited(cases, tmp_path):
+    """No validation cases: the base model's threshold and cleaning carry over, marked inherited_from;
+    --operating-point none gives the argmax; validation cases choose a new one."""
     from asymseg.operating import OperatingPoint
 
     net, card = create_model("deepmedic", ["flair", "t1c"], TargetSpec.tumour_core("brats2017"), seed=5,
                              name="base", **TINY)
-    card = card.replace(operating_point=OperatingPoint(threshold=-1.5, postprocess="largest", chosen_on="validation"))
+    card = card.replace(operating_point=OperatingPoint(threshold=-1.5, postprocess="largest", chosen_on="validation",
+                                                       validation={"cases": ["a", "b"]}))
     base = save_model(tmp_path / "base", net, card)
-    assert load_model(base).card.operating_point.threshold == -1.5
-    result = finetune(config(cases, tmp_path, network={}, base_model=str(base), architecture=None, iterations=2,
-                             val_cases=(), val_every=2))
-    assert load_model(result.model_path).card.operating_point is None  # argmax: nothing chose one for it
+    common = dict(network={}, base_model=str(base), architecture=None, iterations=2, val_every=2)
+    kept = load_model(finetune(config(cases, tmp_path, val_cases=(), **common)).model_path).card.operating_point
+    assert (kept.threshold, kept.postprocess, kept.chosen_on) == (-1.5, "largest", "validation")
+    assert kept.validation == {"cases": ["a", "b"], "inherited_from": "base"}
+    plain = finetune(config(cases, tmp_path, val_cases=(), operating_point="none", output_model=str(tmp_path / "p"),
+                            **common))
+    assert load_model(plain.model_path).card.operating_point is None
+    chosen = finetune(config(cases, tmp_path, output_model=str(tmp_path / "v"), **common))
+    point = load_model(chosen.model_path).card.operating_point
+    assert point.validation["cases"] == ["phantom_002"] and "inherited_from" not in point.validation
 
 
 @pytest.mark.parametrize("changes, pattern", [

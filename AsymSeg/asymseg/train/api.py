@@ -41,6 +41,7 @@ from asymseg import constants as C
 from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError, ResourceError
 from asymseg.modelfile import CARD_FILE
 from asymseg.events import CancelToken, EventCallback, emit
+from asymseg.operating import OperatingPoint
 from asymseg.target import TargetSpec, resolve_target
 from asymseg.techniques import Technique
 from asymseg.train import distributed as D
@@ -364,13 +365,28 @@ class ModelWriter:
         card = self.source.card
         base = self.source.base_card
         how = f"fine-tuned from {base.name}" if base is not None else f"trained from scratch ({card.architecture})"
-        # A base model's operating point was chosen for its weights, not these: argmax until one is
-        # chosen for this model (on validation cases or by cross-validation, after training).
         return card.replace(
             name=self.output.name, created="", target=self.source.target, provenance=self.provenance(state, reason),
-            operating_point=None,
+            operating_point=None if self.config.operating_point == "none" else _inherited_operating_point(base),
             description=f"{how} on {len(self.train_ids)} case(s) with {self.technique.name}, "
                         f"best at iteration {state.best_iteration}")
+
+
+def _inherited_operating_point(base: Any | None) -> OperatingPoint | None:
+    """The operating point a fine-tuned model starts with: its base model's, marked as inherited.
+
+    It is replaced at the end of the run when one is chosen for this model (validation cases or
+    cross-validation). Kept otherwise because a threshold and cleaning chosen for a sibling model
+    carry over: on the starter's leave-one-out folds, each fold's model scored better with the
+    operating point chosen on the OTHER fold's model than with its own argmax (DSC 71.9 -> 73.4
+    and 14.6 -> 23.8; docs/RESULTS.md section 3). A model trained from scratch has none (argmax).
+    """
+    point = getattr(base, "operating_point", None)
+    if point is None:
+        return None
+    record = {**dict(point.validation), "inherited_from": base.name}
+    return OperatingPoint(threshold=point.threshold, postprocess=point.postprocess, tta=point.tta,
+                          chosen_on=point.chosen_on, validation=record)
 
 
 # -- the routine ---------------------------------------------------------------------------------------

@@ -128,8 +128,8 @@ class TrainConfig:
             its card: "validation" (default), "validation-tta" (TTA considered too, 8x the
             inference), "cross-validation" (no validation cases: one extra run per training case,
             each scoring the case it left out; :mod:`asymseg.train.crossval`) or "none" (argmax).
-            With "validation" and no validation cases the card keeps the argmax (a base model's
-            operating point is not carried over: it was chosen for other weights).
+            With "validation" and no validation cases a fine-tuned model keeps its base model's
+            operating point, marked ``inherited_from`` (a model from scratch: the argmax).
         batchnorm_stats: the batch-norm statistics inference uses: "ema" (torch's moving average,
             momentum 0.1) or "window" (the average of the last 60 clean training batches, as the
             authors' DeepMedic; :mod:`asymseg.train.bnstats`).
