@@ -71,6 +71,19 @@ def _wait_for(proc: subprocess.Popen, accept, timeout: float = 300.0) -> list[di
     raise AssertionError(f"the awaited event never came (exit {proc.poll()}): {events[-3:]}")
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if a failed assertion left it running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _assert_cancelled_in_one_line(proc: subprocess.Popen, err: str) -> None:
+    assert proc.returncode == C.EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("asymseg segment: ") and "cancelled" in lines[0], err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGTERM, signal.SIGTERM)],
                          ids=["SIGTERM", "SIGINT", "SIGTERM-twice"])
@@ -89,12 +102,8 @@ def test_a_signal_during_segment_exits_130_and_leaves_nothing(model, big_case, t
             time.sleep(0.05)
         _, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == C.EXIT_CANCELLED, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("asymseg segment: ") and "cancel" in lines[0], err
+        _reap(proc)
+    _assert_cancelled_in_one_line(proc, err)
     assert B.listing(out) == []  # the output folder (created up front) holds no file, not even a temporary one
     alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
@@ -126,12 +135,8 @@ def test_sigterm_while_the_engine_is_still_starting_exits_130(model, big_case, t
         proc.send_signal(number)
         _, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == C.EXIT_CANCELLED, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("asymseg segment: ") and "cancelled" in lines[0], err
+        _reap(proc)
+    _assert_cancelled_in_one_line(proc, err)
     assert not (out / "seg.nii.gz").exists()
 
 
