@@ -150,6 +150,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="write the resume checkpoint every K iterations (default: --val-every)")
     train.add_argument("--patience", type=int, default=None,
                        help="stop after P evaluations without improvement (default: never)")
+    train.add_argument("--strict", action="store_true", default=None,
+                       help="refuse a case whose plausibility checks fail (skull left in, very thick slices, "
+                            "CT-like intensities) instead of training on it with a warning")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                        help="auto (CUDA when available; default), cpu or cuda")
@@ -207,6 +210,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "batchnorm_stats": args.batchnorm_stats,
         "operating_point": args.operating_point,
+        "strict": args.strict,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,

@@ -265,12 +265,12 @@ def _unique_ids(files: Sequence[Any]) -> list[str]:
 
 
 def _load(files: Any, channels: Sequence[str], target: TargetSpec, spacing: Sequence[float] | None,
-          orientation: str | None) -> Any:
+          orientation: str | None, strict: bool = False) -> Any:
     """A training or validation case on the model's working grid (the card's spacing and orientation)."""
     from asymseg.io import load_case
 
     case = load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
-                     orientation=orientation)
+                     orientation=orientation, strict=strict)
     target.check_label_values(np.unique(case.label), source=str(files.label))
     return case
 
@@ -571,7 +571,7 @@ def _prepare_run(config: TrainConfig, dist: D.DistContext, device_type: str, on_
     except ValueError as err:
         raise InputError(f"--patch-size {list(out_size)}: {' '.join(str(err).split())}") from err
     cases, val_cases = _load_cases(source, train_files, train_ids, val_files if dist.is_main else [], val_ids,
-                                   on_event, cancel)
+                                   on_event, cancel, config.strict)
     sampler = PatchSampler(cases, SamplerSettings(
         input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
         background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))
@@ -606,7 +606,7 @@ def _case_files(config: TrainConfig, dist: D.DistContext) -> tuple[list[Any], li
 
 def _load_cases(source: _ModelSource, train_files: Sequence[Any], train_ids: Sequence[str],
                 val_files: Sequence[Any], val_ids: Sequence[str], on_event: EventCallback | None,
-                cancel: CancelToken) -> tuple[list[TrainingCase], list[ValidationCase]]:
+                cancel: CancelToken, strict: bool = False) -> tuple[list[TrainingCase], list[ValidationCase]]:
     """Read, resample and normalise the cases (validation cases: only on the process that validates)."""
     net, card = source.net, source.card
     total = len(train_files) + len(val_files)
@@ -615,7 +615,7 @@ def _load_cases(source: _ModelSource, train_files: Sequence[Any], train_ids: Seq
     cases: list[TrainingCase] = []
     for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
         cancel.check()
-        case = _load(files, source.channels, source.target, card.spacing, card.orientation)
+        case = _load(files, source.channels, source.target, card.spacing, card.orientation, strict)
         # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
         # cropping to the box of brain and labelled voxels loses nothing.
         cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
@@ -624,7 +624,7 @@ def _load_cases(source: _ModelSource, train_files: Sequence[Any], train_ids: Seq
     val_cases: list[ValidationCase] = []
     for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
         cancel.check()
-        case = _load(files, source.channels, source.target, card.spacing, card.orientation)
+        case = _load(files, source.channels, source.target, card.spacing, card.orientation, strict)
         val_cases.append(prepare_validation_case(case_id, case.image, case.label, case.mask, case.geometry.spacing,
                                                  source.target, context=net.context,
                                                  output_multiple=net.output_multiple))

@@ -130,6 +130,9 @@ class TrainConfig:
             each scoring the case it left out; :mod:`asymseg.train.crossval`) or "none" (argmax).
             With "validation" and no validation cases a fine-tuned model keeps its base model's
             operating point, marked ``inherited_from`` (a model from scratch: the argmax).
+        strict: refuse a training or validation case when a plausibility check fails (skull left
+            in, very thick slices, CT-like intensities; :mod:`asymseg.io.checks`) instead of
+            training on it with a warning.
         batchnorm_stats: the batch-norm statistics inference uses: "ema" (torch's moving average,
             momentum 0.1) or "window" (the average of the last 60 clean training batches, as the
             authors' DeepMedic; :mod:`asymseg.train.bnstats`).
@@ -168,6 +171,7 @@ class TrainConfig:
     sync_batchnorm: bool = True
     batchnorm_stats: str = "ema"
     operating_point: str = "validation"
+    strict: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
