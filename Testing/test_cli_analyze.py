@@ -143,3 +143,26 @@ def test_a_missing_model_exits_3_naming_it(workspace, cli):
                  "--out", root / "out_nomodel", "--progress", "none")
     assert result.code == 3, result.err
     assert "no_model" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_strict_refuses_a_case_with_the_skull_left_in(workspace, cli, tmp_path):
+    """--strict: the 2.35-litre "brain" of a head with its skull is refused, exit 2, nothing written."""
+    import SimpleITK as sitk
+
+    root, cases, model = workspace
+    head = tmp_path / "head"
+    head.mkdir()
+    rng = np.random.default_rng(2)
+    shape = (120, 140, 140)
+    label = np.zeros(shape, np.uint8)
+    label[50:60, 60:70, 60:70] = 1
+    for name, array in (("flair", rng.uniform(10, 400, shape).astype(np.float32)),
+                        ("t1c", rng.uniform(10, 400, shape).astype(np.float32)), ("seg", label)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(head / f"head_{name}.nii.gz"))
+    out = tmp_path / "analysis"
+    result = cli("analyze", "--model", model, "--train-case", cases[0], "--test-case", head, "--out", out,
+                 "--strict", "--progress", "none")
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert "2,352 ml" in lines[-1] and "skull" in lines[-1] and str(head) in lines[-1], result.err
+    assert not out.exists() or not any(out.iterdir())

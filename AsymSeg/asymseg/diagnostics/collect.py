@@ -93,7 +93,7 @@ def _resolve_model(model: Any) -> Any:
 
 
 def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = None,
-          orientation: str | None = None):
+          orientation: str | None = None, strict: bool = False):
     """A loaded case (with label and mask) from a Case object or a case folder, on the model's
     working grid (the card's training spacing and orientation)."""
     if hasattr(case, "image") and hasattr(case, "label"):
@@ -103,7 +103,7 @@ def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = 
     folder = Path(case)
     files = discover_case(folder)
     return load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
-                     orientation=orientation)
+                     orientation=orientation, strict=strict)
 
 
 def analyze_model(
@@ -118,6 +118,7 @@ def analyze_model(
     tile: Sequence[int] | None = None,
     on_event: EventCallback | None = None,
     cancel: CancelToken | None = None,
+    strict: bool = False,
 ) -> AnalysisResult:
     """Run a model on training and unseen cases and analyse its logits per rare class.
 
@@ -133,6 +134,7 @@ def analyze_model(
         max_nonrare: cap on pooled non-rare voxels per group (None: all).
         seed: seeds the subsample.
         bins: histogram bins.
+        strict: refuse a case folder whose plausibility checks fail (:mod:`asymseg.io.checks`).
         device: torch device for inference (default: the engine's choice).
         tile: inference tile size (default: the engine's choice).
         on_event: progress callback (stage "analyze", one step per case).
@@ -173,7 +175,7 @@ def analyze_model(
         for c_index, item in enumerate(cases):
             if cancel is not None:
                 cancel.check()
-            case = _load(item, channels, loaded.card.spacing, loaded.card.orientation)
+            case = _load(item, channels, loaded.card.spacing, loaded.card.orientation, strict)
             if case.label is None:
                 raise InputError(f"{getattr(case, 'case_id', item)}: analyze needs a ground-truth label")
             prediction = predict_volume(loaded.net, case.image, case.mask, **predict_kwargs)
