@@ -311,3 +311,23 @@ def test_an_output_never_replaces_an_input_of_the_run(tmp_path, cli, workspace, 
     assert result.code == 2 and "an input of this run" in result.err and len(result.err.strip().splitlines()) == 1
     assert victim.read_bytes() == before
     assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_crafted_header_is_refused_before_torch_and_the_model_are_loaded(tmp_path):
+    """A 125-byte .mha claiming 1200^3 voxels: segment refuses it from the header, before importing
+    torch or reading the model (so the refusal costs a Python start, not a network's memory)."""
+    case = tmp_path / "bomb"
+    case.mkdir()
+    header = ("ObjectType = Image\nNDims = 3\nDimSize = 1200 1200 1200\nElementType = MET_FLOAT\n"
+              "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n")
+    for name in ("flair", "t1ce"):
+        (case / f"bomb_{name}.mha").write_text(header)
+    code = ("import sys\n"
+            "from asymseg.cli import main\n"
+            f"code = main(['segment', '--model', 'asymseg-starter-deepmedic', '--case', {str(case)!r}, "
+            f"'--output', {str(tmp_path / 'seg.nii.gz')!r}, '--progress', 'none'])\n"
+            "print(code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
+    assert "1200 x 1200 x 1200" in proc.stderr and "bomb_flair.mha" in proc.stderr
+    assert not (tmp_path / "seg.nii.gz").exists()

@@ -217,22 +217,39 @@ def _summary_line(result: dict[str, Any]) -> str:
     return line
 
 
+def _check_headers(cases: list[Any]) -> None:
+    """Every input image's header, before torch and the model are loaded: a crafted header (a few
+    hundred bytes claiming billions of voxels) or a file that is no image is refused at once."""
+    from asymseg.io.images import check_image_header
+
+    for files in cases:
+        for name, path in files.channels.items():
+            check_image_header(path, role=f"{name} channel")
+        if files.label is not None:
+            check_image_header(files.label, role="label")
+        if files.mask is not None:
+            check_image_header(files.mask, role="mask")
+
+
 def run(args: argparse.Namespace, ctx) -> int:
+    from asymseg.io import case_files_from_args
+
+    if args.tile is not None and args.tile < 1:
+        raise InputError(f"--tile must be >= 1, got {args.tile}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cases = case_files_from_args(args)
+    _check_headers(cases)
+
     from asymseg.events import json_safe
     from asymseg.infer.cases import segment_cases
     from asymseg.infer.engine import resolve_device
-    from asymseg.io import case_files_from_args
     from asymseg.infer.memory import configure_malloc
     from asymseg.io.cli_args import case_inputs, refuse_input_overwrite
     from asymseg.operating import OperatingPoint
     from asymseg.registry import load_model
 
     configure_malloc()
-    if args.tile is not None and args.tile < 1:
-        raise InputError(f"--tile must be >= 1, got {args.tile}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    cases = case_files_from_args(args)
     batch = len(cases) > 1 or bool(args.cases_from) or len(args.case or []) > 1
     if args.reference and batch:
         raise InputError("--reference applies to a single case; use --evaluate to score several cases against "

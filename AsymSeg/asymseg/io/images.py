@@ -182,9 +182,9 @@ def _scan_nifti_or_raise(path: Path, role: str) -> None:
         raise InputError(f"{path}: {role} image: {scan.spacing_problem}")
 
 
-def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
-    """Read one scalar 3-D image (a singleton 4th axis is dropped) and check it. See :func:`read_image`."""
-    path = Path(path)
+def _read_header(path: Path, role: str) -> tuple[sitk.ImageFileReader, int, tuple[int, ...]]:
+    """Open ``path``'s header and make every check it allows before a voxel is read: an existing
+    file that SimpleITK reads, one component, 3-D (or 4-D with one volume), within the voxel cap."""
     if not path.exists():
         raise InputError(f"{path}: no such {role} file")
     if path.is_dir():
@@ -217,6 +217,25 @@ def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geo
     if voxels > limit:  # refused from the header, before any voxel is read
         raise InputError(f"{path}: {role} image header claims {' x '.join(str(int(n)) for n in size[:3])} = "
                          f"{voxels:,} voxels, above the limit of {limit:,} (set {MAX_VOXELS_ENV} to allow more)")
+    return reader, dim, tuple(int(n) for n in size)
+
+
+def check_image_header(path: str | os.PathLike[str], *, role: str = "channel") -> None:
+    """The checks :func:`read_image` makes from the header alone (no voxel read), for refusing a bad
+    input before any expensive work starts (e.g. loading a model).
+
+    Raises:
+        InputError: as :func:`read_image` for a missing, unreadable, not 3-D, multi-component or
+            over-the-voxel-cap image.
+    """
+    _read_header(Path(path), role)
+
+
+def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
+    """Read one scalar 3-D image (a singleton 4th axis is dropped) and check it. See :func:`read_image`."""
+    path = Path(path)
+    is_nifti = image_extension(path) in (".nii", ".nii.gz")
+    reader, dim, size = _read_header(path, role)
     if is_nifti:
         _scan_nifti_or_raise(path, role)
     try:
