@@ -146,10 +146,22 @@ def test_sigterm_leaves_a_checkpoint_and_the_best_model_and_resume_completes(cas
     assert len([line for line in (run_dir / "train_log.csv").read_text().splitlines()]) == 25
 
 
-def torchrun(*args, nproc=2):
+def torchrun(*args, nproc=2, log_dir=None):
+    """torchrun with ``nproc`` CPU processes; with ``log_dir`` each rank's stderr goes to a file
+    there (:func:`rank_logs` puts them in a failure message)."""
     exe = Path(sys.executable).parent / "torchrun"
-    return subprocess.run([str(exe), "--standalone", f"--nproc_per_node={nproc}", "-m", "asymseg", "--threads", "1",
-                           *map(str, args)], capture_output=True, text=True, timeout=600, env=subprocess_env())
+    logs = ["--log-dir", str(log_dir), "--redirects", "2"] if log_dir is not None else []
+    return subprocess.run([str(exe), "--standalone", f"--nproc_per_node={nproc}", *logs, "-m", "asymseg",
+                           "--threads", "1", *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
+
+
+def rank_logs(log_dir: Path, tail: int = 1500) -> str:
+    """The end of every rank's stderr under ``log_dir`` (for a failure message)."""
+    parts = []
+    for path in sorted(Path(log_dir).rglob("*.log")):
+        parts.append(f"--- {path.relative_to(log_dir)}: {path.read_text(errors='replace')[-tail:]}")
+    return "\n".join(parts)
 
 
 def single(*args):
@@ -163,8 +175,8 @@ def test_torchrun_with_two_cpu_processes_matches_one_process_with_the_same_globa
     averages equal-sized per-process means, so only floating-point summation order differs (1e-6)."""
     common = finetune_args(cases, tmp_path, TINY_UNET, "--batch-size", "4", "--iterations", "6",
                            "--val-every", "3", "--technique", "a-focal", "--progress", "jsonl")
-    dist = torchrun(*common, "--output-model", tmp_path / "dist")
-    assert dist.returncode == 0, dist.stderr[-3000:]
+    dist = torchrun(*common, "--output-model", tmp_path / "dist", log_dir=tmp_path / "ranks")
+    assert dist.returncode == 0, dist.stderr[-3000:] + rank_logs(tmp_path / "ranks")
     events = [json.loads(line) for line in dist.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events].count("done") == 1  # only rank 0 reports
     assert [e for e in events if e["event"] == "start"][0]["world_size"] == 2
@@ -185,8 +197,8 @@ def test_torchrun_runs_the_combination_with_batch_norm_to_completion(cases, tmp_
     the result follows one process loosely (measured: ~4% relative L2 after 6 iterations)."""
     common = finetune_args(cases, tmp_path, TINY_DEEPMEDIC, "--batch-size", "4", "--iterations", "6",
                            "--val-every", "3", "--technique", "combo", "--progress", "none", "--json")
-    dist = torchrun(*common, "--output-model", tmp_path / "dist")
-    assert dist.returncode == 0, dist.stderr[-3000:]
+    dist = torchrun(*common, "--output-model", tmp_path / "dist", log_dir=tmp_path / "ranks")
+    assert dist.returncode == 0, dist.stderr[-3000:] + rank_logs(tmp_path / "ranks")
     summary = json.loads(dist.stdout)
     assert summary["iterations"] == 6 and set(summary["last_losses"]) == {"clean", "adversarial", "mixup"}
     one = single(*common, "--output-model", tmp_path / "one")
