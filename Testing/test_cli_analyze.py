@@ -147,18 +147,10 @@ def test_a_missing_model_exits_3_naming_it(workspace, cli):
 
 def test_strict_refuses_a_case_with_the_skull_left_in(workspace, cli, tmp_path):
     """--strict: the 2.35-litre "brain" of a head with its skull is refused, exit 2, nothing written."""
-    import SimpleITK as sitk
+    from helpers.broken import write_head_case
 
     root, cases, model = workspace
-    head = tmp_path / "head"
-    head.mkdir()
-    rng = np.random.default_rng(2)
-    shape = (120, 140, 140)
-    label = np.zeros(shape, np.uint8)
-    label[50:60, 60:70, 60:70] = 1
-    for name, array in (("flair", rng.uniform(10, 400, shape).astype(np.float32)),
-                        ("t1c", rng.uniform(10, 400, shape).astype(np.float32)), ("seg", label)):
-        sitk.WriteImage(sitk.GetImageFromArray(array), str(head / f"head_{name}.nii.gz"))
+    head = write_head_case(tmp_path / "head", seed=2)
     out = tmp_path / "analysis"
     result = cli("analyze", "--model", model, "--train-case", cases[0], "--test-case", head, "--out", out,
                  "--strict", "--progress", "none")

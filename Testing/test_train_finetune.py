@@ -347,20 +347,10 @@ def test_cross_validation_trains_one_fold_per_case_and_records_the_operating_poi
 def test_strict_refuses_a_training_case_with_the_skull_left_in_before_training(cases, tmp_path):
     """A 2.35-litre "brain" (the skull still in): with strict the run stops naming the case and the fix,
     before any iteration and without an output model; the command line's --strict sets it."""
-    import SimpleITK as sitk
-
     from asymseg.cli import build_parser
+    from helpers.broken import write_head_case
 
-    head = tmp_path / "head"
-    head.mkdir()
-    rng = np.random.default_rng(1)
-    shape = (120, 140, 140)
-    label = np.zeros(shape, np.uint8)
-    label[50:60, 60:70, 60:70] = 1
-    for name, array in (("flair", rng.uniform(10, 400, shape)), ("t1c", rng.uniform(10, 400, shape)),
-                        ("seg", label)):
-        sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float32 if name != "seg" else np.uint8)),
-                        str(head / f"head_{name}.nii.gz"))
+    head = write_head_case(tmp_path / "head")
     events = []
     with pytest.raises(InputError, match=r"the brain mask derived from the background is 2,352 ml.*skull-strip it"):
         finetune(config(cases, tmp_path, train_cases=(str(head), cases[0]), strict=True, foreground_labels=(1,)),

@@ -210,3 +210,20 @@ def listing(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def write_head_case(folder: Path, seed: int = 1) -> Path:
+    """A labelled case whose "brain" is a whole 140 x 140 x 120 mm head (2,352 ml: the skull still in):
+    FLAIR and T1c of uniform noise with no constant border, so the derived brain mask is everything,
+    and a 10 mm tumour-core cube (label 1)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (120, 140, 140)
+    label = np.zeros(shape, np.uint8)
+    label[50:60, 60:70, 60:70] = 1
+    for name, array in (("flair", rng.uniform(10, 400, shape).astype(np.float32)),
+                        ("t1c", rng.uniform(10, 400, shape).astype(np.float32)), ("seg", label)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / f"{folder.name}_{name}.nii.gz"))
+    return folder
+
