@@ -63,3 +63,17 @@ def test_plain_yaml_and_json_still_read_and_errors_are_capped():
     with pytest.raises(InputError) as info:
         parse_mapping("a: [" + "b, " * 10_000 + "\n:", ".yaml", "bad.yaml")
     assert "invalid YAML" in str(info.value) and len(str(info.value)) < MAX_QUOTE + 100
+
+
+@pytest.mark.parametrize("reader", ["finetune", "experiment"])
+def test_both_config_readers_name_a_missing_or_undecodable_file(tmp_path, reader):
+    from asymseg.experiment.loading import load_experiment_config
+    from asymseg.train.config import load_config
+
+    read = load_config if reader == "finetune" else load_experiment_config
+    with pytest.raises(InputError, match=r"gone\.json: no such config file"):
+        read(tmp_path / "gone.json")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"name": "caf\xe9"}')  # Latin-1, not UTF-8
+    with pytest.raises(InputError, match=r"latin\.json: cannot read the config file: .*utf-8"):
+        read(latin)

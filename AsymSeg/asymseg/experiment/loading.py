@@ -78,13 +78,9 @@ def load_experiment_config(name_or_path: str | Path, *, train_cases: Sequence[st
                                                source=source, base_dir=Path.cwd())
         raise InputError(f"{text_name}: no such config file or bundled config "
                          f"(bundled: {', '.join(bundled_configs()) or 'none'})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise InputError(f"{path}: no such config file") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the config file: {err}") from err
-    data = _read_mapping(text, path.suffix.lower(), str(path))
+    from asymseg.io.mapping_file import read_config_text
+
+    data = _read_mapping(read_config_text(path), path.suffix.lower(), str(path))
     return parse_experiment_config(_with_overrides(data, train_cases, test_cases, seeds), source=str(path),
                                    base_dir=path.resolve().parent)
 

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from asymseg.errors import InputError, ResourceError
 from asymseg.io.geometry import Geometry
 from asymseg.io.nifti_check import nifti_problem, scan_nifti
+from asymseg.processes import process_alive
 
 try:  # POSIX only; used to recognise a file size limit after a failed write
     import resource
@@ -359,16 +360,6 @@ def _to_writable(array: np.ndarray, dtype: np.dtype | type | str | None) -> np.n
     return np.ascontiguousarray(array)
 
 
-def _process_is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
-
-
 def remove_stale_image_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files of earlier writes of ``path`` whose writer is gone.
 
@@ -386,7 +377,7 @@ def remove_stale_image_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and _process_is_gone(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             try:
                 entry.unlink()
                 removed.append(entry)

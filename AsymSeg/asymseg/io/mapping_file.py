@@ -9,6 +9,7 @@ parser's message.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from asymseg import jsontext
@@ -23,6 +24,21 @@ MAX_QUOTE = 200
 def _quote(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MAX_QUOTE else text[:MAX_QUOTE] + " ..."
+
+
+def read_config_text(path: Path) -> str:
+    """A configuration file's text (UTF-8).
+
+    Raises:
+        InputError: no such file, or it cannot be read or decoded (names the file).
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such config file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError(f"{path}: cannot read the config file: {_quote(reason)}") from err
 
 
 def parse_mapping(text: str, suffix: str, source: str) -> Any:

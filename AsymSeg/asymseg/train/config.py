@@ -364,14 +364,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         InputError: the file is missing, unreadable, not a mapping, or YAML support is missing.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the config file ({err.strerror or err})") from err
-    from asymseg.io.mapping_file import parse_mapping
+    from asymseg.io.mapping_file import parse_mapping, read_config_text
 
-    data = parse_mapping(text, path.suffix.lower(), str(path))
+    path = Path(path)
+    data = parse_mapping(read_config_text(path), path.suffix.lower(), str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: the config must be a mapping of keys to values")
     return _resolve_paths(data, path.parent)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from asymseg.errors import InputError
+from asymseg.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,6 @@ UNREADABLE_STALE_SECONDS = 60.0
 def lock_path(output: Path) -> Path:
     """The lock file of an output model folder: ``<output>.lock`` beside it."""
     return output.with_name(output.name + ".lock")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner(path: Path) -> dict | None:
@@ -58,7 +49,7 @@ def _stale(path: Path, owner: dict | None) -> bool:
             return True
     if owner.get("host") != socket.gethostname():
         return False  # another machine's run: cannot tell, so it is not stale
-    return not _alive(int(owner["pid"]))
+    return not process_alive(int(owner["pid"]))
 
 
 @contextlib.contextmanager
