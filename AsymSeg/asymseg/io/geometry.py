@@ -25,9 +25,9 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
 
 
-def _close(a: float, b: float, tol: float) -> bool:
-    """Relative comparison with a floor of 1: ``|a - b| <= tol * max(1, |a|, |b|)``."""
-    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+def all_close(a: Sequence[float], b: Sequence[float], tol: float = C.GEOMETRY_TOLERANCE) -> bool:
+    """Pairwise relative comparison with a floor of 1: ``|x - y| <= tol * max(1, |x|, |y|)`` for all pairs."""
+    return all(abs(x - y) <= tol * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Geometry:
             out.append(f"size {self.size} vs {other.size}")
         for name in ("spacing", "origin", "direction"):
             mine, theirs = getattr(self, name), getattr(other, name)
-            if not all(_close(a, b, tol) for a, b in zip(mine, theirs)):
+            if not all_close(mine, theirs, tol):
                 out.append(f"{name} {_fmt(mine)} vs {_fmt(theirs)}")
         return out
 

@@ -31,16 +31,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from asymseg import constants as C
-from asymseg.io.geometry import Geometry
+from asymseg.io.geometry import Geometry, all_close
 
 log = logging.getLogger(__name__)
 
 #: Interpolation kinds of :func:`resample_array`.
 LINEAR, NEAREST, MASK = "linear", "nearest", "mask"
-
-
-def _close_spacing(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(abs(x - y) <= C.GEOMETRY_TOLERANCE * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
 
 
 #: Physical (LPS) unit vector each orientation letter names: ITK's x grows to the Left, y to the
@@ -105,7 +101,7 @@ def working_grid(reference: Geometry, spacing: Sequence[float] | None, orientati
         turned = reoriented(reference, orientation)
         if turned.differences(reference):
             reference = turned
-    if spacing is None or _close_spacing(reference.spacing, spacing):
+    if spacing is None or all_close(reference.spacing, spacing):
         return reference
     spacing = tuple(float(s) for s in spacing)
     size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(reference.size, reference.spacing, spacing))
@@ -200,7 +196,7 @@ def axis_mapping(source: Geometry, target: Geometry) -> tuple[tuple[int, ...], t
     flips = tuple(bool(dots[perm[k], k] < 0) for k in range(3))
     for k in range(3):
         j = perm[k]
-        if target.size[k] != source.size[j] or not _close_spacing((target.spacing[k],), (source.spacing[j],)):
+        if target.size[k] != source.size[j] or not all_close((target.spacing[k],), (source.spacing[j],)):
             return None
     corner = [0] * 3
     for k in range(3):
