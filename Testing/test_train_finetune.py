@@ -79,6 +79,21 @@ def test_a_tiny_run_lowers_the_loss_and_writes_a_model_with_its_provenance(cases
     assert set(validation.data["mean"]) >= {"dsc", "sensitivity", "precision"}
 
 
+def test_throttled_iteration_events_still_report_the_first_and_the_last_of_a_session(cases, tmp_path, monkeypatch):
+    from asymseg.train import loop
+
+    monkeypatch.setattr(loop, "EVENT_INTERVAL", 1e9)  # as on a machine where iterations are very fast
+    events = []
+    paused = finetune(config(cases, tmp_path / "a", iterations=8, val_every=8), stop_after=5, on_event=events.append)
+    assert paused.status == "stopped"
+    assert [e.done for e in events if e.kind == "iteration"] == [1, 5]
+    estimate = [e for e in events if e.kind == "log" and "seconds_per_iteration" in e.data]
+    assert len(estimate) == 1 and estimate[0].data["measured_iterations"] == 3
+    events.clear()
+    finetune(load_run_config(paused.run_dir), resume=True, on_event=events.append)
+    assert [e.done for e in events if e.kind == "iteration"] == [6, 8]  # the resumed session's first and last
+
+
 @pytest.mark.parametrize("technique, bn", [("combo", "ema"), ("a-aug", "ema"), ("combo-authors", "window")])
 def test_n_iterations_in_one_go_equal_half_then_resume(cases, tmp_path, technique, bn):
     kw = dict(iterations=8, val_every=2, checkpoint_every=3, technique=technique, schedule="step",

@@ -4,12 +4,15 @@
 cases, base model, technique and device, into a temporary folder, and times the iteration events
 as they arrive. The first iteration (start-up, first batches) is left out; the rest gives the
 seconds per iteration, and :class:`RuntimeEstimate` scales it to the planned iterations.
+The engine times the same iterations itself (its ``estimate`` log event, training seconds only, not
+the delays of the pipe): that measure is used when it comes, the arrival times otherwise.
 Validation passes are not included (they add a case's inference every ``--val-every`` iterations).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from AsymSegLib.process import EngineProcess
-from AsymSegLib.progress import EVENT_ITERATION, ProgressEvent, asCount, formatDuration
+from AsymSegLib.progress import EVENT_ITERATION, EVENT_LOG, ProgressEvent, asCount, formatDuration
 
 from AsymSegTrainingLib.jobs import TrainingJob
 from AsymSegTrainingLib.params import TrainingParameters
@@ -63,6 +66,18 @@ def estimateFromTimes(times: Sequence[tuple[int, float]], iterations: int, devic
     return RuntimeEstimate(perIteration, lastIteration - firstIteration, int(iterations), device)
 
 
+def engineMeasure(event: ProgressEvent) -> tuple[float, int] | None:
+    """(seconds per iteration, iterations timed) from the engine's estimate event, else None."""
+    if event.kind != EVENT_LOG:
+        return None
+    perIteration, measured = event.data.get("seconds_per_iteration"), asCount(event.data.get("measured_iterations"))
+    if isinstance(perIteration, bool) or not isinstance(perIteration, (int, float)):
+        return None
+    if not math.isfinite(perIteration) or perIteration <= 0 or measured is None or measured < 1:
+        return None
+    return float(perIteration), measured
+
+
 class WarmupJob(TrainingJob):
     """A few iterations of the planned run, timed; :meth:`finish` returns a :class:`RuntimeEstimate`.
 
@@ -87,10 +102,12 @@ class WarmupJob(TrainingJob):
         super().__init__(warmup, scene, segmentationsLogic, sceneTrainCases=sceneTrainCases,
                          processFactory=processFactory)
         self.times: list[tuple[int, float]] = []
+        self.measured: tuple[float, int] | None = None
 
     def _record(self, events: Sequence[ProgressEvent]) -> None:
         now = time.monotonic()
         for event in events:
+            self.measured = engineMeasure(event) or self.measured
             if event.kind == EVENT_ITERATION:
                 iteration = event.done if event.done is not None else asCount(event.data.get("iteration"))
                 if iteration is not None:
@@ -122,6 +139,9 @@ class WarmupJob(TrainingJob):
             result.engine.raiseIfFailed()
             done = result.engine.doneEvent
             device = str(done.data.get("device") or self.parameters.device) if done else self.parameters.device
+            if self.measured is not None:
+                perIteration, measured = self.measured
+                return RuntimeEstimate(perIteration, measured, int(self.plannedIterations), device)
             return estimateFromTimes(self.times, self.plannedIterations, device)
         finally:
             self.cleanup()

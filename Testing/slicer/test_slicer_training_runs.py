@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("slicer_core", reason="slicer-core (real MRML) is not installed")
 
+from AsymSegLib import progress  # noqa: E402
 from AsymSegLib import scene as S  # noqa: E402
 from AsymSegTrainingLib import export, jobs, params  # noqa: E402
 
@@ -114,8 +115,15 @@ def test_the_estimate_before_start_times_a_short_warm_up_on_this_device(mrml, ph
     assert args[args.index("--output-model") + 1].startswith(str(warmupFolder))
     job.cleanup()
     job = estimate.WarmupJob(planned, mrml.scene, mrml.segmentations, sceneTrainCases=[sceneCase(mrml, caseFolder)])
-    result = job.run(timeout=900)
-    assert result.iterations == 300 and result.measuredIterations == 2 and result.secondsPerIteration > 0
+    events = []
+    result = job.run(timeout=900, onEvent=events.append)
+    # The engine's own measure of iterations 2-4 (training seconds only), not the pipe's arrival times.
+    engine = [e for e in events if e.kind == "log" and "seconds_per_iteration" in e.data]
+    assert len(engine) == 1 and engine[0].data["measured_iterations"] == 3
+    assert result.iterations == 300 and result.measuredIterations == 3
+    assert result.secondsPerIteration == engine[0].data["seconds_per_iteration"] > 0
+    # Every iteration of the warm-up reached the panel's side, the last one included, however fast.
+    assert [e.done for e in events if e.kind == "iteration"][-1] == 4
     assert result.seconds == pytest.approx(300 * result.secondsPerIteration)
     assert result.text().startswith("About ") and "for 300 iterations" in result.text()
     assert not (tmp_path / "planned").exists() and not job.warmupFolder.exists() and not warmupFolder.exists()
@@ -132,3 +140,20 @@ def test_the_estimate_leaves_out_the_first_iteration():
                              "validation comes on top)")
     with pytest.raises(ValueError, match="at least 3"):
         estimate.estimateFromTimes(times[:2], 10, "cpu")
+
+
+def test_the_engine_measure_is_read_only_from_a_well_formed_estimate_event():
+    from AsymSegTrainingLib import estimate
+
+    def log(**data):
+        return progress.ProgressEvent(kind="log", data=data)
+
+    assert estimate.engineMeasure(log(seconds_per_iteration=2.5, measured_iterations=3)) == (2.5, 3)
+    for bad in (log(message="x"), log(seconds_per_iteration="2", measured_iterations=3),
+                log(seconds_per_iteration=True, measured_iterations=3), log(seconds_per_iteration=2.0),
+                log(seconds_per_iteration=float("nan"), measured_iterations=3),
+                log(seconds_per_iteration=-1.0, measured_iterations=3),
+                log(seconds_per_iteration=2.0, measured_iterations=0)):
+        assert estimate.engineMeasure(bad) is None, bad.data
+    assert estimate.engineMeasure(progress.ProgressEvent(kind="iteration", data={"seconds_per_iteration": 2.0,
+                                                                              "measured_iterations": 3})) is None

@@ -52,7 +52,8 @@ from asymseg.train.validate import ValidationCase, validate
 
 log = logging.getLogger(__name__)
 
-#: Minimum seconds between two "iteration" progress events (the first and last always go out).
+#: Minimum seconds between two "iteration" progress events (the first, the last of the run or of a
+#: ``stop_after`` session, and those with a validation always go out).
 EVENT_INTERVAL = 0.2
 #: The time estimate of a run is written after this many iterations of the session: the first one
 #: (one-off costs: allocation, first-touch of the weights) and the timed ones after it.
@@ -377,7 +378,7 @@ class Trainer:
              message=f"estimate: about {format_duration(per * remaining)} for the remaining {remaining} "
                      f"iteration(s) on this {device}{threads} ({per:.2f} s per iteration, measured on iterations "
                      f"{self.state.iteration - timed + 1}-{self.state.iteration}{extra})",
-             estimated_seconds=per * remaining, seconds_per_iteration=per)
+             estimated_seconds=per * remaining, seconds_per_iteration=per, measured_iterations=timed)
 
     # -- the loop ------------------------------------------------------------------------------------
     def _agree(self, *flags: bool) -> list[bool]:
@@ -421,7 +422,8 @@ class Trainer:
                                 loss_adversarial=losses.adversarial, loss_mixup=losses.mixup,
                                 val_dsc=mean.get("dsc"), val_sensitivity=mean.get("sensitivity"),
                                 val_precision=mean.get("precision"), seconds=self.state.train_seconds)
-            self._emit_iteration(losses, force=it == cfg.iterations or it == 1 or evaluated)
+            last_of_session = it == cfg.iterations or (self.stop_after is not None and it >= self.stop_after)
+            self._emit_iteration(losses, force=it == 1 or last_of_session or evaluated)
             if self._session_iterations == ESTIMATE_AFTER and self.on_event is not None:
                 self._emit_estimate()
             cancelled, early = self._agree(self.cancel.cancelled or validation_cancelled, early)
