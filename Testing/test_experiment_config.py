@@ -46,7 +46,7 @@ def test_bundled_configs_load_by_name():
     assert smoke.source == "smoke (bundled config)"
     mini = load_experiment_config("paper-mini")
     assert set(mini.techniques) == {"ce", "fg-sampling", "dice", "lm", "a-lm", "focal", "a-focal", "at", "a-at",
-                                    "mixup", "a-mixup", "combo"}
+                                    "mixup", "a-mixup", "combo", "combo-authors"}
     assert len(mini.sizes()) >= 3
 
 

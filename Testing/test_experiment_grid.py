@@ -119,8 +119,8 @@ def test_dry_run_cli_prints_the_grid_and_the_estimate_without_creating_anything(
     text = cli("experiment", "--config", "paper-mini", "--out", out, "--dry-run")
     assert text.code == 0, text.err
     lines = text.out.splitlines()
-    assert lines[0].startswith("experiment paper-mini (config: paper-mini (bundled config)): 36 cell(s), 36 to run")
-    assert "n02_ce_s0" in lines[1] and "n12_combo_s0" in lines[36]
+    assert lines[0].startswith("experiment paper-mini (config: paper-mini (bundled config)): 39 cell(s), 39 to run")
+    assert "n02_ce_s0" in lines[1] and "n12_combo-authors_s0" in lines[39]
     assert lines[-1].startswith("estimated time to run: ")
     result = cli("experiment", "--config", "smoke", "--out", out, "--dry-run", "--json", "--cells", "*_ce_*")
     data = json.loads(result.out)
