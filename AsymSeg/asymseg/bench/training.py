@@ -106,10 +106,10 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     from asymseg.nets import build_network
     from asymseg.phantom import write_phantom_cases
     from asymseg.target import TargetSpec
-    from asymseg.techniques import TECHNIQUES, get_technique
-    from asymseg.train.api import amp_dtype
-    from asymseg.train.data import PatchSampler, SamplerSettings, prepare_case
-    from asymseg.train.optim import make_optimizer
+    from asymseg.techniques import TECHNIQUES
+    from asymseg.train.config import TrainConfig
+    from asymseg.train.data import prepare_case
+    from asymseg.train.session import amp_dtype, build_session
     from asymseg.train.steps import IterationRunner
 
     presets = [p.strip() for p in str(args.presets).split(",") if p.strip()]
@@ -142,24 +142,23 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
                                       **hparams)
     except (TypeError, ValueError) as err:
         raise InputError(f"--network-param: {err}") from err
-    out_size = (reference_net.training_output_size,) * 3
-    in_size = tuple(reference_net.input_shape(out_size))
     amp = amp_dtype(device)
 
     states: dict[str, dict[str, Any]] = {}
     for name in presets:
-        technique = get_technique(name)
+        # What `asymseg finetune --technique <name>` trains with: its defaults (optimiser, lr, patch).
+        config = TrainConfig(train_cases=tuple(str(f) for f in folders), output_model="bench", technique=name, batch_size=args.batch_size,
+                             architecture=args.architecture, device=device.type, seed=args.seed)
         net = build_network(args.architecture, 2, 2, generator=torch.Generator().manual_seed(args.seed), **hparams)
         net.load_state_dict(reference_net.state_dict())
         net.to(device).train()
-        optimizer = make_optimizer("rmsprop", net.parameters(), lr=1e-3)
-        sampler = PatchSampler(prepared, SamplerSettings(
-            input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
-            background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))
+        session = build_session(config, net, prepared, device)
+        in_size, out_size = session.input_size, session.output_size
         states[name] = {
-            "technique": technique, "net": net, "sampler": sampler, "rng": np.random.default_rng(args.seed),
-            "runner": IterationRunner(net, net, optimizer, technique, list(target.rare),
-                                      torch.Generator().manual_seed(args.seed + 1), amp),
+            "technique": session.technique, "net": net, "sampler": session.sampler,
+            "rng": np.random.default_rng(args.seed),
+            "runner": IterationRunner(net, net, session.optimizer, session.technique, list(target.rare),
+                                      torch.Generator().manual_seed(args.seed + 1), session.amp),
             "times": [], "cpu": [], "gpu_peak": 0,
         }
 

@@ -1,8 +1,9 @@
 """``finetune(config)``: the fine-tuning routine behind ``asymseg finetune`` and the training panel.
 
 Steps: join the torchrun process group if launched by torchrun; load the base model (or build
-the architecture from scratch); load and crop the cases once; build the patch sampler,
-optimiser and generators; run :class:`~asymseg.train.loop.Trainer`; write the final model.
+the architecture from scratch); load and crop the cases once; build the patch sampler and
+optimiser (:func:`asymseg.train.session.build_session`) and the generators; run
+:class:`~asymseg.train.loop.Trainer`; write the final model (:class:`asymseg.train.writer.ModelWriter`).
 
 Outputs (rank 0):
 
@@ -21,13 +22,10 @@ global random state is left as it was.
 from __future__ import annotations
 
 import contextlib
-import copy
-import errno
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +36,9 @@ import numpy as np
 import torch
 
 from asymseg import constants as C
-from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError, ResourceError
+from asymseg.errors import AsymSegError, Cancelled, InputError, ModelError
 from asymseg.modelfile import CARD_FILE
 from asymseg.events import CancelToken, EventCallback, emit
-from asymseg.operating import OperatingPoint
 from asymseg.target import TargetSpec, resolve_target
 from asymseg.techniques import Technique
 from asymseg.train import distributed as D
@@ -49,15 +46,15 @@ from asymseg.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     remove_stale_temporaries,
-    swap_in_directory,
 )
 from asymseg.train.config import TrainConfig, load_config
 from asymseg.train.crossval import check_cross_validation, choose_by_cross_validation
-from asymseg.train.data import PatchSampler, SamplerSettings, TrainingCase, hold_out, prepare_case
+from asymseg.train.data import TrainingCase, hold_out, prepare_case
 from asymseg.train.lock import output_lock
 from asymseg.train.loop import Trainer, TrainState
-from asymseg.train.optim import make_optimizer
 from asymseg.train.runlog import CSV_NAME, JSONL_NAME, RunLog
+from asymseg.train.session import Session, build_session, patch_shapes
+from asymseg.train.writer import ModelWriter
 from asymseg.train.validate import ValidationCase, prepare_validation_case
 
 log = logging.getLogger(__name__)
@@ -165,13 +162,6 @@ def _device_type(config: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA devices that support it; float32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 # -- model ---------------------------------------------------------------------------------------------
 @dataclass
 class _ModelSource:
@@ -273,126 +263,6 @@ def _load(files: Any, channels: Sequence[str], target: TargetSpec, spacing: Sequ
                      orientation=orientation, strict=strict)
     target.check_label_values(np.unique(case.label), source=str(files.label))
     return case
-
-
-# -- the output model ----------------------------------------------------------------------------------
-class ModelWriter:
-    """Writes the output model folder atomically (rank 0), with the training provenance in its card.
-
-    The folder is written complete under a temporary name beside the destination and swapped in
-    with two renames (destination -> ``.<name>.old``, temporary -> destination); a kill between the
-    renames leaves the previous model complete in ``.<name>.old``, which the next write (or a
-    resumed run) puts back first.
-    """
-
-    def __init__(self, output: Path, source: _ModelSource, config: TrainConfig, technique: Any,
-                 train_ids: Sequence[str], val_ids: Sequence[str], run_dir: Path) -> None:
-        self.output = output
-        self.source = source
-        self.config = config
-        self.technique = technique
-        self.train_ids = list(train_ids)
-        self.val_ids = list(val_ids)
-        self.run_dir = run_dir
-        # A CPU copy of the untouched starting network: weights are loaded into it for writing,
-        # so the training network (maybe on a GPU, inside DDP) is never modified.
-        self.export_net = copy.deepcopy(source.net).to("cpu").eval()
-
-    @property
-    def old(self) -> Path:
-        return self.output.parent / f".{self.output.name}.old"
-
-    def recover(self) -> None:
-        """Put back ``<name>.old`` left by a kill between the two renames of a write."""
-        if not self.output.exists() and self.old.exists():
-            os.replace(self.old, self.output)
-            log.warning("recovered the model folder %s from %s", self.output, self.old)
-
-    def provenance(self, state: TrainState, reason: str) -> dict[str, Any]:
-        """The card's provenance: data, technique, hyper-parameters, iterations, base model, metrics."""
-        base = self.source.base_card
-        previous = dict(base.provenance) if base is not None else {}
-        out: dict[str, Any] = {
-            "data": {"train": self.train_ids, "val": self.val_ids},
-            "technique": self.technique.to_dict(),
-            "hyperparameters": {k: v for k, v in self.config.to_dict().items()
-                                if k not in ("train_cases", "val_cases", "output_model", "run_dir")},
-            "iterations": state.best_iteration if state.best_iteration is not None else state.iteration,
-            "iterations_run": state.iteration,
-            "total_iterations": self.config.iterations,
-            "selected_by": state.best_kind,
-            "validation": state.best_metrics,
-            "status": reason,
-            "base_model": None if base is None else {"name": base.name, "path": self.source.base,
-                                                     "weights_sha256": base.weights_sha256},
-            "init_seed": self.config.seed if base is None else previous.get("init_seed"),
-            "run_dir": str(self.run_dir),
-        }
-        if "license_note" in previous:
-            out["license_note"] = previous["license_note"]
-        if previous:
-            out["base_provenance"] = previous
-        return out
-
-    def write(self, weights: Mapping[str, torch.Tensor], state: TrainState, reason: str,
-              *, extra_files: Mapping[str, Path] | None = None) -> Path:
-        """Write the model with ``weights`` and the provenance of ``state``; returns the folder."""
-        from asymseg.modelfile import save_model
-
-        net = self.export_net
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
-        try:
-            net.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
-            folder = tmp / "model"
-            save_model(folder, net, self._card(state, reason))
-            for name, path in (extra_files or {}).items():
-                if Path(path).is_file():
-                    shutil.copyfile(path, folder / name)
-            self.recover()
-            swap_in_directory(folder, self.output, self.old)
-        except (ResourceError, OSError) as err:
-            # Name the model folder, not the temporary one the failure happened in.
-            if isinstance(err, ResourceError) or err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise ResourceError(f"{self.output}: cannot write the model: out of disk space or over the file "
-                                    "size limit") from err
-            raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return self.output
-
-    def _card(self, state: TrainState, reason: str) -> Any:
-        card = self.source.card
-        base = self.source.base_card
-        how = f"fine-tuned from {base.name}" if base is not None else f"trained from scratch ({card.architecture})"
-        return card.replace(
-            name=self.output.name, created="", target=self.source.target, provenance=self.provenance(state, reason),
-            operating_point=None if self.config.operating_point == "none" else _inherited_operating_point(base),
-            description=f"{how} on {len(self.train_ids)} case(s) with {self.technique.name}, "
-                        f"best at iteration {state.best_iteration}")
-
-
-def _inherited_operating_point(base: Any | None) -> OperatingPoint | None:
-    """The operating point a fine-tuned model starts with: its base model's, marked as inherited.
-
-    It is replaced at the end of the run when one is chosen for this model (validation cases or
-    cross-validation). Kept otherwise because a threshold and cleaning chosen for a sibling model
-    carry over: on the starter's leave-one-out folds, each fold's model scored better with the
-    operating point chosen on the OTHER fold's model than with its own argmax (DSC 71.9 -> 73.4
-    and 14.6 -> 23.8; docs/RESULTS.md section 3). A model trained from scratch has none (argmax).
-    """
-    point = getattr(base, "operating_point", None)
-    if point is None:
-        return None
-    record = {**dict(point.validation), "inherited_from": base.name}
-    return OperatingPoint(threshold=point.threshold, postprocess=point.postprocess, tta=point.tta,
-                          chosen_on=point.chosen_on, validation=record)
-
-
-# -- the routine ---------------------------------------------------------------------------------------
-def _make_optimizer(config: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in net.parameters() if p.requires_grad]
-    return make_optimizer(config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _perturbed_inputs(technique: Technique, net: torch.nn.Module, in_size: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -507,10 +377,16 @@ class _Run:
     val_files: list[Any]
     train_ids: list[str]
     val_ids: list[str]
-    in_size: tuple[int, ...]
-    out_size: tuple[int, ...]
     val_cases: list[ValidationCase]
-    sampler: PatchSampler
+    session: Session
+
+    @property
+    def in_size(self) -> tuple[int, ...]:
+        return self.session.input_size
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return self.session.output_size
 
 
 def _finetune(config: TrainConfig, dist: D.DistContext, device_type: str, on_event: EventCallback | None,
@@ -565,16 +441,11 @@ def _prepare_run(config: TrainConfig, dist: D.DistContext, device_type: str, on_
     net = source.net
     train_ids = _unique_ids(train_files)
     val_ids = _unique_ids(val_files)
-    out_size = tuple(config.patch_output_size or (net.training_output_size,) * 3)
-    try:
-        in_size = tuple(net.input_shape(out_size))
-    except ValueError as err:
-        raise InputError(f"--patch-size {list(out_size)}: {' '.join(str(err).split())}") from err
+    patch_shapes(config, net)  # a patch size the network cannot take is refused before the cases load
     cases, val_cases = _load_cases(source, train_files, train_ids, val_files if dist.is_main else [], val_ids,
                                    on_event, cancel, config.strict)
-    sampler = PatchSampler(cases, SamplerSettings(
-        input_size=in_size, output_size=out_size, fg_fraction=technique.fg_fraction, augment=technique.augment,
-        background_augment_p=1.0 if technique.asym_aug_p is None else technique.asym_aug_p))
+    net.to(device)
+    session = build_session(config, net, cases, device, technique)
 
     resolved = config.replace(
         train_cases=tuple(str(Path(p).absolute()) for p in config.train_cases),
@@ -588,7 +459,7 @@ def _prepare_run(config: TrainConfig, dist: D.DistContext, device_type: str, on_
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved.save(run_dir / CONFIG_NAME)
     return _Run(resolved, technique, output, run_dir, device, checkpoint, source, val_files, train_ids, val_ids,
-                in_size, out_size, val_cases, sampler)
+                val_cases, session)
 
 
 def _case_files(config: TrainConfig, dist: D.DistContext) -> tuple[list[Any], list[Any]]:
@@ -637,8 +508,6 @@ def _make_trainer(run: _Run, writer: ModelWriter, dist: D.DistContext, on_event:
                   cancel: CancelToken, stop_after: int | None) -> Trainer:
     """The seeded trainer on the run's device, restored from the checkpoint when resuming."""
     config, device, net = run.config, run.device, run.source.net
-    net.to(device)
-    optimizer = _make_optimizer(config, net)
     sampler_rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed + RANK_SEED_STRIDE * (dist.rank + 1))
     # Dropout draws from the global generators: seed the ones fork_rng restores afterwards.
@@ -656,10 +525,11 @@ def _make_trainer(run: _Run, writer: ModelWriter, dist: D.DistContext, on_event:
         writer.recover()
         remove_stale_temporaries(run.output.parent, f".{run.output.name}.")
     trainer = Trainer(config=config, technique=run.technique, rare=list(run.source.target.rare), net=net,
-                      model=model, optimizer=optimizer, sampler=run.sampler, sampler_rng=sampler_rng,
+                      model=model, optimizer=run.session.optimizer, sampler=run.session.sampler,
+                      sampler_rng=sampler_rng,
                       generator=generator, val_cases=run.val_cases, dist=dist, device=device, run_dir=run.run_dir,
                       runlog=runlog, save_model=lambda w, s, r: writer.write(w, s, r), state=TrainState(),
-                      amp_dtype=amp_dtype(device), on_event=on_event, cancel=cancel, stop_after=stop_after)
+                      amp_dtype=run.session.amp, on_event=on_event, cancel=cancel, stop_after=stop_after)
     if run.checkpoint is not None:
         _check_compatible(run.checkpoint.state, config)
         trainer.restore(run.checkpoint)
