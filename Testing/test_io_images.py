@@ -31,6 +31,20 @@ def _listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_the_geometry_from_the_header_alone_is_the_geometry_of_the_read_image(tmp_path, ext):
+    from asymseg.io import read_geometry
+
+    path = write_image(np.zeros(OBLIQUE.shape_zyx, np.float32), OBLIQUE, tmp_path / f"volume{ext}")
+    assert read_geometry(path) == read_image(path)[1]
+    # A 4-D image with one volume: its first three axes, as read_image takes them.
+    four = sitk.JoinSeries([sitk.ReadImage(str(path))])
+    sitk.WriteImage(four, str(tmp_path / f"four{ext}"))
+    assert read_geometry(tmp_path / f"four{ext}") == read_image(tmp_path / f"four{ext}")[1]
+    with pytest.raises(InputError, match="no such channel file"):
+        read_geometry(tmp_path / f"missing{ext}")
+
+
 @pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
 def test_round_trip_keeps_values_and_oblique_anisotropic_geometry(tmp_path, ext):
     rng = np.random.default_rng(1)

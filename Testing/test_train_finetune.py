@@ -79,6 +79,32 @@ def test_a_tiny_run_lowers_the_loss_and_writes_a_model_with_its_provenance(cases
     assert set(validation.data["mean"]) >= {"dsc", "sensitivity", "precision"}
 
 
+def test_a_model_trained_from_scratch_records_the_median_training_spacing_and_trains_at_it(tmp_path):
+    from asymseg.phantom import write_phantom_cases
+
+    thick = write_phantom_cases(tmp_path / "thick", 2, size=(32, 32, 22), seed=3, spacing=(1.0, 1.0, 1.5))
+    (fine,) = write_phantom_cases(tmp_path / "fine", 1, size=(32, 32, 32), seed=4)
+    result = finetune(TrainConfig(train_cases=[str(c) for c in (*thick, fine)], output_model=str(tmp_path / "m"),
+                                  iterations=2, batch_size=2, val_fraction=0, network=TINY))
+    card = load_model(result.model_path).card
+    assert card.spacing == (1.0, 1.0, 1.5) and card.orientation == "LPS"
+    # Training loads its cases on the card's grid: the 1 mm case at 1.5 mm slices, the others as they are.
+    assert _working_slices(fine, card) == 21 and _working_slices(thick[0], card) == 22
+
+    (only_fine,) = write_phantom_cases(tmp_path / "fine2", 1, size=(32, 32, 32), seed=5)
+    same = finetune(TrainConfig(train_cases=[str(only_fine)], output_model=str(tmp_path / "m2"), iterations=1,
+                                batch_size=2, val_fraction=0, network=TINY))
+    assert load_model(same.model_path).card.spacing == (1.0, 1.0, 1.0)
+
+
+def _working_slices(folder, card) -> int:
+    from asymseg.io import discover_case, load_case
+
+    case = load_case(discover_case(folder), channels=list(card.channels), normalize=True, require_label=True,
+                     spacing=card.spacing, orientation=card.orientation)
+    return case.image.shape[1]
+
+
 def test_throttled_iteration_events_still_report_the_first_and_the_last_of_a_session(cases, tmp_path, monkeypatch):
     from asymseg.train import loop
 

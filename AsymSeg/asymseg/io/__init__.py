@@ -28,6 +28,7 @@ from asymseg.io.images import (
     READ_EXTENSIONS,
     WRITE_EXTENSIONS,
     image_extension,
+    read_geometry,
     read_image,
     read_label,
     strip_image_extension,
@@ -38,6 +39,6 @@ __all__ = [
     "READ_EXTENSIONS", "ROLE_KEYWORDS", "WRITE_EXTENSIONS", "Case", "CaseFiles", "Geometry",
     "add_case_arguments", "add_target_arguments", "background_values", "canonical_channel",
     "case_files_from_args", "derive_brain_mask", "discover_case", "image_extension", "label_values",
-    "load_case", "read_case_list", "read_image", "read_label", "role_of", "strip_image_extension",
+    "load_case", "read_case_list", "read_geometry", "read_image", "read_label", "role_of", "strip_image_extension",
     "target_from_args", "target_was_guessed", "write_image", "zscore",
 ]

@@ -232,6 +232,23 @@ def check_image_header(path: str | os.PathLike[str], *, role: str = "channel") -
     _read_header(Path(path), role)
 
 
+def read_geometry(path: str | os.PathLike[str], *, role: str = "channel") -> Geometry:
+    """The physical grid of an image from its header alone (no voxel read).
+
+    Raises:
+        InputError: as :func:`check_image_header`, or a zero, negative or invalid spacing.
+    """
+    path = Path(path)
+    reader, dim, size = _read_header(path, role)
+    spacing, origin = reader.GetSpacing()[:3], reader.GetOrigin()[:3]
+    matrix = reader.GetDirection()
+    direction = [matrix[row * dim + col] for row in range(3) for col in range(3)]
+    try:
+        return Geometry(size[:3], spacing, origin, direction)
+    except ValueError as err:
+        raise InputError(f"{path}: {role} image has an invalid geometry: {err}") from err
+
+
 def _read_sitk(path: str | os.PathLike[str], role: str) -> tuple[sitk.Image, Geometry]:
     """Read one scalar 3-D image (a singleton 4th axis is dropped) and check it. See :func:`read_image`."""
     path = Path(path)

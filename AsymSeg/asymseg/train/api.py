@@ -60,6 +60,8 @@ from asymseg.train.validate import ValidationCase, prepare_validation_case
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
+#: The axis orientation a model trained from scratch is trained in and records on its card.
+SCRATCH_ORIENTATION = "LPS"
 #: Seed offset between processes for the per-process generators.
 RANK_SEED_STRIDE = 1_000_003
 
@@ -228,7 +230,28 @@ def _model_source(config: TrainConfig, train_files: Sequence[Any]) -> _ModelSour
         net, card = create_model(config.architecture, channels, target, seed=config.seed, **dict(config.network))
     except (TypeError, ValueError) as err:
         raise InputError(f"network {config.architecture}: {' '.join(str(err).split())}") from err
+    card = card.replace(spacing=_training_spacing(train_files, channels), orientation=SCRATCH_ORIENTATION)
     return _ModelSource(net, card, channels, target, None, None)
+
+
+def _training_spacing(train_files: Sequence[Any], channels: Sequence[str]) -> tuple[float, float, float] | None:
+    """The spacing a model trained from scratch works at: per axis, the median spacing of the training
+    cases' reference channels in the :data:`SCRATCH_ORIENTATION` axis order (nnU-Net's target
+    spacing). Cases at another spacing are resampled to it, and the card records it, so the model
+    resamples every case it segments the same way."""
+    from asymseg.io import canonical_channel, read_geometry
+    from asymseg.io.resample import reoriented
+
+    spacings = []
+    for files in train_files:
+        reference = canonical_channel(files.reference_channel) if files.reference_channel else channels[0]
+        path = files.channels.get(reference)
+        if path is not None:  # a case without it is refused, by name, when it loads
+            spacings.append(reoriented(read_geometry(path), SCRATCH_ORIENTATION).spacing)
+    if not spacings:
+        return None
+    median = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
+    return tuple(float(v) for v in median)  # type: ignore[return-value]
 
 
 # -- cases ---------------------------------------------------------------------------------------------
