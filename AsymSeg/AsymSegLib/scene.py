@@ -49,6 +49,9 @@ TUMOUR_CORE_TERMINOLOGY = (
 NEOPLASM_CODE = "108369006"
 #: Geometry tolerance (mm, and direction cosines) for "the same grid".
 GRID_TOLERANCE = 1e-6
+#: Two volumes of one case whose physical boxes overlap less than this (intersection over the
+#: smaller box) are not from the same visit; the engine refuses them too (``MIN_CHANNEL_OVERLAP``).
+MIN_VOLUME_OVERLAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,25 @@ def sameGrid(volumeA, volumeB, tolerance: float = GRID_TOLERANCE) -> bool:
     if dimensions(volumeA) != dimensions(volumeB):
         return False
     return bool(np.allclose(ijkToRas(volumeA), ijkToRas(volumeB), rtol=0.0, atol=tolerance))
+
+
+def physicalBox(volumeNode) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned RAS bounding box (mm) of a volume's voxel corners: (low, high)."""
+    matrix = ijkToRas(volumeNode)
+    size = np.asarray(dimensions(volumeNode), dtype=np.float64)
+    corners = np.array([[(size[a] - 0.5) if (index >> a) & 1 else -0.5 for a in range(3)] + [1.0]
+                        for index in range(8)])
+    points = (matrix @ corners.T).T[:, :3]
+    return points.min(axis=0), points.max(axis=0)
+
+
+def overlapFraction(volumeA, volumeB) -> float:
+    """Volume of the intersection of two volumes' physical boxes over the smaller box's volume (0..1)."""
+    lowA, highA = physicalBox(volumeA)
+    lowB, highB = physicalBox(volumeB)
+    inter = np.clip(np.minimum(highA, highB) - np.maximum(lowA, lowB), 0.0, None)
+    smaller = min(float(np.prod(highA - lowA)), float(np.prod(highB - lowB)))
+    return float(np.prod(inter)) / smaller if smaller > 0 else 0.0
 
 
 def copyGeometry(sourceVolume, targetVolume) -> None:

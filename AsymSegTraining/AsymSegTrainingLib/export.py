@@ -36,8 +36,6 @@ CHANNEL_SUFFIXES: dict[str, str] = {"flair": "flair", "t1c": "t1ce", "t1": "t1",
 LABEL_SUFFIX = "seg"
 #: The foreground label value written to the label map.
 FOREGROUND_LABEL = 1
-#: Geometry tolerance (mm and direction cosines) between the channels of one case.
-CASE_GRID_TOLERANCE = 1e-4
 
 #: Tumour-core label values of each BraTS convention (one click away in the panel).
 BRATS_CORE_LABELS: dict[str, tuple[int, ...]] = {
@@ -237,7 +235,7 @@ def checkCaseFits(case: SceneCase, modelChannels: Sequence[str], segmentationsLo
     """Check that a case can train a model with ``modelChannels``; returns its core preview.
 
     Raises:
-        ValueError: a missing channel, channels on different grids, core labels or segments that
+        ValueError: a missing channel, volumes that barely overlap, core labels or segments that
             do not fit, or no core voxel at all (each message names the case).
     """
     case.check()
@@ -246,16 +244,31 @@ def checkCaseFits(case: SceneCase, modelChannels: Sequence[str], segmentationsLo
     if missing:
         raise ValueError(f"{case.caseId}: the model needs the {', '.join(missing)} channel(s); the case has "
                          f"{', '.join(sorted(have))}")
-    volumes = list(case.volumes.items())
-    for channel, node in volumes[1:]:
-        if not S.sameGrid(node, volumes[0][1], tolerance=CASE_GRID_TOLERANCE):
-            raise ValueError(f"{case.caseId}: {node.GetName()} ({channel}) is not on the grid of "
-                             f"{volumes[0][1].GetName()}; resample it first (Resample Scalar/Vector/DWI Volume)")
+    checkSameVisit(case)
     _, preview = coreMask(case, segmentationsLogic, scene)
     if preview.voxels == 0:
         raise ValueError(f"{case.caseId}: no tumour-core voxel with the chosen {preview.source}; "
                          "a training case needs a labelled core")
     return preview
+
+
+def checkSameVisit(case: SceneCase) -> None:
+    """Refuse a case whose volumes barely overlap in physical space (not one visit's scans).
+
+    Volumes on different grids are fine: each is written as it is, and the engine brings them
+    onto one working grid by their physical geometry (no registration).
+
+    Raises:
+        ValueError: a volume overlapping the first one less than ``MIN_VOLUME_OVERLAP``.
+    """
+    volumes = list(case.volumes.items())
+    first = volumes[0][1]
+    for channel, node in volumes[1:]:
+        fraction = S.overlapFraction(node, first)
+        if fraction < S.MIN_VOLUME_OVERLAP:
+            raise ValueError(f"{case.caseId}: {node.GetName()} ({channel}) and {first.GetName()} overlap by only "
+                             f"{100 * fraction:.0f}% in physical space; they are probably not from the same visit: "
+                             "register them first (General Registration (BRAINS) or Elastix)")
 
 
 def caseFileName(caseId: str, channel: str, extension: str = ".nii.gz") -> str:
@@ -268,7 +281,8 @@ def exportTrainingCase(case: SceneCase, folder: str | os.PathLike, segmentations
                        extension: str = ".nii.gz", overwrite: bool = False) -> Path:
     """Write a scene case as ``<folder>/<caseId>/`` with channel files and a binary label map.
 
-    The first volume gives the grid; the labels are resampled onto it (nearest neighbour). The
+    Each volume is written on its own grid (the engine resamples them by their physical geometry);
+    the labels go onto the first volume's grid (nearest neighbour). The
     case folder appears complete or not at all (written under a temporary name, then renamed).
 
     Args:
@@ -283,15 +297,12 @@ def exportTrainingCase(case: SceneCase, folder: str | os.PathLike, segmentations
         The case folder.
 
     Raises:
-        ValueError: a bad case (id, channels, channels on different grids) or an existing folder.
+        ValueError: a bad case (id, channels, volumes that barely overlap) or an existing folder.
     """
     case.check()
+    checkSameVisit(case)
     volumes = list(case.volumes.items())
     referenceVolume = volumes[0][1]
-    for channel, node in volumes[1:]:
-        if not S.sameGrid(node, referenceVolume, tolerance=CASE_GRID_TOLERANCE):
-            raise ValueError(f"{case.caseId}: {node.GetName()} ({channel}) is not on the grid of "
-                             f"{referenceVolume.GetName()}; resample it first (Resample Scalar/Vector/DWI Volume)")
     target = Path(folder) / case.caseId
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: the case folder exists already")

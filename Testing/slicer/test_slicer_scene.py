@@ -266,3 +266,25 @@ def test_a_job_whose_inputs_cannot_be_written_raises_and_leaves_no_temporary_fol
         job.start()
     assert job.folder is not None and not job.folder.exists()
     assert list(tmp_path.iterdir()) == [] and not job.process.started
+
+
+def test_the_overlap_of_two_volumes_is_the_engines_for_the_files_they_are_written_to(mrml, tmp_path):
+    from asymseg import constants
+    from asymseg.io import read_geometry
+    from asymseg.io.resample import overlap_fraction
+
+    assert S.MIN_VOLUME_OVERLAP == constants.MIN_CHANNEL_OVERLAP
+    angle = math.radians(20)
+    tilted = np.array([[math.cos(angle) * 0.9, -math.sin(angle), 0, -40.0],
+                       [math.sin(angle) * 0.9, math.cos(angle), 0, 12.0],
+                       [0, 0, 5.5, -30.0], [0, 0, 0, 1]])
+    shifted = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted[:3, 3] = (-30.0, -10.0, -25.0)
+    a = addVolume(mrml.scene, np.zeros((12, 60, 70), np.float32), tilted, "thick tilted")
+    b = addVolume(mrml.scene, np.zeros((50, 64, 64), np.float32), shifted, "fine shifted")
+    fraction = S.overlapFraction(a, b)
+    assert 0.05 < fraction < 0.95 and S.overlapFraction(b, a) == pytest.approx(fraction)
+    engine = overlap_fraction(read_geometry(S.writeVolume(a, tmp_path / "a.nrrd")),
+                              read_geometry(S.writeVolume(b, tmp_path / "b.nrrd")))
+    assert fraction == pytest.approx(engine, rel=1e-9)
+    assert S.overlapFraction(a, a) == pytest.approx(1.0)

@@ -203,17 +203,40 @@ def test_exported_case_is_found_by_the_engine_case_discovery(mrml, sceneCase, tm
     assert "pat1_flair.nii.gz" in text and "pat1_t1ce.nii.gz" in text and "pat1_seg.nii.gz" in text
 
 
-def test_export_refuses_bad_ids_mismatched_grids_and_existing_folders(mrml, sceneCase, tmp_path):
+def test_a_volume_on_its_own_grid_is_exported_as_it_is_and_the_engine_brings_it_onto_the_reference(
+        mrml, sceneCase, tmp_path):
+    io = pytest.importorskip("asymseg.io")
+    case, _ = sceneCase
+    # The T1c on a finer, shifted grid covering the same head: another series of the same visit.
+    finer = np.diag([0.5, 0.5, 1.0, 1.0])
+    finer[:3, 3] = (4.75, -3.25, 1.0)
+    t1c = addVolume(mrml.scene, np.random.default_rng(3).normal(size=(10, 14, 18)).astype(np.float32), finer,
+                    "pat1 T1c fine")
+    moved = export.SceneCase("pat1", {"flair": case.volumes["flair"], "t1c": t1c}, case.labels)
+    folder = export.exportTrainingCase(moved, tmp_path, mrml.segmentations, mrml.scene)
+    flair, flairGrid = io.read_image(folder / "pat1_flair.nii.gz")
+    t1cArray, t1cGrid = io.read_image(folder / "pat1_t1ce.nii.gz")
+    label, labelGrid = io.read_label(folder / "pat1_seg.nii.gz")
+    assert t1cArray.shape == (10, 14, 18) and t1cGrid.spacing == pytest.approx((0.5, 0.5, 1.0))
+    assert labelGrid == flairGrid and label.shape == flair.shape
+    loaded = io.load_case(io.discover_case(folder), channels=["flair", "t1c"], require_label=True)
+    assert loaded.image.shape == (2, *flair.shape) and loaded.geometry == flairGrid
+
+
+def test_export_refuses_bad_ids_volumes_of_another_visit_and_existing_folders(mrml, sceneCase, tmp_path):
     case, _ = sceneCase
     with pytest.raises(ValueError, match="case id 'pat 1'"):
         export.exportTrainingCase(export.SceneCase("pat 1", case.volumes, case.labels), tmp_path,
                                   mrml.segmentations, mrml.scene)
-    other = addCaseVolume(mrml.scene, np.zeros((5, 7, 9), np.float32), "T1c resliced", spacing=(1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match=r"T1c resliced \(t1c\) is not on the grid of pat1 FLAIR"):
-        export.exportTrainingCase(export.SceneCase("p2", {"flair": case.volumes["flair"], "t1c": other},
+    far = addVolume(mrml.scene, np.zeros((5, 7, 9), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]) + np.array(
+        [[0, 0, 0, 200.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), "T1c elsewhere")
+    with pytest.raises(ValueError, match=r"p2: T1c elsewhere \(t1c\) and pat1 FLAIR overlap by only 0% in physical "
+                                         r"space; they are probably not from the same visit: register them first"):
+        export.exportTrainingCase(export.SceneCase("p2", {"flair": case.volumes["flair"], "t1c": far},
                                                    case.labels), tmp_path, mrml.segmentations, mrml.scene)
+    assert not (tmp_path / "p2").exists() and not list(tmp_path.glob(".p2.*"))
     with pytest.raises(ValueError, match="unknown channel 'pd'"):
-        export.SceneCase("p3", {"pd": other}, case.labels).check()
+        export.SceneCase("p3", {"pd": far}, case.labels).check()
     export.exportTrainingCase(case, tmp_path, mrml.segmentations, mrml.scene)
     with pytest.raises(ValueError, match="the case folder exists already"):
         export.exportTrainingCase(case, tmp_path, mrml.segmentations, mrml.scene)

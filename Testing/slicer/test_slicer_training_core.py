@@ -116,8 +116,10 @@ def test_start_refuses_cases_whose_channels_or_labels_do_not_fit(mrml, volumes):
     good = addVolume(mrml.scene, labels, matrix, "good", labelmap=True)
     with pytest.raises(ValueError, match=r"pat: the model needs the t2 channel\(s\); the case has flair, t1c"):
         export.checkCaseFits(export.SceneCase("pat", volumes, good), ["flair", "t2"], mrml.segmentations, mrml.scene)
-    resliced = addVolume(mrml.scene, np.zeros(SHAPE, np.float32), np.eye(4), "T1c resliced")
-    with pytest.raises(ValueError, match=r"T1c resliced \(t1c\) is not on the grid of pat FLAIR"):
+    elsewhere = np.eye(4)
+    elsewhere[:3, 3] = (0.0, 0.0, 500.0)
+    resliced = addVolume(mrml.scene, np.zeros(SHAPE, np.float32), elsewhere, "T1c elsewhere")
+    with pytest.raises(ValueError, match=r"pat: T1c elsewhere \(t1c\) and pat FLAIR overlap by only 0%"):
         export.checkCaseFits(export.SceneCase("pat", {"flair": volumes["flair"], "t1c": resliced}, good),
                              ["flair", "t1c"], mrml.segmentations, mrml.scene)
     preview = export.checkCaseFits(export.SceneCase("pat", volumes, good), ["flair", "t1c"], mrml.segmentations,
