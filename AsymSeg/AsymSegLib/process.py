@@ -53,6 +53,9 @@ PIPE_DRAIN_SECONDS = 3.0
 LOG_TAIL_LINES = 200
 #: The environment variable naming the file whose creation cancels the engine (asymseg.cancelfile).
 CANCEL_FILE_VARIABLE = "ASYMSEG_CANCEL_FILE"
+#: The environment variable naming this process: the engine cancels itself (gracefully) when
+#: this process is gone, e.g. after Slicer crashed during a training run.
+PARENT_PID_VARIABLE = "ASYMSEG_PARENT_PID"
 
 
 def noWindowFlags() -> int:
@@ -253,6 +256,7 @@ class EngineProcess:
         environment = dict(os.environ if environment is None else environment)
         self.cancelFile = Path(tempfile.mkdtemp(prefix="asymseg-cancel-")) / "cancel"
         environment[CANCEL_FILE_VARIABLE] = str(self.cancelFile)
+        environment[PARENT_PID_VARIABLE] = str(os.getpid())  # the engine stops if Slicer is gone
         if launcher is not None:
             log.info("Starting: %s", subprocess.list2cmdline(self.command))
             popen = launcher(list(self.command), environment, self.feedLine, self.feedExit)

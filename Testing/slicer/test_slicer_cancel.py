@@ -104,3 +104,51 @@ def test_the_watcher_cancels_the_token_once_the_file_appears(tmp_path):
         time.sleep(0.01)
     assert token.cancelled and token.reason == "cancelled by cancel"
     watcher.stop()
+
+
+def test_the_panel_names_itself_as_the_engines_parent(tmp_path):
+    from asymseg import cancelfile
+
+    assert P.PARENT_PID_VARIABLE == cancelfile.PARENT_VARIABLE
+    proc = P.EngineProcess()
+    proc.startCommand([sys.executable, "-c", "import os; print(os.environ['ASYMSEG_PARENT_PID'])"])
+    lines = []
+    result = proc.wait(timeout=60, onEvent=lambda event: lines.append(event.message))
+    assert result.returnCode == 0 and lines == [str(os.getpid())]
+
+
+def test_when_the_parent_is_gone_a_training_run_stops_at_a_safe_point_and_keeps_its_checkpoint(trainingData,
+                                                                                                tmp_path):
+    folder, case = trainingData
+    # The parent: a stand-in for Slicer that goes away while the engine trains.
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    output = tmp_path / "model"
+    engineProcess = subprocess.Popen(
+        [sys.executable, "-m", "asymseg", "--threads", "1", "finetune", "--train-case", str(case), "--base-model",
+         str(folder / "base"), "--iterations", "100000", "--device", "cpu", "--output-model", str(output),
+         "--progress", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "ASYMSEG_PARENT_PID": str(parent.pid)})
+    try:
+        for line in engineProcess.stdout:
+            if '"event": "iteration"' in line:
+                break
+        parent.kill()
+        parent.wait()
+        _, stderr = engineProcess.communicate(timeout=300)
+    finally:
+        parent.kill()
+        engineProcess.kill()
+    assert engineProcess.returncode == 130, stderr
+    assert f"the parent process {parent.pid} is gone" in stderr.strip().splitlines()[-1]
+    checkpoint = output.parent / f"{output.name}.run" / "checkpoint"
+    assert checkpoint.is_dir() and any(checkpoint.iterdir())
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+def test_a_parent_pid_that_is_not_a_process_id_is_a_usage_error(tmp_path, value):
+    completed = engine("phantom", "--out", tmp_path / "cases", "--cases", "1", "--size", "16",
+                       env={**ENV, "ASYMSEG_PARENT_PID": value})
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"asymseg phantom: error: ASYMSEG_PARENT_PID={value!r}: expected a process id (a positive whole number)"]
+    assert not (tmp_path / "cases").exists()
