@@ -176,3 +176,54 @@ def test_finetune_takes_thick_slice_cases_onto_the_base_models_spacing(cli, mode
     assert loaded and all(g.spacing == (1.0, 1.0, 1.0) and g.size == (40, 40, 38) for g in loaded)
     logged = capfd.readouterr().err
     assert f"{case / 'flair.nii.gz'}: voxels are 5.5 mm thick, far above the 1 mm the model was trained at" in logged
+
+
+def _t1c_on(case, geometry: Geometry) -> None:
+    t1c, original = _read(case / "t1c.nii.gz")
+    moved = sitk.Resample(original.apply_to(sitk.GetImageFromArray(t1c)), list(geometry.size), sitk.Transform(),
+                          sitk.sitkLinear, geometry.origin, geometry.spacing, geometry.direction, 0.0,
+                          sitk.sitkFloat32)
+    sitk.WriteImage(moved, str(case / "t1c.nii.gz"))
+
+
+def test_finetune_and_analyze_take_the_reference_channel_as_segment_does(cli, models, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    import asymseg.io
+
+    loaded = []
+    real_load_case = asymseg.io.load_case
+
+    def recording_load_case(files, *args, **kwargs):  # the real loader; only its reference and grid are noted
+        case = real_load_case(files, *args, **kwargs)
+        loaded.append((files.reference_channel, case.geometry))
+        return case
+
+    monkeypatch.setattr(asymseg.io, "load_case", recording_load_case)
+    case = _head(tmp_path / "c", Geometry((40, 40, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    tilted = Geometry((36, 36, 30), (1.0, 1.0, 1.0), (4.0, -6.0, 1.5), ROTATED)
+    _t1c_on(case, tilted)
+    out = tmp_path / "tuned"
+    result = cli("finetune", "--train-case", case, "--base-model", models["1mm"], "--output-model", out,
+                 "--iterations", 1, "--batch-size", 2, "--val-fraction", 0, "--label-convention", "brats2017",
+                 "--reference-channel", "t1ce", "--progress", "none")
+    assert result.code == 0, result.err
+    assert [reference for reference, _ in loaded] == ["t1c"]
+    assert loaded[0][1].differences(tilted, tol=1e-6) == []  # the T1c's grid, at the model's 1 mm already
+    assert json.loads((out.parent / "tuned.run" / "train_config.json").read_text())["reference_channel"] == "t1c"
+
+    loaded.clear()
+    import shutil
+
+    unseen = shutil.copytree(case, tmp_path / "unseen")
+    analysis = cli("analyze", "--model", out, "--train-case", case, "--test-case", unseen, "--out", tmp_path / "an",
+                   "--reference-channel", "t1c", "--progress", "none")
+    assert analysis.code == 0, analysis.err
+    assert [reference for reference, _ in loaded] == ["t1c", "t1c"]
+    assert all(g.differences(tilted, tol=1e-6) == [] for _, g in loaded)
+
+    missing = cli("finetune", "--train-case", case, "--base-model", models["1mm"], "--output-model", tmp_path / "x",
+                  "--iterations", 1, "--reference-channel", "t2", "--progress", "none")
+    assert missing.code == 2 and not (tmp_path / "x").exists()
+    assert missing.err.strip().splitlines()[-1] == (
+        f"asymseg finetune: error: {case}: --reference-channel t2: the training case has no t2 channel "
+        "(found: flair, t1c)")

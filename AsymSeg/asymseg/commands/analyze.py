@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="refuse a case whose plausibility checks fail (skull left in, very thick slices, "
                              "CT-like intensities) instead of analysing it with a warning")
+    from asymseg.io.cli_args import add_reference_channel_argument
+
+    add_reference_channel_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     parser.set_defaults(func=run)
     return parser
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         result = analyze_model(
             args.model, train_cases, test_cases, max_nonrare=args.max_nonrare or None, seed=args.seed,
             bins=args.bins, device=args.device, tile=None if args.tile is None else (args.tile,) * 3,
-            on_event=renderer, cancel=ctx.cancel, strict=args.strict,
+            on_event=renderer, cancel=ctx.cancel, strict=args.strict, reference_channel=args.reference_channel,
         )
         written = result.save(args.out, title=f"{Path(str(args.model)).name}: train vs unseen cases")
     finally:

@@ -153,6 +153,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--strict", action="store_true", default=None,
                        help="refuse a case whose plausibility checks fail (skull left in, very thick slices, "
                             "CT-like intensities) instead of training on it with a warning")
+    from asymseg.io.cli_args import add_reference_channel_argument
+
+    add_reference_channel_argument(train)
     train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                        help="auto (CUDA when available; default), cpu or cuda")
@@ -211,6 +214,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "batchnorm_stats": args.batchnorm_stats,
         "operating_point": args.operating_point,
         "strict": args.strict,
+        "reference_channel": args.reference_channel,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,

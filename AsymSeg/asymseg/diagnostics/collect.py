@@ -93,7 +93,7 @@ def _resolve_model(model: Any) -> Any:
 
 
 def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = None,
-          orientation: str | None = None, strict: bool = False):
+          orientation: str | None = None, strict: bool = False, reference_channel: str | None = None):
     """A loaded case (with label and mask) from a Case object or a case folder, on the model's
     working grid (the card's training spacing and orientation)."""
     if hasattr(case, "image") and hasattr(case, "label"):
@@ -102,6 +102,11 @@ def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = 
 
     folder = Path(case)
     files = discover_case(folder)
+    if reference_channel is not None:
+        if reference_channel not in files.channels:
+            raise InputError(f"{files.where}: --reference-channel {reference_channel}: the case has no "
+                             f"{reference_channel} channel (found: {', '.join(files.channels)})")
+        files.reference_channel = reference_channel
     return load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
                      orientation=orientation, strict=strict)
 
@@ -119,6 +124,7 @@ def analyze_model(
     on_event: EventCallback | None = None,
     cancel: CancelToken | None = None,
     strict: bool = False,
+    reference_channel: str | None = None,
 ) -> AnalysisResult:
     """Run a model on training and unseen cases and analyse its logits per rare class.
 
@@ -135,6 +141,8 @@ def analyze_model(
         seed: seeds the subsample.
         bins: histogram bins.
         strict: refuse a case folder whose plausibility checks fail (:mod:`asymseg.io.checks`).
+        reference_channel: the channel whose physical space each case folder is processed in
+            (default: the model's first channel).
         device: torch device for inference (default: the engine's choice).
         tile: inference tile size (default: the engine's choice).
         on_event: progress callback (stage "analyze", one step per case).
@@ -175,7 +183,7 @@ def analyze_model(
         for c_index, item in enumerate(cases):
             if cancel is not None:
                 cancel.check()
-            case = _load(item, channels, loaded.card.spacing, loaded.card.orientation, strict)
+            case = _load(item, channels, loaded.card.spacing, loaded.card.orientation, strict, reference_channel)
             if case.label is None:
                 raise InputError(f"{getattr(case, 'case_id', item)}: analyze needs a ground-truth label")
             prediction = predict_volume(loaded.net, case.image, case.mask, **predict_kwargs)

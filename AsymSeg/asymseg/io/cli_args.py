@@ -81,13 +81,18 @@ def add_case_arguments(parser: argparse.ArgumentParser, *, multiple: bool = True
     group.add_argument("--mask", metavar="PATH", default=None,
                        help="explicit brain mask file (single case; nonzero = brain); without it the case's "
                             "brainmask file is used, else the mask is derived from the background")
-    group.add_argument("--reference-channel", type=_channel_name, metavar="NAME", default=None,
-                       help="channel whose physical space and grid the case is processed in and the results are "
-                            "written on (default: the first channel the model takes); other channels are "
-                            "resampled onto it by their own geometry")
+    add_reference_channel_argument(group)
     group.add_argument("--strict", action="store_true",
                        help="refuse a case whose plausibility checks fail (brain mask larger than a brain, "
                             "slices far thicker than the model's, CT-like intensities) instead of warning")
+
+
+def add_reference_channel_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--reference-channel NAME`` (segment, info, finetune, analyze): one text, one meaning."""
+    parser.add_argument("--reference-channel", type=_channel_name, metavar="NAME", default=None,
+                        help="channel whose physical space and grid each case is processed in and the results are "
+                             "written on (default: the first channel the model takes); other channels are "
+                             "resampled onto it by their own geometry")
 
 
 def read_case_list(path: str | Path) -> list[Path]:

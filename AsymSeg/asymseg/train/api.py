@@ -255,7 +255,7 @@ def _training_spacing(train_files: Sequence[Any], channels: Sequence[str]) -> tu
 
 
 # -- cases ---------------------------------------------------------------------------------------------
-def _discover(folders: Sequence[str], role: str) -> list[Any]:
+def _discover(folders: Sequence[str], role: str, reference_channel: str | None = None) -> list[Any]:
     from asymseg.io import discover_case
 
     out = []
@@ -263,6 +263,11 @@ def _discover(folders: Sequence[str], role: str) -> list[Any]:
         files = discover_case(Path(folder))
         if files.label is None:
             raise InputError(f"{folder}: {role} case has no label file (looked for seg/label/OTMultiClass)")
+        if reference_channel is not None:
+            if reference_channel not in files.channels:
+                raise InputError(f"{folder}: --reference-channel {reference_channel}: the {role} case has no "
+                                 f"{reference_channel} channel (found: {', '.join(files.channels)})")
+            files.reference_channel = reference_channel
         out.append(files)
     return out
 
@@ -487,8 +492,8 @@ def _prepare_run(config: TrainConfig, dist: D.DistContext, device_type: str, on_
 
 def _case_files(config: TrainConfig, dist: D.DistContext) -> tuple[list[Any], list[Any]]:
     """The training and validation cases' files (validation held out of the training cases when asked)."""
-    train_files = _discover(config.train_cases, "training")
-    val_files = _discover(config.val_cases, "validation")
+    train_files = _discover(config.train_cases, "training", config.reference_channel)
+    val_files = _discover(config.val_cases, "validation", config.reference_channel)
     if not val_files and config.val_fraction > 0:
         keep, held = hold_out([f.case_id for f in train_files], config.val_fraction, config.seed)
         val_files = [train_files[i] for i in held]

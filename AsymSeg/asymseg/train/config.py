@@ -130,6 +130,8 @@ class TrainConfig:
             each scoring the case it left out; :mod:`asymseg.train.crossval`) or "none" (argmax).
             With "validation" and no validation cases a fine-tuned model keeps its base model's
             operating point, marked ``inherited_from`` (a model from scratch: the argmax).
+        reference_channel: the channel whose physical space each case is processed in (channels on
+            other grids are resampled onto it; default: the model's first channel).
         strict: refuse a training or validation case when a plausibility check fails (skull left
             in, very thick slices, CT-like intensities; :mod:`asymseg.io.checks`) instead of
             training on it with a warning.
@@ -172,6 +174,7 @@ class TrainConfig:
     batchnorm_stats: str = "ema"
     operating_point: str = "validation"
     strict: bool = False
+    reference_channel: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -188,6 +191,10 @@ class TrainConfig:
         set_(self, "patch_output_size", _int_triplet(self.patch_output_size, "patch_output_size"))
         set_(self, "network", dict(self.network or {}))
         set_(self, "technique_overrides", dict(self.technique_overrides or {}))
+        if self.reference_channel is not None:
+            from asymseg.io import canonical_channel
+
+            set_(self, "reference_channel", canonical_channel(str(self.reference_channel)))
         for key in ("output_model", "base_model", "run_dir", "architecture", "label_convention"):
             value = getattr(self, key)
             if value is not None:
