@@ -30,6 +30,8 @@ from AsymSegLib.widgetsupport import PanelWidgetMixin
 PANEL_CHANNELS = ("flair", "t1c", "t1", "t2")
 #: BRATS 2015 tumour-core labels: the default foreground of a labelmap reference.
 DEFAULT_REFERENCE_LABELS = "1,3,4"
+#: Milliseconds the threshold slider rests before the mask and metrics follow it.
+THRESHOLD_SETTLE_MS = 150
 
 
 def parseLabelValues(text: str) -> list[int] | None:
@@ -160,6 +162,13 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._onTimer)
+        # The slider tracks while dragged; the mask follows once it rests for a moment, so a drag
+        # recomputes the mask (threshold and cleaning of a whole volume) a few times, not per pixel.
+        self._thresholdTimer = qt.QTimer()
+        self._thresholdTimer.setSingleShot(True)
+        self._thresholdTimer.setInterval(THRESHOLD_SETTLE_MS)
+        self._thresholdTimer.connect("timeout()", self._applyThreshold)
+        self._pendingThreshold: float | None = None
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -386,6 +395,8 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
     # ------------------------------------------------------------------ operating point
     def _showSession(self, session) -> None:
         """Point the threshold slider at a run's operating point (None: no run to adjust)."""
+        self._thresholdTimer.stop()  # a value still pending belongs to the previous run
+        self._pendingThreshold = None
         self._session = session
         self.ui.operatingPointCollapsibleButton.enabled = session is not None
         if session is None:
@@ -401,6 +412,13 @@ class AsymSegWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservati
 
     def onThresholdChanged(self, value: float) -> None:
         if self._session is None:
+            return
+        self._pendingThreshold = float(value)
+        self._thresholdTimer.start()  # restarts while the slider keeps moving
+
+    def _applyThreshold(self) -> None:
+        value, self._pendingThreshold = self._pendingThreshold, None
+        if self._session is None or value is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to apply the threshold."), waitCursor=True):
             self._session.setThreshold(value)
