@@ -124,10 +124,18 @@ def setup(device_type: str, env: Mapping[str, str] | None = None) -> DistContext
 
 
 def teardown(ctx: DistContext) -> None:
-    """Leave the process group if :func:`setup` created it."""
+    """Leave the process group if :func:`setup` created it.
+
+    The run's objects are collected first: a DistributedDataParallel wrapper caught in a reference
+    cycle would otherwise be freed after the group is gone, or during interpreter shutdown, where
+    the communication threads it still holds can end the process with an abort.
+    """
     if ctx.owns_group:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 
