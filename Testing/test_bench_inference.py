@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -33,6 +34,8 @@ def test_tiny_benchmark_runs_every_method_with_identical_labels(tmp_path, asymse
     # Given the brain box on our output grid, MONAI computes the box's voxels (its windows may overlap).
     assert runs["ours"]["computed_voxels"] <= runs["monai-crop"]["computed_voxels"] < runs["monai"]["computed_voxels"]
     assert runs["monai-crop"]["settings_text"].startswith("brain box ")
+    assert re.match(r"brain box, \d+ tile\(s\) of \d+x\d+x\d+ \(\d+ without brain skipped\), ",
+                    runs["ours"]["settings_text"]), runs["ours"]["settings_text"]
     assert runs["naive"]["computed_voxels"] >= 36 * 33 * 30
     assert set(report["goals"]["2ch"]) >= {"speedup_vs_monai", "ours_peak_share", "ours_peak_rss_gb",
                                            "per_voxel_vs_monai", "speedup_vs_monai_same_crop",

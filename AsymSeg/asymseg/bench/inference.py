@@ -466,8 +466,9 @@ def _ours(net, case, device, tile):
 
     prediction = predict_volume(net, case.image, case.mask, device=device, tile=tile)
     info = prediction.info
-    text = (f"brain box, {info['tiles']} tile(s) of {'x'.join(map(str, info['tile']))}, "
-            f"{info['memory_format']}, batch {info['batch_size']}")
+    text = (f"brain box, {info['tiles']} tile(s) of {'x'.join(map(str, info['tile']))} "
+            f"({info.get('skipped_tiles', 0)} without brain skipped), {info['memory_format']}, "
+            f"batch {info['batch_size']}")
     return prediction.labels, prediction.probabilities, [(tuple(info["tile"]), info["tiles"])], text
 
 
