@@ -180,3 +180,49 @@ def test_the_recipe_script_explains_itself_and_refuses_bad_options(tmp_path):
                              capture_output=True, text=True)
     assert no_data.returncode == 2 and "brats_2013_pat0005_1: no such case folder" in no_data.stderr
     assert not (tmp_path / "w").exists()
+
+
+def _scores(dsc_by_technique: dict[str, float], card: dict) -> dict:
+    """A loo_eval result with every compared technique at every scored snapshot, cross-fold DSC given."""
+    settings = card["provenance"]["settings"]
+    snapshots = {}
+    for technique, dsc in dsc_by_technique.items():
+        for iteration in sorted({*settings["score_at"], settings["stop_at"]}):
+            metrics = {"dsc": dsc, "sensitivity": dsc, "precision": dsc, "volume_ml": 10.0, "oedema_marked": 0.1}
+            snapshots[f"{technique}@{iteration}"] = {
+                "technique": technique, "iteration": iteration, "tta_considered": False,
+                "folds": {fold: {"case_id": f"case-{fold}", "argmax": metrics, "cross_fold": metrics,
+                                 "both_folds": metrics} for fold in ("5to6", "6to5")}}
+    return {"snapshots": snapshots, "heuristic": card["provenance"]["leave_one_out"]["heuristic"]}
+
+
+def test_refreshing_the_card_rewrites_only_its_leave_one_out_record_and_refuses_a_new_winner(card, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    model = shutil.copytree(MODEL_DIR, tmp_path / "model")
+    compare = card["provenance"]["settings"]["compare"]
+    shipped = card["provenance"]["technique"]["name"]
+
+    def refresh(scores):
+        (tmp_path / "scores.json").write_text(json.dumps(scores))
+        return subprocess.run([sys.executable, str(RECIPE / "finalize.py"), "--refresh", str(model), "--loo-eval",
+                               str(tmp_path / "scores.json")], capture_output=True, text=True, timeout=300)
+
+    others = [t for t in compare if t != shipped]
+    loser = refresh(_scores({shipped: 0.3, **{t: 0.6 for t in others}}, card))
+    assert loser.returncode != 0 and f"the rule now picks {others[0]}, not the shipped {shipped}" in loser.stderr
+    assert json.loads((model / "model.json").read_text()) == card  # refused: nothing written
+    missing = refresh(_scores({shipped: 0.6}, card))
+    assert missing.returncode != 0 and "the scores lack" in missing.stderr
+
+    done = refresh(_scores({shipped: 0.6, **{t: 0.3 for t in others}}, card))
+    assert done.returncode == 0, done.stderr
+    after = json.loads((model / "model.json").read_text())
+    changed = {k for k in after["provenance"] if after["provenance"][k] != card["provenance"].get(k)}
+    assert changed <= {"settings", "leave_one_out"}
+    assert {k: v for k, v in after.items() if k != "provenance"} == {k: v for k, v in card.items() if k != "provenance"}
+    record = after["provenance"]["leave_one_out"]
+    assert [r["technique"] for r in record["ranking"]] == [shipped, *others]
+    assert record["ranking"][0]["mean_cross_fold_dsc"] == 0.6 and set(record["techniques"]) == set(compare)

@@ -8,6 +8,11 @@ what to cite. Absolute paths of the work folder are left out.
 
     python recipes/starter/finalize.py --name asymseg-starter-deepmedic --final WORK/final \
         --final-result WORK/final-result.json --loo-eval WORK/loo-eval.json --out WORK/asymseg-starter-deepmedic
+
+When techniques are added to ``final.json``'s ``compare`` after the model was made (and the rule
+still picks the shipped technique), ``--refresh MODEL_DIR --loo-eval ALL.json`` rewrites only the
+card's ``settings`` and ``leave_one_out`` record (table and ranking) from the scores of every
+technique; the weights, the operating point and the rest of the card are left as they are.
 """
 
 from __future__ import annotations
@@ -86,7 +91,41 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
             else None for k in METRICS}
 
 
+def refresh(model_dir: Path, loo: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a finished card's ``settings`` and ``leave_one_out`` record from ``final.json`` and the
+    scores of every compared technique; refuses when the rule would now pick another technique."""
+    from asymseg.modelfile import load_model, read_card, write_card
+
+    settings = _read_json(HERE / "final.json")
+    card = read_card(model_dir)
+    provenance = dict(card.provenance)
+    stop_at = int(provenance["iterations"])
+    ranked = ranking(loo, list(settings["compare"]), list(settings["score_at"]))
+    missing = sorted(set(settings["compare"]) - {r["technique"] for r in ranked})
+    if missing:
+        raise SystemExit(f"finalize.py: the scores lack {', '.join(missing)} at every snapshot of {settings['score_at']}")
+    if ranked[0]["technique"] != provenance["technique"]["name"]:
+        raise SystemExit(f"finalize.py: the rule now picks {ranked[0]['technique']}, not the shipped "
+                         f"{provenance['technique']['name']}: train the model again (train.sh)")
+    record = dict(provenance["leave_one_out"])
+    record.update(techniques=leave_one_out_table(loo, stop_at), ranking=ranked)
+    provenance.update(settings=settings, leave_one_out=record)
+    write_card(model_dir, card.replace(provenance=provenance))
+    load_model(model_dir)  # the weights still match the card
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--refresh" in argv:
+        parser = argparse.ArgumentParser(description="Refresh a finished card's leave-one-out record.")
+        parser.add_argument("--refresh", type=Path, required=True, help="the model folder whose card is rewritten")
+        parser.add_argument("--loo-eval", type=Path, required=True, help="the scores of every compared technique")
+        args = parser.parse_args(argv)
+        record = refresh(args.refresh, _read_json(args.loo_eval))
+        print(f"rewrote {args.refresh}: ranking {json.dumps(record['ranking'])}")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--final", type=Path, required=True)
