@@ -147,8 +147,9 @@ def run(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     states: dict[str, dict[str, Any]] = {}
     for name in presets:
         # What `asymseg finetune --technique <name>` trains with: its defaults (optimiser, lr, patch).
-        config = TrainConfig(train_cases=tuple(str(f) for f in folders), output_model="bench", technique=name, batch_size=args.batch_size,
-                             architecture=args.architecture, device=device.type, seed=args.seed)
+        config = TrainConfig(train_cases=tuple(str(f) for f in folders), output_model="bench", technique=name,
+                             batch_size=args.batch_size, architecture=args.architecture, device=device.type,
+                             seed=args.seed)
         net = build_network(args.architecture, 2, 2, generator=torch.Generator().manual_seed(args.seed), **hparams)
         net.load_state_dict(reference_net.state_dict())
         net.to(device).train()
