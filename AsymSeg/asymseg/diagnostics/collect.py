@@ -102,11 +102,7 @@ def _load(case: Any, channels: Sequence[str], spacing: Sequence[float] | None = 
 
     folder = Path(case)
     files = discover_case(folder)
-    if reference_channel is not None:
-        if reference_channel not in files.channels:
-            raise InputError(f"{files.where}: --reference-channel {reference_channel}: the case has no "
-                             f"{reference_channel} channel (found: {', '.join(files.channels)})")
-        files.reference_channel = reference_channel
+    files.use_reference_channel(reference_channel)
     return load_case(files, channels=list(channels), normalize=True, require_label=True, spacing=spacing,
                      orientation=orientation, strict=strict)
 

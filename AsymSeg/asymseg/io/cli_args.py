@@ -160,10 +160,7 @@ def case_files_from_args(args: argparse.Namespace) -> list[CaseFiles]:
                  else discover_case(folder) for index, folder in enumerate(unique)]
     reference = getattr(args, "reference_channel", None)
     for files in found:
-        if reference is not None and reference not in files.channels:
-            raise InputError(f"{files.where}: --reference-channel {reference}: the case has no {reference} channel "
-                             f"(found: {', '.join(files.channels)})")
-        files.reference_channel = reference
+        files.use_reference_channel(reference)
     return found
 
 

@@ -147,6 +147,17 @@ class CaseFiles:
         first = next(iter(self.channels.values()), None)
         return str(first) if first is not None else self.case_id
 
+    def use_reference_channel(self, name: str | None, role: str = "case") -> None:
+        """Set :attr:`reference_channel` (None: the default), refusing a channel the case lacks.
+
+        Raises:
+            InputError: the case has no ``name`` channel (``role`` names the case in the message).
+        """
+        if name is not None and name not in self.channels:
+            raise InputError(f"{self.where}: --reference-channel {name}: the {role} has no {name} channel "
+                             f"(found: {', '.join(self.channels)})")
+        self.reference_channel = name
+
     def to_dict(self) -> dict[str, object]:
         return {
             "case_id": self.case_id,

@@ -263,11 +263,7 @@ def _discover(folders: Sequence[str], role: str, reference_channel: str | None =
         files = discover_case(Path(folder))
         if files.label is None:
             raise InputError(f"{folder}: {role} case has no label file (looked for seg/label/OTMultiClass)")
-        if reference_channel is not None:
-            if reference_channel not in files.channels:
-                raise InputError(f"{folder}: --reference-channel {reference_channel}: the {role} case has no "
-                                 f"{reference_channel} channel (found: {', '.join(files.channels)})")
-            files.reference_channel = reference_channel
+        files.use_reference_channel(reference_channel, f"{role} case")
         out.append(files)
     return out
 
