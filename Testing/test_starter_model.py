@@ -226,3 +226,51 @@ def test_refreshing_the_card_rewrites_only_its_leave_one_out_record_and_refuses_
     record = after["provenance"]["leave_one_out"]
     assert [r["technique"] for r in record["ranking"]] == [shipped, *others]
     assert record["ranking"][0]["mean_cross_fold_dsc"] == 0.6 and set(record["techniques"]) == set(compare)
+
+
+def test_the_phantom_base_recipe_pretrains_a_base_that_resumes_and_is_scored_on_both_cases(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    script = RECIPE / "phantom_base.sh"
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "--base-model" in usage.stdout and "--smoke" in usage.stdout
+    bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
+
+    work = tmp_path / "base"
+    run = subprocess.run(["bash", str(script), "--smoke", "--work", str(work), "--threads", "1"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((work / "base-result.json").read_text())
+    assert result["iterations"] == result["total_iterations"] == 4
+    base = json.loads((work / "base" / "model.json").read_text())
+    assert [c["name"] for c in base["channels"]] == ["flair", "t1c"]
+    assert base["target"]["convention"] == "brats2017" and base.get("operating_point") is None
+    assert len((work / "train-cases.txt").read_text().split()) == 3
+    # Given again, the finished run is not trained again and the base is unchanged.
+    weights = (work / "base" / "model.safetensors").read_bytes()
+    again = subprocess.run(["bash", str(script), "--smoke", "--work", str(work), "--threads", "1"],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert (work / "base" / "model.safetensors").read_bytes() == weights
+
+    # The base, trained on neither real case, is scored on both by loo_eval.py --model (here two
+    # more phantoms under the BRATS 2015 case names: their labels 1, 2, 4 are BRATS 2015 labels too).
+    data = tmp_path / "data"
+    for index, case_id in ((7, "brats_2013_pat0005_1"), (8, "brats_2013_pat0006_1")):
+        subprocess.run([sys.executable, "-m", "asymseg", "phantom", "--out", str(tmp_path / "cases"), "--cases", "1",
+                        "--size", "40", "--seed", "5", "--first-index", str(index)], check=True, capture_output=True)
+        shutil.move(str(tmp_path / "cases" / f"phantom_{index:03d}"), str(data / case_id))
+    out = tmp_path / "scores.json"
+    scored = subprocess.run([sys.executable, str(RECIPE / "loo_eval.py"), "--work", str(tmp_path / "no-folds"),
+                             "--techniques", "", "--model", f"phantoms={work / 'base'}", "--data", str(data),
+                             "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert scored.returncode == 0, scored.stderr
+    row = json.loads(out.read_text())["snapshots"]["phantoms@4"]
+    assert row["held_out_both"] and row["iteration"] == 4
+    # Fold 5to6 scores the case in the pat0006 folder, 6to5 the one in pat0005 (ids from the files).
+    assert [row["folds"][f]["case_id"] for f in ("5to6", "6to5")] == ["phantom_008", "phantom_007"]
+    for fold in row["folds"].values():
+        assert {"argmax", "cross_fold", "both_folds"} <= set(fold) and "threshold" in fold["cross_fold"]["point"]

@@ -11,6 +11,11 @@ DSC, sensitivity and precision at the argmax. Per technique and iteration, two o
 - both folds (what the shipped model gets): one point chosen on both held-out cases with
   nnU-Net's rule (:func:`asymseg.operating.choose_operating_point`); optimistic as an estimate.
 
+A model trained on neither case (``--model NAME=DIR``, e.g. the phantom base of
+``phantom_base.sh``) is scored the same way on both cases: its "5to6" row is pat0006 with the
+point chosen on pat0005, its "6to5" row pat0005 with the point chosen on pat0006. Such a row is
+marked ``held_out_both`` and stands for every snapshot of the selection rule.
+
 The heuristic: FLAIR z > 1.0 and T1c z > 0.5 inside the brain mask, largest component (the
 z-scores of the case's own brain), as a reference a network must beat.
 
@@ -20,6 +25,7 @@ z-scores of the case's own brain), as a reference a network must beat.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,6 +42,8 @@ from asymseg.operating import ValidationMaps, _dsc, choose_operating_point, post
 from asymseg.target import TargetSpec  # noqa: E402
 
 FOLDS = ("5to6", "6to5")
+#: The case each fold scores.
+HELD_OUT = ("brats_2013_pat0006_1", "brats_2013_pat0005_1")
 
 
 def heuristic(case_dir: Path) -> dict:
@@ -120,13 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="the loo.py output folder")
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--techniques", default=None, help="default: every technique folder with both folds")
+    parser.add_argument("--techniques", default=None,
+                        help="comma-separated (may be empty); default: every technique folder with both folds")
     parser.add_argument("--iterations", default=None, help="snapshot iterations to score (default: all)")
     parser.add_argument("--tta", action="store_true", help="also consider mirror TTA (8x the inference)")
     parser.add_argument("--data", default=str(HERE.parents[2] / "shared" / "data" / "brats2015"))
     parser.add_argument("--export", default=None, metavar="TECHNIQUE@ITERATION",
                         help="instead of scoring, write that snapshot of both folds as model folders "
                              "(--out/<fold>) for 'asymseg operating-point --fold-model'")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="also score a model trained on neither case, under NAME (repeatable)")
     parser.add_argument("--markdown", action="store_true", help="print the scored results as tables and stop")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -152,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"snapshots": {}}
-    results["heuristic"] = [heuristic(Path(args.data) / c) for c in ("brats_2013_pat0006_1", "brats_2013_pat0005_1")]
-    techniques = args.techniques.split(",") if args.techniques else sorted(
+    results["heuristic"] = [heuristic(Path(args.data) / c) for c in HELD_OUT]
+    techniques = [t for t in args.techniques.split(",") if t] if args.techniques is not None else sorted(
         p.name for p in work.iterdir() if all((p / f / "snapshots").is_dir() for f in FOLDS))
     wanted = {int(i) for i in args.iterations.split(",")} if args.iterations else None
     for technique in techniques:
@@ -166,35 +177,61 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{technique}@{iteration}" + ("+tta" if args.tta else "")
             if key in results["snapshots"]:
                 continue
-            maps = {}
+            maps, cases = {}, {}
             for fold in FOLDS:
                 fold_dir = work / technique / fold
                 settings = json.loads((fold_dir / "settings.json").read_text())
                 model = snapshot_model(fold_dir, fold_dir / "snapshots" / f"iter-{iteration:05d}.safetensors")
-                maps[fold] = validation_maps(model, Path(args.data) / settings["held_out"], tta=args.tta, device="cpu")
+                cases[fold] = Path(args.data) / settings["held_out"]
+                maps[fold] = validation_maps(model, cases[fold], tta=args.tta, device="cpu")
             row: dict = {"technique": technique, "iteration": iteration, "tta_considered": args.tta, "folds": {}}
-            both = choose_operating_point([maps[f] for f in FOLDS])
-            for fold, other in zip(FOLDS, reversed(FOLDS)):
-                own = maps[fold]
-                case_dir = Path(args.data) / own.case_id
-                cross = choose_operating_point([maps[other]])
-                row["folds"][fold] = {
-                    "case_id": own.case_id,
-                    "argmax": score(own, 0.0, "none", False, case_dir),
-                    "cross_fold": {"point": {"threshold": cross.threshold, "postprocess": cross.postprocess,
-                                             "tta": cross.tta},
-                                   **score(own, cross.threshold, cross.postprocess, cross.tta, case_dir)},
-                    "both_folds": score(own, both.threshold, both.postprocess, both.tta, case_dir),
-                    "dz_fg_mean": float(own.decision[own.reference].mean()),
-                    "dz_bg_mean": float(own.decision[own.mask & ~own.reference].mean()),
-                }
-            row["both_folds_point"] = {"threshold": both.threshold, "postprocess": both.postprocess, "tta": both.tta}
-            results["snapshots"][key] = row
+            results["snapshots"][key] = score_row(row, maps, cases)
+            report(key, results["snapshots"][key])
             out.write_text(json.dumps(results, indent=1) + "\n")
-            line = "  ".join(f"{f}: {row['folds'][f]['argmax']['dsc']:.3f} -> cross {row['folds'][f]['cross_fold']['dsc']:.3f}"
-                             f" / both {row['folds'][f]['both_folds']['dsc']:.3f}" for f in FOLDS)
-            print(f"{key}: {line}  [both: dz > {both.threshold:g}, {both.postprocess}, tta {both.tta}]", flush=True)
+    for name, folder in (spec.partition("=")[::2] for spec in args.model):
+        model = load_model(folder)
+        key = f"{name}@{model.card.provenance.get('iterations')}" + ("+tta" if args.tta else "")
+        if key in results["snapshots"]:
+            continue
+        # The BRATS 2015 labels of the two cases read as its tumour core (1, 3, 4): a model
+        # trained on BraTS 2017-named phantoms calls the same core 1, 4.
+        model = dataclasses.replace(model, card=model.card.replace(target=TargetSpec.tumour_core("brats2015")))
+        cases = {fold: Path(args.data) / case for fold, case in zip(FOLDS, HELD_OUT)}
+        maps = {fold: validation_maps(model, cases[fold], tta=args.tta, device="cpu") for fold in FOLDS}
+        row = {"technique": name, "iteration": int(model.card.provenance.get("iterations") or 0),
+               "tta_considered": args.tta, "held_out_both": True, "folds": {}}
+        results["snapshots"][key] = score_row(row, maps, cases)
+        report(key, results["snapshots"][key])
+        out.write_text(json.dumps(results, indent=1) + "\n")
     out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def report(key: str, row: dict) -> None:
+    both = row["both_folds_point"]
+    line = "  ".join(f"{f}: {row['folds'][f]['argmax']['dsc']:.3f} -> cross {row['folds'][f]['cross_fold']['dsc']:.3f}"
+                     f" / both {row['folds'][f]['both_folds']['dsc']:.3f}" for f in FOLDS)
+    print(f"{key}: {line}  [both: dz > {both['threshold']:g}, {both['postprocess']}, tta {both['tta']}]", flush=True)
+
+
+def score_row(row: dict, maps: dict[str, ValidationMaps], cases: dict[str, Path]) -> dict:
+    """Fill ``row`` with each fold's held-out scores (``maps`` and the case folders by fold):
+    argmax, the point chosen on the other fold's case (cross-fold) and the one chosen on both."""
+    both = choose_operating_point([maps[f] for f in FOLDS])
+    for fold, other in zip(FOLDS, reversed(FOLDS)):
+        own = maps[fold]
+        case_dir = cases[fold]
+        cross = choose_operating_point([maps[other]])
+        row["folds"][fold] = {
+            "case_id": own.case_id,
+            "argmax": score(own, 0.0, "none", False, case_dir),
+            "cross_fold": {"point": {"threshold": cross.threshold, "postprocess": cross.postprocess, "tta": cross.tta},
+                           **score(own, cross.threshold, cross.postprocess, cross.tta, case_dir)},
+            "both_folds": score(own, both.threshold, both.postprocess, both.tta, case_dir),
+            "dz_fg_mean": float(own.decision[own.reference].mean()),
+            "dz_bg_mean": float(own.decision[own.mask & ~own.reference].mean()),
+        }
+    row["both_folds_point"] = {"threshold": both.threshold, "postprocess": both.postprocess, "tta": both.tta}
+    return row
 
 
 if __name__ == "__main__":
