@@ -8,8 +8,11 @@ check first, inside the brain mask (each channel z-scored in the brain, as the e
 - FLAIR-bright: FLAIR z > 1 (oedema and tumour together, the whole-tumour proxy);
 - enhancing: T1c z > 1 (the enhancing rim of the core);
 - the mask's volume, its share inside FLAIR-bright, and the share of the FLAIR-bright region
-  that it covers. A core mask covers a minority of the FLAIR-bright region and overlaps the
-  enhancing voxels; a mask that covers most of the FLAIR-bright region is marking oedema.
+  that it covers; ``external.png`` shows the mask and the lesion on three axial slices.
+
+A core mask covers a minority of the FLAIR-bright region and overlaps the enhancing voxels; a mask
+that covers most of the FLAIR-bright region is marking oedema, and one outside it is marking
+something else (look at the figure).
 
     recipes/starter/external_check.py --model asymseg-starter-deepmedic --out /tmp/external
 """
@@ -72,7 +75,35 @@ def main(argv: list[str] | None = None) -> None:
                                            / max((enhancing & bright_main).sum(), 1)),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    figure(case.image, core, bright_main, out / "external.png", title=Path(args.model).name)
     print(json.dumps(report, indent=2))
+
+
+def figure(image: np.ndarray, core: np.ndarray, lesion: np.ndarray, path: Path, *, title: str) -> None:
+    """T1c and FLAIR on three axial slices (the lesion's largest, the mask's largest, and the
+    mask's where they differ most), the mask outlined in red and the FLAIR-bright lesion in yellow."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def largest(mask: np.ndarray) -> int:
+        return int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else image.shape[1] // 2
+
+    away = core & ~lesion
+    slices = sorted({largest(lesion), largest(core), largest(away)})
+    fig = Figure(figsize=(3.2 * len(slices), 6.4))
+    FigureCanvasAgg(fig)
+    for column, z in enumerate(slices):
+        for row, (channel, name, top) in enumerate(((1, "T1c", 5.0), (0, "FLAIR", 4.0))):
+            ax = fig.add_subplot(2, len(slices), row * len(slices) + column + 1)
+            ax.imshow(image[channel, z], cmap="gray", vmin=-2.0, vmax=top)
+            for mask, colour in ((lesion, "yellow"), (core, "red")):
+                if mask[z].any():
+                    ax.contour(mask[z], [0.5], colors=colour, linewidths=0.7)
+            ax.set_title(f"{name}, axial slice {z}", fontsize=9)
+            ax.set_axis_off()
+    fig.suptitle(f"{title}: core mask (red), FLAIR-bright lesion (yellow)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=90)
 
 
 if __name__ == "__main__":
