@@ -274,3 +274,18 @@ def test_the_phantom_base_recipe_pretrains_a_base_that_resumes_and_is_scored_on_
     assert [row["folds"][f]["case_id"] for f in ("5to6", "6to5")] == ["phantom_008", "phantom_007"]
     for fold in row["folds"].values():
         assert {"argmax", "cross_fold", "both_folds"} <= set(fold) and "threshold" in fold["cross_fold"]["point"]
+
+    # Fold runs from a base are scored under another name (--rename), beside the earlier scores.
+    for fold, held_out in (("5to6", "brats_2013_pat0006_1"), ("6to5", "brats_2013_pat0005_1")):
+        fold_dir = tmp_path / "folds" / "ce" / fold
+        shutil.copytree(work / "base", fold_dir / "model")
+        (fold_dir / "snapshots").mkdir()
+        shutil.copyfile(work / "base" / "model.safetensors", fold_dir / "snapshots" / "iter-00004.safetensors")
+        (fold_dir / "settings.json").write_text(json.dumps({"held_out": held_out, "train": "the other"}))
+    renamed = subprocess.run([sys.executable, str(RECIPE / "loo_eval.py"), "--work", str(tmp_path / "folds"),
+                              "--techniques", "ce", "--rename", "ce=ce-phantoms", "--data", str(data),
+                              "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert renamed.returncode == 0, renamed.stderr
+    scores = json.loads(out.read_text())["snapshots"]
+    assert sorted(scores) == ["ce-phantoms@4", "phantoms@4"] and scores["ce-phantoms@4"]["technique"] == "ce-phantoms"
+    assert scores["ce-phantoms@4"]["folds"]["5to6"]["argmax"] == row["folds"]["5to6"]["argmax"]  # the same weights

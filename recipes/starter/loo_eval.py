@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(--out/<fold>) for 'asymseg operating-point --fold-model'")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                         help="also score a model trained on neither case, under NAME (repeatable)")
+    parser.add_argument("--rename", action="append", default=[], metavar="FOLDER=NAME",
+                        help="score the runs of a technique folder under another name, e.g. ce=ce-phantoms for "
+                             "runs from a --base-model (repeatable)")
     parser.add_argument("--markdown", action="store_true", help="print the scored results as tables and stop")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -167,14 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     techniques = [t for t in args.techniques.split(",") if t] if args.techniques is not None else sorted(
         p.name for p in work.iterdir() if all((p / f / "snapshots").is_dir() for f in FOLDS))
     wanted = {int(i) for i in args.iterations.split(",")} if args.iterations else None
+    names = dict(spec.partition("=")[::2] for spec in args.rename)
     for technique in techniques:
+        name = names.get(technique, technique)
         iterations = sorted(set.intersection(*(
             {int(s.stem.split("-")[1]) for s in (work / technique / f / "snapshots").glob("iter-*.safetensors")}
             for f in FOLDS)))
         for iteration in iterations:
             if wanted is not None and iteration not in wanted:
                 continue
-            key = f"{technique}@{iteration}" + ("+tta" if args.tta else "")
+            key = f"{name}@{iteration}" + ("+tta" if args.tta else "")
             if key in results["snapshots"]:
                 continue
             maps, cases = {}, {}
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 model = snapshot_model(fold_dir, fold_dir / "snapshots" / f"iter-{iteration:05d}.safetensors")
                 cases[fold] = Path(args.data) / settings["held_out"]
                 maps[fold] = validation_maps(model, cases[fold], tta=args.tta, device="cpu")
-            row: dict = {"technique": technique, "iteration": iteration, "tta_considered": args.tta, "folds": {}}
+            row: dict = {"technique": name, "iteration": iteration, "tta_considered": args.tta, "folds": {}}
             results["snapshots"][key] = score_row(row, maps, cases)
             report(key, results["snapshots"][key])
             out.write_text(json.dumps(results, indent=1) + "\n")
