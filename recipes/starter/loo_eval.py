@@ -14,7 +14,8 @@ DSC, sensitivity and precision at the argmax. Per technique and iteration, two o
 A model trained on neither case (``--model NAME=DIR``, e.g. the phantom base of
 ``phantom_base.sh``) is scored the same way on both cases: its "5to6" row is pat0006 with the
 point chosen on pat0005, its "6to5" row pat0005 with the point chosen on pat0006. Such a row is
-marked ``held_out_both`` and stands for every snapshot of the selection rule.
+marked ``held_out_both``: one model scored twice, not a leave-one-out pair, and not a candidate of
+``final.json``'s rule, which compares networks trained on the real cases.
 
 The heuristic: FLAIR z > 1.0 and T1c z > 0.5 inside the brain mask, largest component (the
 z-scores of the case's own brain), as a reference a network must beat.
