@@ -31,6 +31,7 @@ ITERATIONS=1000
 THREADS=1
 SMOKE=0
 if [[ -x "$REPO/.venv/bin/python" ]]; then PY="${PY:-$REPO/.venv/bin/python}"; else PY="${PY:-python3}"; fi
+source "$HERE/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -50,8 +51,7 @@ EXTRA=()
 BATCH=6
 if [[ $SMOKE -eq 1 ]]; then
   CASES=3; SIZE=48; ITERATIONS=4; BATCH=2
-  EXTRA=(--network-param 'normal_features=[4,4,4,4]' --network-param 'lowres_features=[4,4,4,4]'
-         --network-param 'fc_features=[8]' --network-param 'dropout=[0.0,0.0]')
+  EXTRA=("${SMOKE_NETWORK[@]}")
 fi
 asymseg() { "$PY" -m asymseg --threads "$THREADS" "$@"; }
 
@@ -65,11 +65,7 @@ fi
 ls -d "$WORK"/phantoms/phantom_* > "$WORK/train-cases.txt"
 
 # 2. Pre-training from scratch (a finished run is left as it is).
-done_iterations() {
-  "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['iteration'])" "$WORK/base.run/checkpoint/state.json" \
-    2>/dev/null || echo 0
-}
-if [[ "$(done_iterations)" == "$ITERATIONS" && -f "$WORK/base/model.json" ]]; then
+if [[ "$(done_iterations "$WORK/base.run")" == "$ITERATIONS" && -f "$WORK/base/model.json" ]]; then
   echo "phantom base: already trained ($ITERATIONS iterations)"
 elif [[ -f "$WORK/base.run/checkpoint/state.json" ]]; then
   asymseg finetune --resume "$WORK/base.run" --progress none --json > "$WORK/base-result.json"

@@ -32,6 +32,7 @@ SMOKE=0
 INSTALL=0
 NOTE=""
 if [[ -x "$REPO/.venv/bin/python" ]]; then PY="${PY:-$REPO/.venv/bin/python}"; else PY="${PY:-python3}"; fi
+source "$HERE/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -72,8 +73,7 @@ BATCH="$(setting batch_size)"
 EXTRA=()
 if [[ $SMOKE -eq 1 ]]; then
   ITERATIONS=4; STOP=4; SNAPSHOT=2; SCORE_AT="2,4"; COMPARE="$TECHNIQUE"
-  EXTRA=(--network-param 'normal_features=[4,4,4,4]' --network-param 'lowres_features=[4,4,4,4]'
-         --network-param 'fc_features=[8]' --network-param 'dropout=[0.0,0.0]')
+  EXTRA=("${SMOKE_NETWORK[@]}")
   BATCH=2
 fi
 asymseg() { "$PY" -m asymseg --threads "$THREADS" "$@"; }
@@ -92,11 +92,7 @@ T0=$(stamp)
 T1=$(stamp)
 
 # 3. The final model on both cases.
-done_iterations() {
-  "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['iteration'])" "$WORK/final.run/checkpoint/state.json" \
-    2>/dev/null || echo 0
-}
-if [[ "$(done_iterations)" != "$STOP" ]]; then
+if [[ "$(done_iterations "$WORK/final.run")" != "$STOP" ]]; then
   if [[ -f "$WORK/final.run/checkpoint/state.json" ]]; then
     asymseg finetune --resume "$WORK/final.run" --stop-after "$STOP" --progress none --json > "$WORK/final-result.json"
   else
