@@ -5,14 +5,18 @@ On ``../shared/data/external/BraTS-GLI-00001-000`` (raw intensities, BraTS 2023 
 segment with the model's operating point and compare the mask with the regions a reader would
 check first, inside the brain mask (each channel z-scored in the brain, as the engine does):
 
-- FLAIR-bright: FLAIR z > 1 (oedema and tumour together, the whole-tumour proxy);
-- enhancing: T1c z > 1 (the enhancing rim of the core);
-- the mask's volume, its share inside FLAIR-bright, and the share of the FLAIR-bright region
-  that it covers; ``external.png`` shows the mask and the lesion on three axial slices.
+- the lesion (the whole-tumour proxy): FLAIR z > 1 at least ``EDGE_MM`` inside the brain's edge
+  (the cortical rim of a raw scan is FLAIR-bright too), opened by one voxel, its largest component;
+- its neighbourhood: the lesion grown by ``NEAR_MM``, where the enhancing rim and the necrosis
+  of the core lie when they are not FLAIR-bright themselves;
+- enhancing: T1c z > 1 in that neighbourhood (the enhancing rim of the core);
+- the mask's volume, its share inside the neighbourhood (a mask elsewhere marks something else:
+  vessels, cortex), the share of the lesion it covers (most of it: the oedema is marked) and the
+  share of the enhancing voxels it covers; ``external.png`` shows the mask and the lesion on
+  three axial slices.
 
-A core mask covers a minority of the FLAIR-bright region and overlaps the enhancing voxels; a mask
-that covers most of the FLAIR-bright region is marking oedema, and one outside it is marking
-something else (look at the figure).
+A core mask lies in the neighbourhood, covers a minority of the lesion and most of the enhancing
+voxels. A look, not a score: the scan has no label.
 
     recipes/starter/external_check.py --model asymseg-starter-deepmedic --out /tmp/external
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,11 @@ sys.path.insert(0, str(REPO / "AsymSeg"))
 
 from asymseg.io import discover_case, load_case  # noqa: E402
 from asymseg.operating import components  # noqa: E402
+
+#: The lesion is looked for this far inside the brain mask's edge (mm).
+EDGE_MM = 5.0
+#: The lesion's neighbourhood reaches this far beyond it (mm).
+NEAR_MM = 10.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,28 +65,52 @@ def main(argv: list[str] | None = None) -> None:
     case = load_case(discover_case(args.case), channels=["flair", "t1c"])
     core = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
     brain = case.mask
-    flair_bright = (case.image[0] > 1.0) & brain
-    enhancing = (case.image[1] > 1.0) & brain
-    voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
-    bright_main = flair_bright
-    if flair_bright.any():  # the largest FLAIR-bright component: the lesion, not scattered bright voxels
-        labelled, counts = components(flair_bright)
-        bright_main = labelled == 1 + int(np.argmax(counts))
+    spacing = tuple(float(v) for v in case.geometry.spacing)
+    lesion, near = lesion_regions(case.image[0], brain, spacing)
+    enhancing = (case.image[1] > 1.0) & near
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     report = {
         "model": args.model,
         "case": args.case,
         "brain_ml": float(brain.sum()) * voxel_ml,
         "core_ml": float(core.sum()) * voxel_ml,
-        "flair_bright_ml": float(bright_main.sum()) * voxel_ml,
-        "enhancing_in_flair_bright_ml": float((enhancing & bright_main).sum()) * voxel_ml,
-        "core_inside_flair_bright": float((core & bright_main).sum() / max(core.sum(), 1)),
-        "flair_bright_covered_by_core": float((core & bright_main).sum() / max(bright_main.sum(), 1)),
-        "enhancing_covered_by_core": float((core & enhancing & bright_main).sum()
-                                           / max((enhancing & bright_main).sum(), 1)),
+        "flair_bright_ml": float(lesion.sum()) * voxel_ml,
+        "enhancing_near_lesion_ml": float(enhancing.sum()) * voxel_ml,
+        "core_near_lesion": float((core & near).sum() / max(core.sum(), 1)),
+        "flair_bright_covered_by_core": float((core & lesion).sum() / max(lesion.sum(), 1)),
+        "enhancing_covered_by_core": float((core & enhancing).sum() / max(enhancing.sum(), 1)),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    figure(case.image, core, bright_main, out / "external.png", title=Path(args.model).name)
+    figure(case.image, core, lesion, out / "external.png", title=Path(args.model).name)
     print(json.dumps(report, indent=2))
+
+
+def lesion_regions(flair: np.ndarray, brain: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The FLAIR-bright lesion and its neighbourhood (bool arrays like ``brain``).
+
+    Args:
+        flair: FLAIR z-scored in the brain, (D, H, W).
+        brain: bool brain mask.
+        spacing: voxel size (x, y, z) in mm.
+    """
+    import SimpleITK as sitk
+
+    def image(mask: np.ndarray) -> sitk.Image:
+        out = sitk.GetImageFromArray(mask.astype(np.uint8))
+        out.SetSpacing(tuple(float(v) for v in spacing))
+        return out
+
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image(brain), insideIsPositive=True,
+                                                                  squaredDistance=False, useImageSpacing=True))
+    bright = (flair > 1.0) & brain & (depth > EDGE_MM)
+    bright = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(image(bright), [1, 1, 1])) > 0
+    if not bright.any():
+        return bright, bright.copy()
+    labelled, counts = components(bright)
+    lesion = labelled == 1 + int(np.argmax(counts))
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image(lesion), insideIsPositive=False,
+                                                                     squaredDistance=False, useImageSpacing=True))
+    return lesion, (distance <= NEAR_MM) & brain
 
 
 def figure(image: np.ndarray, core: np.ndarray, lesion: np.ndarray, path: Path, *, title: str) -> None:
