@@ -205,3 +205,58 @@ def test_a_brats_sized_case_has_brats_shape_and_a_valid_tumour():
     assert TUMOUR_CORE_FRACTION[0] <= fraction <= TUMOUR_CORE_FRACTION[1]
     # A BraTS-like brain volume: 1.0-2.0 litres at 1 mm spacing.
     assert 1.0e6 < case.mask.sum() < 2.0e6
+
+
+# -- vessels ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def with_and_without_vessels():
+    size = (96, 96, 80)  # 2 mm voxels: a brain of about 150 x 140 x 115 mm
+    kwargs = dict(size=size, spacing=(2.0, 2.0, 2.0), channels=ALL_CHANNELS)
+    return make_phantom(11, **kwargs), make_phantom(11, vessels=True, **kwargs)
+
+
+def test_vessels_change_only_the_images_near_them_never_the_label(with_and_without_vessels):
+    from asymseg.phantom.anatomy import make_anatomy
+    from asymseg.phantom.vessels import make_vessels
+
+    plain, vessels = with_and_without_vessels
+    np.testing.assert_array_equal(plain.label, vessels.label)
+    np.testing.assert_array_equal(plain.mask, vessels.mask)
+    assert "vessels" not in plain.params and vessels.params["vessels"]["cortical_veins"] >= 6
+    assert set(vessels.params["contrasts"]["t1c"]) >= {"vessels", "enhancing", "bias_amplitude"}
+    # The same vessels drawn on their own: the images differ only within the blur of them.
+    streams = np.random.SeedSequence(11).spawn(8)
+    anatomy = make_anatomy(np.random.default_rng(streams[0]), plain.mask.shape, (2.0, 2.0, 2.0))
+    rng = np.random.default_rng(streams[-1])
+    rng.uniform(size=len(ALL_CHANNELS))  # the per-channel contrasts come first
+    weight = make_vessels(rng, anatomy, (2.0, 2.0, 2.0)).weight
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray((weight > 0).astype(np.uint8)),
+                                                    [2, 2, 2], sitk.sitkBox)) > 0  # the partial-volume kernel
+    for name in ALL_CHANNELS:
+        changed = plain.images[name] != vessels.images[name]
+        assert changed.any() and not (changed & ~near).any(), name
+    assert 0.002 < (weight > 0.5).sum() / plain.mask.sum() < 0.03
+
+
+def test_vessels_enhance_like_a_tumour_rim_on_t1c_and_are_dark_on_flair_along_the_brain_edge(
+        with_and_without_vessels):
+    plain, vessels = with_and_without_vessels
+    healthy = plain.mask & (plain.label == 0)
+    added = healthy & (vessels.images["t1c"] > 1.25 * plain.images["t1c"])
+    assert added.sum() > 200
+    # Their brightest tenth (the rest is their partial-volume fringe) is as bright as the tumour's
+    # enhancing rim, far above the healthy brain.
+    brightest = np.percentile(vessels.images["t1c"][added], 90)
+    assert brightest > 1.5 * np.median(plain.images["t1c"][healthy])
+    assert brightest > 0.9 * np.median(plain.images["t1c"][plain.label == 4])
+    flair_white = np.median(plain.images["flair"][healthy])
+    assert np.median(vessels.images["flair"][added]) < flair_white
+    # The sinuses straddle the brain's edge: most enhancing vessel voxels lie within 8 mm of it.
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
+        sitk.GetImageFromArray(plain.mask.astype(np.uint8)), insideIsPositive=True, squaredDistance=False,
+        useImageSpacing=False)) * 2.0
+    assert np.mean(depth[added] < 8.0) > 0.6
+    # ... and a vessel is drawn on both sides of the midline (transverse sinuses, plexus).
+    x = np.nonzero(added)[2]
+    assert (x < 40).sum() > 20 and (x > 56).sum() > 20

@@ -206,3 +206,33 @@ def test_subprocess_writes_cases_and_info_reads_them(asymseg_proc, tmp_path):
     assert report["label"]["values"] == [0, 1, 2, 4]
     assert report["brain_voxels"] == entry["brain_voxels"]
     assert report["tumour_core_voxels"] == entry["core_voxels"]
+
+
+def test_vessels_are_recorded_in_the_manifest_and_a_plain_folder_refuses_them(cli, tmp_path):
+    out = tmp_path / "p"
+    assert cli("phantom", "--out", out, "--cases", 1, "--size", "32", "--progress", "none").code == 0
+    assert read_phantom_manifest(out)["vessels"] is False
+    result = cli("phantom", "--out", out, "--cases", 1, "--first-index", 1, "--size", "32", "--vessels",
+                 "--progress", "none")
+    assert result.code == 2
+    assert "phantom.json: the folder holds phantoms written with vessels False (asked True)" in result.err
+    with_vessels = tmp_path / "v"
+    result = cli("phantom", "--out", with_vessels, "--cases", 1, "--size", "32", "--vessels", "--progress", "none")
+    assert result.code == 0, result
+    manifest = read_phantom_manifest(with_vessels)
+    assert manifest["vessels"] is True and manifest["cases"][0]["vessels"]["cortical_veins"] >= 6
+    plain, _ = read(out / "phantom_000" / "phantom_000_t1ce.nii.gz")
+    drawn, _ = read(with_vessels / "phantom_000" / "phantom_000_t1ce.nii.gz")
+    assert (drawn > plain).sum() > 20  # the same case, brighter where the vessels are
+    labels = [read(folder / "phantom_000" / "phantom_000_seg.nii.gz")[0] for folder in (out, with_vessels)]
+    np.testing.assert_array_equal(*labels)
+
+
+def test_a_folder_written_before_vessels_existed_counts_as_without_them(cli, tmp_path):
+    out = tmp_path / "p"
+    assert cli("phantom", "--out", out, "--cases", 1, "--size", "24", "--progress", "none").code == 0
+    manifest = json.loads((out / "phantom.json").read_text())
+    del manifest["vessels"]
+    (out / "phantom.json").write_text(json.dumps(manifest))
+    result = cli("phantom", "--out", out, "--cases", 1, "--first-index", 1, "--size", "24", "--progress", "none")
+    assert result.code == 0, result

@@ -269,6 +269,7 @@ def test_the_phantom_base_recipe_pretrains_a_base_that_resumes_and_is_scored_on_
     script = RECIPE / "phantom_base.sh"
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "--base-model" in usage.stdout and "--smoke" in usage.stdout
+    assert "--vessels" in usage.stdout
     bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
 
@@ -288,6 +289,11 @@ def test_the_phantom_base_recipe_pretrains_a_base_that_resumes_and_is_scored_on_
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr
     assert (work / "base" / "model.safetensors").read_bytes() == weights
+    # Phantoms written without vessels are not taken for phantoms with them.
+    assert json.loads((work / "phantoms" / "phantom.json").read_text())["vessels"] is False
+    mixed = subprocess.run(["bash", str(script), "--smoke", "--vessels", "--work", str(work), "--threads", "1"],
+                           capture_output=True, text=True, timeout=900)
+    assert mixed.returncode == 2 and "written with vessels 0, asked 1; use another --work" in mixed.stderr
 
     # The base, trained on neither real case, is scored on both by loo_eval.py --model (here two
     # more phantoms under the BRATS 2015 case names: their labels 1, 2, 4 are BRATS 2015 labels too).

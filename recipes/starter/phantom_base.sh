@@ -2,7 +2,7 @@
 # Pre-train the original DeepMedic on phantoms, as a base for leave-one-out runs (loo.py --base-model).
 #
 #   recipes/starter/phantom_base.sh [--work DIR] [--cases N] [--size X,Y,Z] [--iterations N]
-#                                   [--threads N] [--smoke]
+#                                   [--vessels] [--threads N] [--smoke]
 #
 # The question it answers: does a network that has seen many synthetic tumours (necrosis from
 # FLAIR-dark to FLAIR-bright, always dark on T1c, inside an enhancing rim, with FLAIR-bright,
@@ -13,7 +13,9 @@
 #
 # Stages (each resumes where it stopped when the same command is given again):
 #   1. --cases phantom cases (default 24) of --size voxels at 1 mm (default 192,192,160: brains of
-#      about 0.9 l, cores 0.5-9 % of the brain), FLAIR + T1c, seed 2026;
+#      about 0.9 l, cores 0.5-9 % of the brain), FLAIR + T1c, seed 2026; with --vessels, the
+#      same phantoms with the vessels that enhance like a tumour rim (venous sinuses along the
+#      brain's edge, cortical veins, choroid plexus) as background;
 #   2. the original DeepMedic from scratch on all of them: ce, the authors' RMSProp, lr 1e-3 with
 #      the step schedule, batch 6, --iterations (default 1000), no validation, no operating point.
 # The base model is DIR/base; then, for example:
@@ -30,6 +32,7 @@ SIZE="192,192,160"
 ITERATIONS=1000
 THREADS=1
 SMOKE=0
+VESSELS=0
 if [[ -x "$REPO/.venv/bin/python" ]]; then PY="${PY:-$REPO/.venv/bin/python}"; else PY="${PY:-python3}"; fi
 source "$HERE/lib.sh"
 
@@ -41,7 +44,8 @@ while [[ $# -gt 0 ]]; do
     --iterations) ITERATIONS="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --vessels) VESSELS=1 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "phantom_base.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,11 +60,20 @@ fi
 asymseg() { "$PY" -m asymseg --threads "$THREADS" "$@"; }
 
 mkdir -p "$WORK"
-echo "phantom base: work $WORK, $CASES phantoms of $SIZE voxels, $ITERATIONS iterations, smoke $SMOKE"
+echo "phantom base: work $WORK, $CASES phantoms of $SIZE voxels, vessels $VESSELS, $ITERATIONS iterations, smoke $SMOKE"
 
 # 1. Phantoms (kept when complete; rewritten when an earlier run stopped part-way).
-if [[ ! -f "$WORK/phantoms/phantom.json" ]]; then
-  asymseg phantom --out "$WORK/phantoms" --cases "$CASES" --size "$SIZE" --seed 2026 --overwrite --progress none
+PHANTOM_ARGS=(--out "$WORK/phantoms" --cases "$CASES" --size "$SIZE" --seed 2026 --progress none)
+if [[ $VESSELS -eq 1 ]]; then PHANTOM_ARGS+=(--vessels); fi
+if [[ -f "$WORK/phantoms/phantom.json" ]]; then
+  made="$("$PY" -c 'import json, sys; print(int(bool(json.load(open(sys.argv[1])).get("vessels", False))))' \
+    "$WORK/phantoms/phantom.json")"
+  if [[ "$made" != "$VESSELS" ]]; then
+    echo "phantom_base.sh: $WORK/phantoms: written with vessels $made, asked $VESSELS; use another --work" >&2
+    exit 2
+  fi
+else
+  asymseg phantom "${PHANTOM_ARGS[@]}" --overwrite
 fi
 ls -d "$WORK"/phantoms/phantom_* > "$WORK/train-cases.txt"
 

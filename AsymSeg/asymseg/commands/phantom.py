@@ -58,6 +58,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--channels", default="2",
                         help="2 (flair,t1c), 4 (flair,t1c,t1,t2) or a comma-separated list of names")
     parser.add_argument("--spacing", default="1", help="voxel spacing x,y,z in mm, or one number")
+    parser.add_argument("--vessels", action="store_true",
+                        help="also draw vessels that enhance like a tumour rim on T1c (venous sinuses along "
+                        "the brain's edge, cortical veins, choroid plexus), as background: a network must "
+                        "learn that not every enhancing voxel is tumour")
     parser.add_argument("--first-index", type=int, default=0,
                         help="index of the first case (ids phantom_<index>); add cases to a folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace, ctx) -> int:
     try:
         paths = write_phantom_cases(
             args.out, args.cases, size=size, seed=args.seed, channels=channels, spacing=spacing,
-            first_index=args.first_index, overwrite=args.overwrite, on_event=renderer, cancel=ctx.cancel,
+            vessels=args.vessels, first_index=args.first_index, overwrite=args.overwrite, on_event=renderer,
+            cancel=ctx.cancel,
         )
     finally:
         renderer.close()

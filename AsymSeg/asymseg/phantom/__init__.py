@@ -5,12 +5,13 @@ deep grey matter, ventricles and sulcal CSF; smooth bias fields; Rician noise) i
 head-shaped mask with background 0, plus a rare, case-specific tumour: its shape, size
 (tumour core 0.5-10% of the brain), location, per-channel contrast, texture and edge sharpness
 are drawn per case. Labels follow BraTS 2017-2021: 1 necrosis / non-enhancing core, 2 oedema,
-4 enhancing core; the tumour core is {1, 4}.
+4 enhancing core; the tumour core is {1, 4}. Optionally (``vessels=True``) the healthy brain also
+holds what enhances like a tumour rim on T1c: venous sinuses, cortical veins, choroid plexus.
 
 Modules:
     generate: :class:`PhantomCase`, :func:`make_phantom`.
     writer: :func:`write_phantom_cases`, :func:`read_phantom_manifest` (BraTS file names, phantom.json).
-    anatomy, tumour, fields: the healthy brain, the tumour, smooth random fields.
+    anatomy, tumour, vessels, fields: the healthy brain, the tumour, the vessels, smooth random fields.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from asymseg.errors import InputError
 from asymseg.phantom.anatomy import CSF, DEEP_GM, GM, WM, make_anatomy
 from asymseg.phantom.fields import smooth, smooth_noise
 from asymseg.phantom.tumour import make_tumour
+from asymseg.phantom.vessels import VESSEL_CONTRAST, make_vessels
 
 #: Bumped whenever the same seed would give different arrays.
 GENERATOR_VERSION = 1
@@ -95,11 +96,13 @@ def check_phantom_options(size: Sequence[int], channels: Sequence[str], spacing:
 
 
 def _paint_channel(rng: np.random.Generator, tumour_rng: np.random.Generator, name: str, anatomy, tumour,
-                   shared_texture: np.ndarray, spacing_zyx: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+                   shared_texture: np.ndarray, spacing_zyx: np.ndarray, vessels=None,
+                   vessel_value: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
     """One channel's image and its drawn contrasts (relative to white matter).
 
     ``rng`` draws the healthy appearance, bias and noise; ``tumour_rng`` the tumour's appearance,
-    so that the same case without a tumour has the same brain.
+    so that the same case without a tumour has the same brain. ``vessels`` (optional) are painted
+    with ``vessel_value`` over the healthy tissue, under the tumour.
     """
     shape = anatomy.mask.shape
     lut = np.zeros(max(TISSUE_CONTRAST[name]) + 1, dtype=np.float32)
@@ -110,8 +113,11 @@ def _paint_channel(rng: np.random.Generator, tumour_rng: np.random.Generator, na
     grain = float(rng.uniform(0.025, 0.045)) * (1.0 if rng.random() < 0.5 else -1.0)
     regional_sigma = tuple(max(0.15 * anatomy.radius_mm / s, 1.5) for s in spacing_zyx)
     image *= 1.0 + grain * shared_texture + 0.04 * smooth_noise(rng, shape, regional_sigma)
-
     params: dict[str, Any] = {}
+    if vessels is not None:
+        image = image * (1.0 - vessels.weight) + vessel_value * vessels.weight
+        params["vessels"] = round(vessel_value, 4)
+
     if tumour is not None:
         ranges = TUMOUR_CONTRAST[name]
         nec, enh, oed = (float(tumour_rng.uniform(*ranges[k])) for k in ("necrosis", "enhancing", "oedema"))
@@ -132,9 +138,9 @@ def _paint_channel(rng: np.random.Generator, tumour_rng: np.random.Generator, na
         core_value = enh * (1.0 - w_nec) + nec * w_nec
         region = region * (1.0 - w_core) + core_value * texture * w_core
         image[box] = region
-        params = {"necrosis": round(nec, 4), "enhancing": round(enh, 4), "oedema": round(oed, 4),
-                  "texture_amplitude": round(texture_amp, 4), "texture_mm": round(texture_mm, 3),
-                  "gradient": round(gradient_amp, 4)}
+        params.update({"necrosis": round(nec, 4), "enhancing": round(enh, 4), "oedema": round(oed, 4),
+                       "texture_amplitude": round(texture_amp, 4), "texture_mm": round(texture_mm, 3),
+                       "gradient": round(gradient_amp, 4)})
 
     image = smooth(image * anatomy.mask, (PARTIAL_VOLUME_SIGMA,) * 3)
     bias_sigma = tuple(max(0.5 * anatomy.radius_mm / s, 2.0) for s in spacing_zyx)
@@ -155,7 +161,7 @@ def _paint_channel(rng: np.random.Generator, tumour_rng: np.random.Generator, na
 
 
 def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Sequence[str] = ("flair", "t1c"),
-                 spacing: Sequence[float] = (1.0, 1.0, 1.0), tumour: bool = True,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0), tumour: bool = True, vessels: bool = False,
                  case_id: str | None = None) -> PhantomCase:
     """Generate one synthetic BraTS-like case.
 
@@ -165,6 +171,10 @@ def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Seq
         channels: channel names from ``constants.CHANNEL_NAMES`` (flair, t1c, t1, t2).
         spacing: voxel spacing (x, y, z) in mm.
         tumour: False gives the same brain without a tumour (label all 0).
+        vessels: also draw the vessels that enhance like a tumour rim (venous sinuses along the
+            brain's edge, cortical veins, choroid plexus; :mod:`asymseg.phantom.vessels`), as
+            background. Off, the arrays are those of earlier versions; on, the same brain and
+            tumour with the vessels added.
         case_id: defaults to ``f"phantom_seed{seed}"``.
 
     Returns:
@@ -185,11 +195,16 @@ def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Seq
     shape_zyx = tuple(int(n) for n in reversed(tuple(size)))
     spacing_zyx = np.asarray(tuple(reversed(tuple(float(s) for s in spacing))), dtype=np.float64)
 
-    streams = np.random.SeedSequence(int(seed)).spawn(3 + len(C.CHANNEL_NAMES))
+    streams = np.random.SeedSequence(int(seed)).spawn(4 + len(C.CHANNEL_NAMES))  # the last: vessels
     anatomy_rng, tumour_rng, texture_rng = (np.random.default_rng(s) for s in streams[:3])
     anatomy = make_anatomy(anatomy_rng, shape_zyx, spacing_zyx)
     grain = smooth_noise(texture_rng, shape_zyx, tuple(max(0.8 * spacing_zyx.mean() / s, 0.4) for s in spacing_zyx))
     tumour_obj = make_tumour(tumour_rng, anatomy, spacing_zyx) if tumour else None
+    vessel_obj, vessel_values = None, {}
+    if vessels:
+        vessel_rng = np.random.default_rng(streams[-1])
+        vessel_values = {n: float(vessel_rng.uniform(*VESSEL_CONTRAST[n])) for n in C.CHANNEL_NAMES}
+        vessel_obj = make_vessels(vessel_rng, anatomy, spacing_zyx)
 
     images: dict[str, np.ndarray] = {}
     contrasts: dict[str, Any] = {}
@@ -197,7 +212,7 @@ def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Seq
         healthy_stream, tumour_stream = streams[3 + C.CHANNEL_NAMES.index(name)].spawn(2)
         images[name], contrasts[name] = _paint_channel(
             np.random.default_rng(healthy_stream), np.random.default_rng(tumour_stream), name, anatomy, tumour_obj,
-            grain, spacing_zyx)
+            grain, spacing_zyx, vessel_obj, vessel_values.get(name, 0.0))
 
     label = tumour_obj.label if tumour_obj is not None else np.zeros(shape_zyx, dtype=np.uint8)
     brain_voxels = int(anatomy.mask.sum())
@@ -214,5 +229,7 @@ def make_phantom(seed: int, *, size: Sequence[int] = (48, 48, 48), channels: Seq
         "core_fraction": tumour_obj.params["core_fraction"] if tumour_obj is not None else 0.0,
         "contrasts": contrasts,
     }
+    if vessel_obj is not None:
+        params["vessels"] = vessel_obj.params
     return PhantomCase(case_id=case_id or f"phantom_seed{seed}", images=images, label=label,
                        spacing=tuple(float(s) for s in spacing), mask=anatomy.mask, params=params)

@@ -69,6 +69,7 @@ def case_summary(case: PhantomCase) -> dict[str, Any]:
         "tumour": tumour or None,
         "anatomy": p["anatomy"],
         "contrasts": p["contrasts"],
+        **({"vessels": p["vessels"]} if "vessels" in p else {}),
     })
 
 
@@ -122,7 +123,7 @@ def _install(tmp: Path, final: Path) -> None:
 
 def write_phantom_cases(out_dir: str | os.PathLike[str], n_cases: int, *, size: Sequence[int] = (48, 48, 48),
                         seed: int = 0, channels: Sequence[str] = ("flair", "t1c"),
-                        spacing: Sequence[float] = (1.0, 1.0, 1.0), first_index: int = 0,
+                        spacing: Sequence[float] = (1.0, 1.0, 1.0), vessels: bool = False, first_index: int = 0,
                         overwrite: bool = False, on_event: EventCallback | None = None,
                         cancel: CancelToken | None = None) -> list[Path]:
     """Generate ``n_cases`` phantom cases and write them in BraTS 2017-2021 naming.
@@ -137,6 +138,7 @@ def write_phantom_cases(out_dir: str | os.PathLike[str], n_cases: int, *, size: 
         seed: folder seed; case ``i`` uses ``case_seed(seed, i)``.
         channels: channel names from ``constants.CHANNEL_NAMES``.
         spacing: voxel spacing (x, y, z) in mm.
+        vessels: also draw the vessels that enhance like a tumour rim (``make_phantom(vessels=True)``).
         first_index: index of the first case (ids ``phantom_<index>``), to extend a folder.
         overwrite: replace existing case folders of the same ids.
         on_event: progress callback (start, one progress event per case, done).
@@ -164,12 +166,12 @@ def write_phantom_cases(out_dir: str | os.PathLike[str], n_cases: int, *, size: 
     out.mkdir(parents=True, exist_ok=True)
 
     settings = {"seed": int(seed), "size_xyz": [int(n) for n in size],
-                "spacing_xyz": [float(s) for s in spacing], "channels": list(channels)}
+                "spacing_xyz": [float(s) for s in spacing], "channels": list(channels), "vessels": bool(vessels)}
     ids = [case_id_for(first_index + i) for i in range(n_cases)]
     entries: dict[str, dict[str, Any]] = {}
     if (out / MANIFEST_NAME).exists():
         manifest = read_phantom_manifest(out)
-        previous = {k: manifest.get(k) for k in settings}
+        previous = {k: manifest.get(k, False if k == "vessels" else None) for k in settings}  # no key: none
         if previous != settings:
             if not overwrite:
                 changed = ", ".join(f"{k} {previous[k]} (asked {settings[k]})" for k in settings
@@ -206,7 +208,7 @@ def write_phantom_cases(out_dir: str | os.PathLike[str], n_cases: int, *, size: 
             if cancel is not None:
                 cancel.check()
             case = make_phantom(case_seed(seed, first_index + i), size=size, channels=channels, spacing=spacing,
-                                case_id=case_id)
+                                vessels=vessels, case_id=case_id)
             tmp = out / f".{case_id}.{secrets.token_hex(6)}.tmp"
             tmp.mkdir()
             try:
