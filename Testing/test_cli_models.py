@@ -96,5 +96,6 @@ def test_show_counts_the_cases_of_each_training_stage(cli, home):
     line = next(line for line in r.out.splitlines() if line.startswith("training:"))
     assert '"name": "ce"' in line and "iterations 2000," in line
     assert "cases train 2, val 0," in line
+    assert line.endswith("base model phantom base")  # the card's record of the base, in a word
     listed = json.loads(cli("models", "list", "--json").out)["models"]
     assert next(m for m in listed if m["name"] == "asymseg-starter-deepmedic")["technique"] == "ce"

@@ -60,7 +60,20 @@ def test_the_card_records_data_technique_iterations_validation_and_licence(card)
     assert prov["recipe"] == "recipes/starter/train.sh" and prov["settings"] == settings
     assert prov["data"]["train"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"] and prov["data"]["val"] == []
     assert "deepmedic/deepmedic" in prov["data"]["source"] and prov["data"]["label_convention"] == "brats2015"
-    assert prov["technique"]["name"] == settings["technique"]
+    # The entry of final.json's comparison: a technique, from scratch or (<technique>-phantoms)
+    # fine-tuned from the phantom base, which the card then describes.
+    assert prov["entry"] == settings["technique"]
+    assert prov["technique"]["name"] == settings["technique"].removesuffix("-phantoms")
+    if settings["technique"].endswith("-phantoms"):
+        base = prov["base_model"]
+        assert base["recipe"] == "recipes/starter/phantom_base.sh" and base["technique"] == "ce"
+        assert base["iterations"] == settings["phantom_base"]["iterations"]
+        assert base["phantoms"]["cases"] == settings["phantom_base"]["cases"]
+        assert base["phantoms"]["vessels"] == settings["phantom_base"]["vessels"]
+        assert ",".join(map(str, base["phantoms"]["size_xyz"])) == settings["phantom_base"]["size"]
+        assert "pre-trained on" in card["description"]
+    else:
+        assert prov["base_model"] is None and "from scratch" in card["description"]
     assert prov["iterations"] == settings["stop_at"] and prov["schedule_iterations"] == settings["iterations"]
     for key in ("dsc", "sensitivity", "precision"):
         assert 0.0 <= prov["validation"][key] <= 1.0
@@ -93,9 +106,11 @@ def test_the_operating_point_was_chosen_on_the_leave_one_out_folds(card):
     from asymseg.operating import OperatingPoint
 
     point = OperatingPoint.from_dict(card["operating_point"])
+    technique = card["provenance"]["technique"]["name"]
     assert point.chosen_on == "validation"
     assert sorted(point.validation["cases"]) == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]
-    assert len(point.validation["models"]) == 2
+    assert sorted(point.validation["models"]) == [f"loo-{technique}-{fold}-{card['provenance']['iterations']}"
+                                                  for fold in ("5to6", "6to5")]  # names, not work paths
     steps = point.validation["steps"]
     assert all(final >= first - 1e-9 for final, first in zip(steps[-1]["dsc"], steps[0]["dsc"]))
     assert f"dz > {point.threshold:g}" in card["description"]
@@ -105,7 +120,7 @@ def test_the_committed_recipe_is_the_one_that_made_the_model(card):
     settings = json.loads((RECIPE / "final.json").read_text())
     assert card["provenance"]["settings"] == settings, "final.json changed after the model was trained"
     train_sh = (RECIPE / "train.sh").read_text()
-    for stage in ("loo.py", "loo_eval.py", "finalize.py", "operating-point --model", "--fold-model"):
+    for stage in ("phantom_base.sh", "loo.py", "loo_eval.py", "finalize.py", "operating-point --model", "--fold-model"):
         assert stage in train_sh
     readme = (RECIPE / "README.md").read_text()
     assert "leave-one-out" in readme.lower() and "final.json" in readme
@@ -236,7 +251,7 @@ def test_refreshing_the_card_rewrites_only_its_leave_one_out_record_and_refuses_
 
     model = shutil.copytree(MODEL_DIR, tmp_path / "model")
     compare = card["provenance"]["settings"]["compare"]
-    shipped = card["provenance"]["technique"]["name"]
+    shipped = card["provenance"]["entry"]
 
     def refresh(scores):
         (tmp_path / "scores.json").write_text(json.dumps(scores))

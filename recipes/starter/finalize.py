@@ -9,6 +9,10 @@ what to cite. Absolute paths of the work folder are left out.
     python recipes/starter/finalize.py --name asymseg-starter-deepmedic --final WORK/final \
         --final-result WORK/final-result.json --loo-eval WORK/loo-eval.json --out WORK/asymseg-starter-deepmedic
 
+A ``compare`` entry named ``<technique>-phantoms`` is that technique from the phantom base
+(``phantom_base.sh``) instead of from scratch; the card records the entry (``provenance.entry``)
+and, for such an entry, the base (``provenance.base_model``).
+
 When techniques are added to ``final.json``'s ``compare`` after the model was made (and the rule
 still picks the shipped technique), ``--refresh MODEL_DIR --loo-eval ALL.json`` rewrites only the
 card's ``settings`` and ``leave_one_out`` record (table and ranking) from the scores of every
@@ -18,6 +22,7 @@ technique; the weights, the operating point and the rest of the card are left as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -45,6 +50,36 @@ DATA_SOURCE = (
     "examples/dataForExamples/brats2015TrainingData/train)")
 FOLDS = ("5to6", "6to5")
 METRICS = ("dsc", "sensitivity", "precision")
+#: A compare entry with this suffix is its technique fine-tuned from the phantom base.
+PHANTOM_SUFFIX = "-phantoms"
+
+
+def entry_name(technique: str, base_model: str | None) -> str:
+    """The compare entry of a leave-one-out run: its technique, with ``PHANTOM_SUFFIX`` when the run
+    started from a base model."""
+    return technique + (PHANTOM_SUFFIX if base_model else "")
+
+
+def phantom_base_record(base_dir: Path) -> dict[str, Any]:
+    """What the card says of the phantom base (``phantom_base.sh``'s ``DIR/base``, its phantoms in
+    ``DIR/phantoms``): its recipe, phantoms and training, without paths."""
+    from asymseg.modelfile import read_card
+
+    base = read_card(base_dir)
+    manifest_path = base_dir.parent / "phantoms" / "phantom.json"
+    if not manifest_path.exists():
+        raise SystemExit(f"finalize.py: {manifest_path}: missing (the phantoms of the base {base_dir})")
+    manifest = _read_json(manifest_path)
+    return {
+        "name": "phantom base",
+        "weights_sha256": base.weights_sha256,
+        "recipe": "recipes/starter/phantom_base.sh",
+        "phantoms": {**{k: manifest.get(k) for k in ("generator_version", "seed", "size_xyz", "spacing_xyz", "channels")},
+                     "vessels": bool(manifest.get("vessels", False)), "cases": len(manifest.get("cases", []))},
+        "technique": (base.provenance.get("technique") or {}).get("name"),
+        "iterations": base.provenance.get("iterations"),
+        "label_convention": "brats2017",
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -104,9 +139,10 @@ def refresh(model_dir: Path, loo: dict[str, Any]) -> dict[str, Any]:
     missing = sorted(set(settings["compare"]) - {r["technique"] for r in ranked})
     if missing:
         raise SystemExit(f"finalize.py: the scores lack {', '.join(missing)} at every snapshot of {settings['score_at']}")
-    if ranked[0]["technique"] != provenance["technique"]["name"]:
+    shipped = provenance.get("entry") or provenance["technique"]["name"]
+    if ranked[0]["technique"] != shipped:
         raise SystemExit(f"finalize.py: the rule now picks {ranked[0]['technique']}, not the shipped "
-                         f"{provenance['technique']['name']}: train the model again (train.sh)")
+                         f"{shipped}: train the model again (train.sh)")
     record = dict(provenance["leave_one_out"])
     record.update(techniques=leave_one_out_table(loo, stop_at), ranking=ranked)
     provenance.update(settings=settings, leave_one_out=record)
@@ -131,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final", type=Path, required=True)
     parser.add_argument("--final-result", type=Path, required=True)
     parser.add_argument("--loo-eval", type=Path, required=True)
-    parser.add_argument("--loo-work", type=Path, default=None, help="the loo.py folder (for the training times)")
+    parser.add_argument("--loo-work", type=Path, action="append", default=[],
+                        help="a loo.py folder, for the training times (repeatable)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="the phantom base the final model started from (for a -phantoms entry)")
     parser.add_argument("--seconds", default="", help="stage=seconds,... wall times measured by train.sh")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
@@ -151,23 +190,36 @@ def main(argv: list[str] | None = None) -> int:
     stop_at = int(result.get("iterations") or settings["stop_at"])
     table = leave_one_out_table(loo, stop_at)
     technique = dict(final.provenance.get("technique") or {})
-    chosen = table.get(technique.get("name"), {})
+    entry = settings["technique"]
+    if entry_name(str(technique.get("name")), str(args.base) if args.base else None) != entry:
+        raise SystemExit(f"finalize.py: {args.final} was trained with {technique.get('name')}"
+                         f"{' from ' + str(args.base) if args.base else ' from scratch'}, final.json says {entry}")
+    chosen = table.get(entry, {})
     validation = _mean([chosen[f]["cross_fold"] for f in FOLDS]) if chosen else None
     point = final.operating_point
+    if point is not None and point.validation.get("models"):
+        # The fold models by their card names (loo-<technique>-<fold>-<iteration>), not work-folder paths.
+        models = [read_card(m).name if Path(m).is_dir() else Path(m).name for m in point.validation["models"]]
+        point = dataclasses.replace(point, validation={**point.validation, "models": models})
+        final = final.replace(operating_point=point)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     seconds = {k: int(v) for k, _, v in (p.partition("=") for p in args.seconds.split(",") if p)}
     # Wall times of this invocation skip the stages that were already done; the training time
     # of each run comes from its own checkpoint.
     train_seconds = {"final": round(float(result.get("train_seconds") or 0.0))}
-    if args.loo_work is not None:
-        for state in sorted(args.loo_work.glob("*/*/model.run/checkpoint/state.json")):
+    for loo_work in args.loo_work:
+        for state in sorted(loo_work.glob("*/*/model.run/checkpoint/state.json")):
             loop = _read_json(state).get("loop") or {}
-            run_technique, fold = state.parents[3].name, state.parents[2].name
-            if run_technique in settings["compare"]:
-                train_seconds[f"loo/{run_technique}/{fold}"] = round(float(loop.get("train_seconds") or 0.0))
+            fold_settings = _read_json(state.parents[2] / "settings.json")
+            name = entry_name(fold_settings["technique"], fold_settings.get("base_model"))
+            if name in settings["compare"]:
+                train_seconds[f"loo/{name}/{state.parents[2].name}"] = round(float(loop.get("train_seconds") or 0.0))
     per_fold = ", ".join(f"{chosen[f]['case_id']} {chosen[f]['cross_fold']['dsc']}" for f in FOLDS) if chosen else "-"
+    base = phantom_base_record(args.base) if args.base else None
+    origin = (f"pre-trained on {base['phantoms']['cases']} phantoms ({base['technique']}, {base['iterations']} "
+              f"iterations), then trained" if base else "trained from scratch")
     description = (
-        f"Original DeepMedic (Kamnitsas et al. 2017), FLAIR + T1c, binary tumour core, trained from scratch on "
+        f"Original DeepMedic (Kamnitsas et al. 2017), FLAIR + T1c, binary tumour core, {origin} on "
         f"the 2 BRATS 2015 cases with {technique.get('name')} ({stop_at} iterations). Leave-one-out (trained on "
         f"one case, scored on the other, operating point from the other fold): DSC {per_fold}. "
         + (f"Operating point: tumour where dz > {point.threshold:g}, post-processing {point.postprocess}. "
@@ -180,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
         "data": {"train": list((final.provenance.get("data") or {}).get("train") or []), "val": [],
                  "source": DATA_SOURCE, "label_convention": "brats2015"},
+        "entry": entry,
         "technique": technique,
         "iterations": stop_at,
         "schedule_iterations": settings["iterations"],
@@ -192,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "leave_one_out": {"iteration": stop_at, "techniques": table,
                           "ranking": ranking(loo, list(settings["compare"]), list(settings["score_at"])),
                           "heuristic": [_rounded(r) | {"case_id": r["case_id"]} for r in loo.get("heuristic", [])]},
-        "base_model": None,
+        "base_model": base,
         "init_seed": settings["seed"],
         "compute": {"seconds": seconds, "train_seconds": train_seconds, "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "device": device,

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Train the bundled starter model (asymseg-starter-deepmedic) from scratch on the two BRATS 2015 cases.
+# Train the bundled starter model (asymseg-starter-deepmedic) on the two BRATS 2015 cases.
 #
 #   recipes/starter/train.sh [--smoke] [--work DIR] [--data DIR] [--device auto|cpu|cuda]
 #                            [--threads N] [--note TEXT] [--install]
 #
 # Stages (settings in final.json beside this script):
-#   1. leave-one-out runs: for each technique in final.json's "compare", the original DeepMedic
-#      from scratch on one case, validated on the other, both ways (loo.py; resumable, snapshots);
+#   0. the phantom base (phantom_base.sh with final.json's "phantom_base"), when an entry of
+#      "compare" is named <technique>-phantoms: that technique fine-tuned from the base;
+#   1. leave-one-out runs: for each entry in final.json's "compare", the original DeepMedic
+#      from scratch (or from the base) on one case, validated on the other, both ways (loo.py;
+#      resumable, snapshots);
 #   2. score every snapshot on its held-out case, with the operating points (loo_eval.py);
-#   3. the final model: the same network from scratch on BOTH cases with final.json's technique,
+#   3. the final model: the same network from scratch (or from the base) on BOTH cases with
+#      final.json's technique,
 #      stopped at its "stop_at" iteration of the "iterations"-long schedule (chosen from stage 2's
 #      table, see README.md), so it matches the leave-one-out snapshot it was chosen by;
 #   4. its operating point, chosen on the two held-out cases of the leave-one-out folds of that
@@ -43,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     --device) DEVICE="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
     --note) NOTE="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "train.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -83,31 +87,63 @@ mkdir -p "$WORK"
 echo "starter recipe: work $WORK, data $DATA, device $DEVICE, $TECHNIQUE, $STOP of $ITERATIONS iterations, smoke $SMOKE"
 T0=$(stamp)
 
-# 1-2. Leave-one-out runs and their scores.
-"$PY" "$HERE/loo.py" --work "$WORK/loo" --data "$DATA" --techniques "$COMPARE" --iterations "$ITERATIONS" \
-  --snapshot-every "$SNAPSHOT" --batch-size "$BATCH" --lr "$(setting lr)" --optimizer "$(setting optimizer)" \
-  --seed "$(setting seed)" --threads "$THREADS" -- "${EXTRA[@]}"
-"$PY" "$HERE/loo_eval.py" --work "$WORK/loo" --data "$DATA" --techniques "$COMPARE" --iterations "$SCORE_AT" \
-  --out "$WORK/loo-eval.json"
+# 0. The phantom base, for the entries named <technique>-phantoms.
+PLAIN=(); FROM_BASE=()
+for entry in ${COMPARE//,/ }; do
+  if [[ "$entry" == *-phantoms ]]; then FROM_BASE+=("${entry%-phantoms}"); else PLAIN+=("$entry"); fi
+done
+BASE="$WORK/phantom-base/base"
+if [[ ${#FROM_BASE[@]} -gt 0 || "$TECHNIQUE" == *-phantoms ]]; then
+  pb() { "$PY" -c "import json,sys; print(json.load(open('$HERE/final.json'))['phantom_base'][sys.argv[1]])" "$1"; }
+  PB_ARGS=(--work "$WORK/phantom-base" --threads "$THREADS" --cases "$(pb cases)" --size "$(pb size)"
+           --iterations "$(pb iterations)")
+  if [[ "$(pb vessels)" == "True" ]]; then PB_ARGS+=(--vessels); fi
+  if [[ $SMOKE -eq 1 ]]; then PB_ARGS=(--work "$WORK/phantom-base" --threads "$THREADS" --smoke); fi
+  PY="$PY" bash "$HERE/phantom_base.sh" "${PB_ARGS[@]}"
+fi
+join() { local IFS=,; echo "$*"; }
+
+# 1-2. Leave-one-out runs and their scores (one file for every entry).
+LOO_ARGS=(--data "$DATA" --iterations "$ITERATIONS" --snapshot-every "$SNAPSHOT" --batch-size "$BATCH"
+          --lr "$(setting lr)" --optimizer "$(setting optimizer)" --seed "$(setting seed)" --threads "$THREADS")
+if [[ ${#PLAIN[@]} -gt 0 ]]; then
+  "$PY" "$HERE/loo.py" --work "$WORK/loo" --techniques "$(join "${PLAIN[@]}")" "${LOO_ARGS[@]}" -- "${EXTRA[@]}"
+  "$PY" "$HERE/loo_eval.py" --work "$WORK/loo" --data "$DATA" --techniques "$(join "${PLAIN[@]}")" \
+    --iterations "$SCORE_AT" --out "$WORK/loo-eval.json"
+fi
+if [[ ${#FROM_BASE[@]} -gt 0 ]]; then  # the base fixes the network: no --smoke network options
+  "$PY" "$HERE/loo.py" --work "$WORK/loo-phantoms" --techniques "$(join "${FROM_BASE[@]}")" --base-model "$BASE" \
+    "${LOO_ARGS[@]}"
+  RENAME=(); for technique in "${FROM_BASE[@]}"; do RENAME+=(--rename "$technique=$technique-phantoms"); done
+  "$PY" "$HERE/loo_eval.py" --work "$WORK/loo-phantoms" --data "$DATA" --techniques "$(join "${FROM_BASE[@]}")" \
+    "${RENAME[@]}" --iterations "$SCORE_AT" --out "$WORK/loo-eval.json"
+fi
 T1=$(stamp)
 
 # 3. The final model on both cases.
+if [[ "$TECHNIQUE" == *-phantoms ]]; then
+  START=(--base-model "$BASE"); FOLD_WORK="$WORK/loo-phantoms"; RUN_TECHNIQUE="${TECHNIQUE%-phantoms}"
+  FINAL_EXTRA=(); BASE_CARD=(--base "$BASE")
+else
+  START=(--architecture deepmedic --channels flair,t1c); FOLD_WORK="$WORK/loo"; RUN_TECHNIQUE="$TECHNIQUE"
+  FINAL_EXTRA=("${EXTRA[@]}"); BASE_CARD=()
+fi
 if [[ "$(done_iterations "$WORK/final.run")" != "$STOP" ]]; then
   if [[ -f "$WORK/final.run/checkpoint/state.json" ]]; then
     asymseg finetune --resume "$WORK/final.run" --stop-after "$STOP" --progress none --json > "$WORK/final-result.json"
   else
-    asymseg finetune --architecture deepmedic --channels flair,t1c --label-convention brats2015 \
-      --train-case "$CASE_A" --train-case "$CASE_B" --technique "$TECHNIQUE" --iterations "$ITERATIONS" \
+    asymseg finetune "${START[@]}" --label-convention brats2015 \
+      --train-case "$CASE_A" --train-case "$CASE_B" --technique "$RUN_TECHNIQUE" --iterations "$ITERATIONS" \
       --stop-after "$STOP" --batch-size "$BATCH" --optimizer "$(setting optimizer)" --lr "$(setting lr)" \
       --schedule "$(setting schedule)" --seed "$(setting seed)" --val-every "$STOP" --checkpoint-every "$SNAPSHOT" \
-      --operating-point none --device "$DEVICE" "${EXTRA[@]}" --output-model "$WORK/final" \
+      --operating-point none --device "$DEVICE" "${FINAL_EXTRA[@]}" --output-model "$WORK/final" \
       --run-dir "$WORK/final.run" --overwrite --progress none --json > "$WORK/final-result.json"
   fi
 fi
 T2=$(stamp)
 
 # 4. The operating point from the two leave-one-out folds of that technique and iteration.
-"$PY" "$HERE/loo_eval.py" --work "$WORK/loo" --out "$WORK/folds" --export "$TECHNIQUE@$STOP"
+"$PY" "$HERE/loo_eval.py" --work "$FOLD_WORK" --out "$WORK/folds" --export "$RUN_TECHNIQUE@$STOP"
 asymseg operating-point --model "$WORK/final" --val-case "$CASE_B" --val-case "$CASE_A" \
   --fold-model "$WORK/folds/5to6" --fold-model "$WORK/folds/6to5" --device "$DEVICE" --write --json \
   --progress none > "$WORK/operating-point.json"
@@ -115,7 +151,7 @@ T3=$(stamp)
 
 # 5. The card; then load and verify the model.
 "$PY" "$HERE/finalize.py" --name "$NAME" --final "$WORK/final" --final-result "$WORK/final-result.json" \
-  --loo-eval "$WORK/loo-eval.json" --loo-work "$WORK/loo" --seconds "loo=$((T1 - T0)),final=$((T2 - T1)),operating_point=$((T3 - T2))" \
+  --loo-eval "$WORK/loo-eval.json" --loo-work "$WORK/loo" --loo-work "$WORK/loo-phantoms" "${BASE_CARD[@]}" --seconds "loo=$((T1 - T0)),final=$((T2 - T1)),operating_point=$((T3 - T2))" \
   --threads "$THREADS" --device "$DEVICE" ${NOTE:+--note "$NOTE"} $([[ $SMOKE -eq 1 ]] && echo --smoke) \
   --out "$WORK/$NAME"
 asymseg models show "$WORK/$NAME"

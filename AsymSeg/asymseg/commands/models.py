@@ -152,7 +152,7 @@ def run_show(args: argparse.Namespace, ctx) -> int:
         f"classes:       {classes}",
         f"training:      technique {json.dumps(prov.get('technique'))}, iterations "
         f"{json.dumps(prov.get('iterations', '-'), separators=(',', ':'))}, cases {_case_counts(prov.get('data'))}, "
-        f"base model {prov.get('base_model') or '-'}",
+        f"base model {_base_name(prov.get('base_model'))}",
         f"weights:       {card['weights']['file']} sha256 {card['weights']['sha256'][:16]}... (verified)",
     ]
     if prov.get("validation"):
@@ -167,6 +167,13 @@ def run_show(args: argparse.Namespace, ctx) -> int:
         lines.append("operating pt:  argmax (dz > 0), no post-processing, no TTA")
     ctx.stdout.write("\n".join(lines) + "\n")
     return C.EXIT_OK
+
+
+def _base_name(base: Any) -> str:
+    """A card's base model in a word: its name (a fine-tuned model's record), the text given, or '-'."""
+    if isinstance(base, dict):
+        return str(base.get("name") or "-")
+    return str(base) if base else "-"
 
 
 def _case_counts(data: object) -> str:
