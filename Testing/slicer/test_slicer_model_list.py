@@ -38,7 +38,9 @@ def test_models_come_from_the_cards_without_starting_any_process(tmp_path, monke
     listed = models.listModelsFromCards()
     assert [(m.name, m.source) for m in listed] == [("asymseg-starter-deepmedic", "bundled"), ("tiny", "user")]
     starter = listed[0]
-    assert starter.channels == ("flair", "t1c") and starter.card["operating_point"]["threshold"] == -1.25
+    bundled = json.loads((REPO / "AsymSeg" / "asymseg" / "models" / "asymseg-starter-deepmedic" / "model.json").read_text())
+    assert starter.channels == ("flair", "t1c") and starter.card["operating_point"] == bundled["operating_point"]
+    assert starter.card["operating_point"]["threshold"] < 0  # the starter's point, not the argmax default
     # the same list as the engine's, which checks each model fully
     monkeypatch.undo()
     monkeypatch.setenv("ASYMSEG_HOME", str(tmp_path / "home"))
