@@ -399,3 +399,35 @@ def test_strict_refuses_a_training_case_with_the_skull_left_in_before_training(c
     assert not [e for e in events if e.kind == "iteration"] and not (tmp_path / "model").exists()
     args = build_parser().parse_args(["finetune", "--train-case", str(head), "--output-model", "m", "--strict"])
     assert args.strict is True
+
+
+def test_a_case_listed_again_is_drawn_again_but_read_once(cases, tmp_path, monkeypatch):
+    import asymseg.train.api as api
+    from asymseg.train.data import PatchSampler
+
+    reads = []
+    real_load = api._load
+
+    def counting_load(files, *args, **kwargs):  # the real reader, counted
+        reads.append(files.case_id)
+        return real_load(files, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_load", counting_load)
+    drawn = []
+    real_draw = PatchSampler.draw
+
+    def recording_draw(self, batch_size, rng):
+        out = real_draw(self, batch_size, rng)
+        drawn.extend(self.cases[i].case_id for i in out.case)
+        return out
+
+    monkeypatch.setattr(PatchSampler, "draw", recording_draw)
+    result = finetune(config(cases, tmp_path, train_cases=[cases[0], cases[0], cases[0], cases[1]], iterations=30,
+                             batch_size=4, val_every=30))
+    assert result.status == "done"
+    assert sorted(reads) == ["phantom_000", "phantom_001", "phantom_002"]  # two training cases, one validation
+    assert load_model(result.model_path).card.provenance["data"]["train"] == [
+        "phantom_000", "phantom_000#2", "phantom_000#3", "phantom_001"]
+    # Three of the four entries are phantom_000: about three quarters of the patches come from it.
+    first = sum(case_id.startswith("phantom_000") for case_id in drawn) / len(drawn)
+    assert len(drawn) == 120 and 0.6 < first < 0.9

@@ -62,7 +62,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--train-case", action="append", metavar="DIR", default=None,
-                      help="training case folder with channel images and a label map (repeatable)")
+                      help="training case folder with channel images and a label map (repeatable; a case "
+                      "given twice is drawn twice as often, read once)")
     data.add_argument("--train-cases-from", metavar="FILE", default=None,
                       help="text file with one training case folder per line")
     data.add_argument("--val-case", action="append", metavar="DIR", default=None,

@@ -22,6 +22,7 @@ global random state is left as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -508,13 +509,20 @@ def _load_cases(source: _ModelSource, train_files: Sequence[Any], train_ids: Seq
     emit(on_event, C.EVENT_PROGRESS, stage="load", done=0, total=total,
          message=f"loading {len(train_files)} training and {len(val_files)} validation case(s)")
     cases: list[TrainingCase] = []
+    prepared: dict[tuple, TrainingCase] = {}
     for index, (files, case_id) in enumerate(zip(train_files, train_ids)):
         cancel.check()
-        case = _load(files, source.channels, source.target, card.spacing, card.orientation, strict)
-        # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
-        # cropping to the box of brain and labelled voxels loses nothing.
-        cases.append(prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0))
-        del case
+        # A case listed again is drawn again (a weight), on the arrays read the first time.
+        key = (files.folder, tuple(files.channels.items()), files.label, files.mask)
+        if key in prepared:
+            cases.append(dataclasses.replace(prepared[key], case_id=case_id))
+        else:
+            case = _load(files, source.channels, source.target, card.spacing, card.orientation, strict)
+            # Voxels outside the brain are 0 after normalisation, the same as the patch padding, so
+            # cropping to the box of brain and labelled voxels loses nothing.
+            prepared[key] = prepare_case(case_id, case.image, case.label, case.mask, source.target, margin=0)
+            cases.append(prepared[key])
+            del case
         emit(on_event, C.EVENT_PROGRESS, stage="load", done=index + 1, total=total)
     val_cases: list[ValidationCase] = []
     for index, (files, case_id) in enumerate(zip(val_files, val_ids)):
