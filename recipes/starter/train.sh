@@ -66,7 +66,8 @@ if [[ $INSTALL -eq 1 && $SMOKE -eq 1 ]]; then
   exit 2
 fi
 
-setting() { "$PY" -c "import json,sys; v=json.load(open('$HERE/final.json'))[sys.argv[1]]; print(','.join(map(str,v)) if isinstance(v,list) else v)" "$1"; }
+# setting KEY[.KEY]: a value of final.json (a list joined by commas).
+setting() { "$PY" -c "import functools,json,sys; v=functools.reduce(lambda d,k: d[k], sys.argv[1].split('.'), json.load(open('$HERE/final.json'))); print(','.join(map(str,v)) if isinstance(v,list) else v)" "$1"; }
 TECHNIQUE="$(setting technique)"
 ITERATIONS="$(setting iterations)"
 STOP="$(setting stop_at)"
@@ -94,10 +95,9 @@ for entry in ${COMPARE//,/ }; do
 done
 BASE="$WORK/phantom-base/base"
 if [[ ${#FROM_BASE[@]} -gt 0 || "$TECHNIQUE" == *-phantoms ]]; then
-  pb() { "$PY" -c "import json,sys; print(json.load(open('$HERE/final.json'))['phantom_base'][sys.argv[1]])" "$1"; }
-  PB_ARGS=(--work "$WORK/phantom-base" --threads "$THREADS" --cases "$(pb cases)" --size "$(pb size)"
-           --iterations "$(pb iterations)")
-  if [[ "$(pb vessels)" == "True" ]]; then PB_ARGS+=(--vessels); fi
+  PB_ARGS=(--work "$WORK/phantom-base" --threads "$THREADS" --cases "$(setting phantom_base.cases)"
+           --size "$(setting phantom_base.size)" --iterations "$(setting phantom_base.iterations)")
+  if [[ "$(setting phantom_base.vessels)" == "True" ]]; then PB_ARGS+=(--vessels); fi
   if [[ $SMOKE -eq 1 ]]; then PB_ARGS=(--work "$WORK/phantom-base" --threads "$THREADS" --smoke); fi
   PY="$PY" bash "$HERE/phantom_base.sh" "${PB_ARGS[@]}"
 fi
